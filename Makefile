@@ -1,0 +1,43 @@
+# llm_gateway: PGXS build.
+#
+#   make && sudo make install     build and install the extension
+#   bash test/run-tests.sh        every test suite (installs what it needs)
+#   bash test/run-demo.sh         throwaway cluster + mock provider + examples
+#   make bench                    benchmarks (needs an installed build)
+
+EXTENSION   = llm_gateway
+EXTVERSION  = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big  = llm_gateway
+SRCS        = $(sort $(wildcard src/*.c src/providers/*.c))
+OBJS        = $(SRCS:.c=.o)
+DATA        = $(wildcard sql/$(EXTENSION)--*.sql)
+
+PG_CPPFLAGS = -Isrc -DLLM_GATEWAY_VERSION=\"$(EXTVERSION)\"
+PG_CFLAGS   = -std=gnu11 -Wall -Wextra -Werror \
+              -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+SHLIB_LINK  = -lcurl -lcrypto
+
+# pg_regress runs on its own temporary instance with the library preloaded;
+# the test runner exports MOCK_PORT for the mock provider the tests talk to.
+REGRESS      = setup validation messages errors request_log
+REGRESS_OPTS = --temp-config=test/regress.conf --temp-instance=./tmp_check
+
+# TAP tests live under test/t (PostgreSQL::Test::Cluster); "make tapcheck"
+# runs them (installcheck runs only pg_regress, so the two report apart).
+PROVE_TESTS ?= test/t/*.pl
+
+EXTRA_CLEAN = tmp_check results regression.diffs regression.out log
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+$(OBJS): $(wildcard src/*.h src/providers/*.h)
+
+.PHONY: tapcheck bench
+tapcheck:
+	$(prove_installcheck)
+
+bench:
+	bash test/bench/run-bench.sh

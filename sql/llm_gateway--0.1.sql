@@ -1,0 +1,291 @@
+/* llm_gateway--0.1.sql */
+
+\echo Use "CREATE EXTENSION llm_gateway" to load this file. \quit
+
+CREATE SCHEMA llm;
+COMMENT ON SCHEMA llm IS 'llm_gateway configuration, logs, views and admin functions';
+
+CREATE FUNCTION llm.version() RETURNS text
+    AS 'MODULE_PATHNAME', 'llm_version'
+    LANGUAGE C STRICT STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION llm.version() IS 'version of the loaded llm_gateway library';
+
+-----------------------------------------------------------------------------
+-- Configuration tables.  Changing any of them tells the worker to reload its
+-- route cache when the transaction commits (llm._config_changed()).
+-----------------------------------------------------------------------------
+
+CREATE TABLE llm.providers (
+    name        text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    kind        text NOT NULL,
+    base_url    text NOT NULL CHECK (base_url ~* '^https?://[^/]'),
+    region      text,
+    options     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE llm.providers IS 'LLM providers: protocol kind, base URL, region and per-provider options';
+
+CREATE TABLE llm.credentials (
+    provider    text PRIMARY KEY REFERENCES llm.providers (name) ON DELETE CASCADE,
+    secret      text NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE llm.credentials IS 'provider secrets; readable only by the extension owner and the worker';
+
+CREATE TABLE llm.routes (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    alias           text NOT NULL CHECK (alias <> ''),
+    provider        text NOT NULL REFERENCES llm.providers (name) ON DELETE CASCADE,
+    upstream_model  text NOT NULL CHECK (upstream_model <> ''),
+    priority        int NOT NULL DEFAULT 0,
+    weight          int NOT NULL DEFAULT 1 CHECK (weight >= 0),
+    options         jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    enabled         bool NOT NULL DEFAULT true,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON llm.routes (alias, priority);
+COMMENT ON TABLE llm.routes IS 'route aliases: each alias names one or more (provider, upstream model) targets';
+
+-----------------------------------------------------------------------------
+-- The audit log: one row per call, written by the worker in its own
+-- transactions, so a caller's ROLLBACK never removes it.
+-----------------------------------------------------------------------------
+
+CREATE TABLE llm.requests (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    finished_at         timestamptz,
+    status              text NOT NULL CHECK (status IN
+                          ('pending', 'ok', 'error', 'cancelled', 'timeout', 'unknown')),
+    alias               text NOT NULL,
+    provider            text,
+    upstream_model      text,
+    role_name           text NOT NULL,
+    attempts            int NOT NULL DEFAULT 0,
+    http_status         int,
+    input_tokens        bigint,
+    output_tokens       bigint,
+    cache_read_tokens   bigint,
+    cache_write_tokens  bigint,
+    stop_reason         text,
+    latency_ms          double precision,
+    error_code          text,
+    error               text,
+    tags                jsonb,
+    request_body        jsonb,
+    response_body       text
+);
+CREATE INDEX ON llm.requests (created_at);
+CREATE INDEX ON llm.requests (status) WHERE status = 'pending';
+COMMENT ON TABLE llm.requests IS 'audit log: one row per call, committed by the worker before the provider is contacted';
+
+SELECT pg_catalog.pg_extension_config_dump('llm.providers', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.credentials', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.routes', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.requests', '');
+
+-- Nobody but the owner reads secrets.
+REVOKE ALL ON llm.credentials FROM PUBLIC;
+REVOKE ALL ON llm.providers, llm.routes, llm.requests FROM PUBLIC;
+
+CREATE FUNCTION llm._config_changed() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'llm_config_changed'
+    LANGUAGE C;
+COMMENT ON FUNCTION llm._config_changed() IS 'trigger: makes the worker reload routes, providers and credentials at commit';
+
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.providers
+    FOR EACH STATEMENT EXECUTE FUNCTION llm._config_changed();
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.credentials
+    FOR EACH STATEMENT EXECUTE FUNCTION llm._config_changed();
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.routes
+    FOR EACH STATEMENT EXECUTE FUNCTION llm._config_changed();
+
+-----------------------------------------------------------------------------
+-- Admin functions
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm.provider_kinds() RETURNS text[]
+    AS 'MODULE_PATHNAME', 'llm_provider_kinds'
+    LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION llm.provider_kinds() IS 'provider kinds (wire protocols) this build of llm_gateway speaks';
+
+CREATE FUNCTION llm.add_provider(name text, kind text, base_url text,
+                                 region text DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT (kind = ANY (llm.provider_kinds())) THEN
+        RAISE EXCEPTION 'provider kind "%" is not supported', kind
+            USING ERRCODE = '22023',
+                  HINT = format('Use one of: %s.', array_to_string(llm.provider_kinds(), ', '));
+    END IF;
+    IF base_url !~* '^https?://[^/]' THEN
+        RAISE EXCEPTION 'base_url "%" is not an http or https URL', base_url
+            USING ERRCODE = '22023', HINT = 'Give the provider''s base URL, e.g. https://api.anthropic.com.';
+    END IF;
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
+    END IF;
+    INSERT INTO llm.providers (name, kind, base_url, region, options)
+    VALUES (add_provider.name, add_provider.kind, rtrim(add_provider.base_url, '/'),
+            add_provider.region, add_provider.options);
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'provider "%" already exists', add_provider.name
+        USING ERRCODE = '42710', HINT = 'Drop it with llm.drop_provider() first, or choose another name.';
+END
+$$;
+COMMENT ON FUNCTION llm.add_provider(text, text, text, text, jsonb) IS 'registers an LLM provider (kind, base URL, region, options)';
+
+CREATE FUNCTION llm.drop_provider(name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM llm.providers p WHERE p.name = drop_provider.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'provider "%" does not exist', drop_provider.name
+            USING ERRCODE = '42704', HINT = 'See llm.providers for the registered providers.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION llm.drop_provider(text) IS 'removes a provider with its credential and routes';
+
+CREATE FUNCTION llm.set_credential(provider text, secret text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM llm.providers p WHERE p.name = set_credential.provider) THEN
+        RAISE EXCEPTION 'provider "%" does not exist', set_credential.provider
+            USING ERRCODE = '42704', HINT = 'Register it with llm.add_provider() first.';
+    END IF;
+    IF secret IS NULL OR secret = '' THEN
+        RAISE EXCEPTION 'secret must not be empty'
+            USING ERRCODE = '22023', HINT = 'Pass the provider''s API key.';
+    END IF;
+    INSERT INTO llm.credentials (provider, secret) VALUES (set_credential.provider, set_credential.secret)
+    ON CONFLICT ON CONSTRAINT credentials_pkey
+    DO UPDATE SET secret = EXCLUDED.secret, updated_at = now();
+END
+$$;
+COMMENT ON FUNCTION llm.set_credential(text, text) IS 'stores (or replaces) the secret the worker sends to a provider';
+
+CREATE FUNCTION llm.add_route(alias text, provider text, upstream_model text,
+                              priority int DEFAULT 0, weight int DEFAULT 1,
+                              options jsonb DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM llm.providers p WHERE p.name = add_route.provider) THEN
+        RAISE EXCEPTION 'provider "%" does not exist', add_route.provider
+            USING ERRCODE = '42704', HINT = 'Register it with llm.add_provider() first.';
+    END IF;
+    IF alias IS NULL OR alias = '' OR upstream_model IS NULL OR upstream_model = '' THEN
+        RAISE EXCEPTION 'alias and upstream_model must not be empty'
+            USING ERRCODE = '22023', HINT = 'Name the alias SQL will use and the provider''s model id.';
+    END IF;
+    IF weight IS NULL OR weight < 0 THEN
+        RAISE EXCEPTION 'weight must be zero or more, not %', weight
+            USING ERRCODE = '22023', HINT = 'Weights split traffic inside a priority group; 0 disables the target.';
+    END IF;
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
+    END IF;
+    INSERT INTO llm.routes (alias, provider, upstream_model, priority, weight, options)
+    VALUES (add_route.alias, add_route.provider, add_route.upstream_model,
+            coalesce(add_route.priority, 0), add_route.weight, add_route.options)
+    RETURNING id INTO new_id;
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION llm.add_route(text, text, text, int, int, jsonb) IS 'adds a target (provider, upstream model) to a route alias; returns the target id';
+
+CREATE FUNCTION llm.drop_route(alias text) RETURNS int
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n int;
+BEGIN
+    DELETE FROM llm.routes r WHERE r.alias = drop_route.alias;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        RAISE EXCEPTION 'model alias "%" does not exist', drop_route.alias
+            USING ERRCODE = '42704', HINT = 'See llm.routes for the defined aliases.';
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION llm.drop_route(text) IS 'removes every target of a route alias; returns how many';
+
+REVOKE ALL ON FUNCTION llm.add_provider(text, text, text, text, jsonb),
+                       llm.drop_provider(text),
+                       llm.set_credential(text, text),
+                       llm.add_route(text, text, text, int, int, jsonb),
+                       llm.drop_route(text)
+    FROM PUBLIC;
+
+-----------------------------------------------------------------------------
+-- User functions (in the extension's schema)
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm_messages(model text, history jsonb, options jsonb DEFAULT '{}')
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_messages'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_messages(text, jsonb, jsonb) IS 'one call to the model alias with a Messages history; returns the answer message plus a gateway key';
+
+CREATE FUNCTION llm_complete(model text, prompt text, options jsonb DEFAULT '{}')
+RETURNS text
+    AS 'MODULE_PATHNAME', 'llm_complete'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_complete(text, text, jsonb) IS 'one call to the model alias with a single user prompt; returns the joined text of the answer';
+
+CREATE FUNCTION llm.gateway_status(OUT worker_pid int, OUT slots int, OUT slots_in_use int,
+                                   OUT submitted bigint, OUT completed bigint,
+                                   OUT abandoned bigint, OUT waited_for_slot bigint)
+    AS 'MODULE_PATHNAME', 'llm_gateway_status'
+    LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down) and the call channel''s counters';
+-----------------------------------------------------------------------------
+-- Diagnostic adapter functions (src/adapter_sql.c).  They drive a provider
+-- adapter directly, with no network and no configuration tables: what the
+-- gateway would send for a request, and how it reads a provider's answer.
+-- Fixture tests replay recorded provider answers through them.  Admin only:
+-- a secret passed here appears in the query text, so use a dummy value.
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm.adapter_build_request(
+    kind text,
+    request jsonb,
+    upstream_model text,
+    secret text DEFAULT NULL,
+    provider_options jsonb DEFAULT '{}',
+    route_options jsonb DEFAULT '{}',
+    base_url text DEFAULT 'http://provider.invalid')
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_adapter_build_request'
+    LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION llm.adapter_build_request(text, jsonb, text, text, jsonb, jsonb, text) IS
+    'the HTTP request (url, headers with the secret redacted, body) a provider kind''s adapter builds from a canonical request; no network';
+REVOKE ALL ON FUNCTION llm.adapter_build_request(text, jsonb, text, text, jsonb, jsonb, text) FROM PUBLIC;
+
+CREATE FUNCTION llm.adapter_parse_response(
+    kind text,
+    status int,
+    body text,
+    headers jsonb DEFAULT '{}')
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_adapter_parse_response'
+    LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION llm.adapter_parse_response(text, int, text, jsonb) IS
+    'a provider answer (status, body, headers) read by a provider kind''s adapter: the canonical answer parts, or the error the gateway would report; no network';
+REVOKE ALL ON FUNCTION llm.adapter_parse_response(text, int, text, jsonb) FROM PUBLIC;

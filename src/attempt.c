@@ -1,0 +1,419 @@
+/*-------------------------------------------------------------------------
+ *
+ * attempt.c
+ *	  A call's life in the worker: take it from its slot, resolve its route,
+ *	  send it, turn the provider's answer into the canonical one, answer.
+ *
+ * runs in: worker.
+ *
+ * Vocabulary: a *request* is one call (one llm.requests row); an *attempt*
+ * is one HTTP exchange with one target.  This issue's routes have a single
+ * target and make a single attempt; the router adds retries and fallback.
+ *
+ * Each item owns a memory context; deleting it (item_free) frees the call,
+ * its translated HTTP request and the parsed answer.  curl's memory is
+ * freed by http_release() on every path first.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "attempt.h"
+#include "channel.h"
+#include "json_util.h"
+#include "llm_errors.h"
+#include "llm_gateway.h"
+#include "route_cache.h"
+
+LlmWorkItem *
+item_create(int slot)
+{
+	MemoryContext cxt;
+	MemoryContext old;
+	LlmWorkItem *item;
+	LlmRequestMsg *msg;
+	char	   *p;
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "llm call", ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	item = palloc0(sizeof(LlmWorkItem));
+	item->cxt = cxt;
+	item->slot = slot;
+	item->generation = channel_slot_generation(slot);
+	item->state = LLM_ITEM_NEW;
+	item->error.retry_after_s = -1;
+	provider_init_answer(&item->answer);
+
+	/* copy the call out of shared memory: the backend frees it after DONE */
+	msg = channel_request(slot);
+	p = msg->data;
+	item->alias = pnstrdup(p, msg->alias_len);
+	p += msg->alias_len + 1;
+	item->role = pnstrdup(p, msg->role_len);
+	p += msg->role_len + 1;
+	item->tags = msg->tags_len > 0 ? pnstrdup(p, msg->tags_len) : NULL;
+	p += msg->tags_len + 1;
+	item->request = palloc(msg->request_len);
+	memcpy(item->request, p, msg->request_len);
+	item->timeout_ms = msg->timeout_ms;
+	item->submitted_at = msg->submitted_at;
+	item->deadline = TimestampTzPlusMilliseconds(msg->submitted_at, msg->timeout_ms);
+	item->call.request = item->request;
+
+	MemoryContextSwitchTo(old);
+	return item;
+}
+
+static double
+elapsed_ms(TimestampTz since)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(since, GetCurrentTimestamp(), &secs, &usecs);
+	return secs * 1000.0 + usecs / 1000.0;
+}
+
+/* Error text as the channel carries it: message\0detail\0hint\0 */
+static void
+error_payload(StringInfo buf, const LlmError *err)
+{
+	appendStringInfoString(buf, err->message ? err->message : "unknown error");
+	appendStringInfoChar(buf, '\0');
+	appendStringInfoString(buf, err->detail ? err->detail : "");
+	appendStringInfoChar(buf, '\0');
+	appendStringInfoString(buf, err->hint ? err->hint : "");
+	appendStringInfoChar(buf, '\0');
+}
+
+/* The canonical answer: the Messages "message" plus the "gateway" key. */
+static void
+answer_payload(StringInfo buf, LlmWorkItem *item)
+{
+	LlmAnswer  *a = &item->answer;
+	bool		first = true;
+
+	appendStringInfoChar(buf, '{');
+	json_append_key(buf, &first, "id");
+	if (a->id)
+		json_append_string(buf, a->id);
+	else
+		json_append_string(buf, psprintf("msg_llmgw_" INT64_FORMAT, item->request_id));
+	json_append_key(buf, &first, "type");
+	appendStringInfoString(buf, "\"message\"");
+	json_append_key(buf, &first, "role");
+	appendStringInfoString(buf, "\"assistant\"");
+	json_append_key(buf, &first, "model");
+	json_append_string(buf, a->model ? a->model : item->target.upstream_model);
+	json_append_key(buf, &first, "content");
+	if (a->content.len > 0)
+		appendBinaryStringInfo(buf, a->content.data, a->content.len);
+	else
+		appendStringInfoString(buf, "[]");
+	json_append_key(buf, &first, "stop_reason");
+	if (a->stop_reason)
+		json_append_string(buf, a->stop_reason);
+	else
+		appendStringInfoString(buf, "null");
+	json_append_key(buf, &first, "stop_sequence");
+	if (a->stop_sequence)
+		json_append_string(buf, a->stop_sequence);
+	else
+		appendStringInfoString(buf, "null");
+	json_append_key(buf, &first, "usage");
+	appendStringInfo(buf,
+					 "{\"input_tokens\":" INT64_FORMAT ",\"output_tokens\":" INT64_FORMAT
+					 ",\"cache_creation_input_tokens\":" INT64_FORMAT
+					 ",\"cache_read_input_tokens\":" INT64_FORMAT "}",
+					 a->input_tokens, a->output_tokens,
+					 a->cache_creation_input_tokens, a->cache_read_input_tokens);
+	json_append_key(buf, &first, "gateway");
+	appendStringInfo(buf, "{\"request_id\":" INT64_FORMAT ",\"provider\":", item->request_id);
+	json_append_string(buf, item->target.provider_name);
+	appendStringInfo(buf, ",\"attempts\":%d,\"latency_ms\":%.3f,\"cost_usd\":null}}",
+					 item->attempts, item->latency_ms);
+}
+
+/*
+ * The call is over: compute what the backend will get and release curl's
+ * resources.  The answer is delivered (item_deliver) only after the log row
+ * is completed, so a caller that reads llm.requests right after its call
+ * sees the finished row.
+ */
+static void
+item_finish(LlmWorkItem *item)
+{
+	MemoryContext old = MemoryContextSwitchTo(item->cxt);
+
+	item->latency_ms = elapsed_ms(item->submitted_at);
+	initStringInfo(&item->payload);
+	if (item->ok)
+		answer_payload(&item->payload, item);
+	else
+		error_payload(&item->payload, &item->error);
+	item->state = LLM_ITEM_FINISHED;
+	if (item->xfer_live)
+	{
+		http_release(&item->xfer);
+		item->xfer_live = false;
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/* Hand the outcome to the waiting backend (or free an abandoned slot). */
+void
+item_deliver(LlmWorkItem *item)
+{
+	if (item->delivered)
+		return;
+	item->delivered = true;
+	if (item->ok)
+		channel_finish(item->slot, LLM_OUTCOME_OK, 0, item->payload.data, item->payload.len);
+	else
+		channel_finish(item->slot, LLM_OUTCOME_ERROR, item->error.sqlerrcode,
+					   item->payload.data, item->payload.len);
+}
+
+void
+item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,
+		  const char *message, const char *detail, const char *hint)
+{
+	MemoryContext old = MemoryContextSwitchTo(item->cxt);
+
+	item->ok = false;
+	item->status = status;
+	item->error.sqlerrcode = sqlerrcode;
+	item->error.message = pstrdup(message);
+	item->error.detail = detail ? pstrdup(detail) : NULL;
+	item->error.hint = hint ? pstrdup(hint) : NULL;
+	MemoryContextSwitchTo(old);
+	item_finish(item);
+}
+
+/*
+ * Pick the target of a new call.  Runs inside the log batch transaction
+ * (the route cache may reload).  An unknown alias fails the call here,
+ * before anything is sent.
+ */
+void
+item_resolve(LlmWorkItem *item)
+{
+	const LlmRouteTarget *rt = routes_lookup(item->alias);
+	MemoryContext old;
+
+	if (rt == NULL)
+	{
+		item_fail(item, "error", ERRCODE_UNDEFINED_OBJECT,
+				  psprintf("model alias \"%s\" does not exist", item->alias),
+				  NULL, "Define it with llm.add_route(alias, provider, upstream_model).");
+		return;
+	}
+	old = MemoryContextSwitchTo(item->cxt);
+	routes_copy_target(rt, &item->target);
+	item->has_target = true;
+	MemoryContextSwitchTo(old);
+	if (item->target.provider == NULL)
+		item_fail(item, "error", ERRCODE_FEATURE_NOT_SUPPORTED,
+				  psprintf("provider \"%s\" has kind \"%s\", which this build does not support",
+						   item->target.provider_name, rt->kind),
+				  NULL, psprintf("Supported kinds: %s.", provider_kinds()));
+}
+
+/* Translate and start the HTTP exchange.  The pending row is committed. */
+void
+item_send(LlmWorkItem *item)
+{
+	MemoryContext old = MemoryContextSwitchTo(item->cxt);
+	long		remaining;
+	LlmError   *err = &item->error;
+
+	item->call.request_id = item->request_id;
+	memset(&item->http_request, 0, sizeof(item->http_request));
+	initStringInfo(&item->http_request.body);
+	if (!item->target.provider->build_request(&item->call, &item->target,
+											  &item->http_request, err))
+	{
+		item->ok = false;
+		item->status = "error";
+		MemoryContextSwitchTo(old);
+		item_finish(item);
+		return;
+	}
+	if (item->http_request.body.len > llm_max_request_bytes)
+	{
+		MemoryContextSwitchTo(old);
+		item_fail(item, "error", ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+				  psprintf("the request body is %d bytes, more than llm.max_request_bytes (%d)",
+						   item->http_request.body.len, llm_max_request_bytes),
+				  NULL, "Send a shorter history, or raise llm.max_request_bytes.");
+		return;
+	}
+
+	remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), item->deadline);
+	if (remaining <= 0)
+	{
+		MemoryContextSwitchTo(old);
+		item_fail(item, "timeout", ERRCODE_LLM_PROVIDER_TIMEOUT,
+				  psprintf("the call timed out after %d ms before it could be sent", item->timeout_ms),
+				  NULL, "Raise the timeout_ms option or llm.request_timeout_ms.");
+		return;
+	}
+	item->attempts++;
+	http_start(&item->xfer, &item->http_request, remaining, item);
+	item->xfer_live = true;
+	item->state = LLM_ITEM_SENDING;
+	MemoryContextSwitchTo(old);
+	if (item->xfer.done)		/* could not even start */
+		item_transfer_done(item);
+}
+
+/* A hint for provider failures the adapter left without one. */
+static const char *
+hint_for(int sqlerrcode)
+{
+	switch (sqlerrcode)
+	{
+		case ERRCODE_LLM_PROVIDER_RATE_LIMITED:
+			return "The provider is rate limiting this key; retry later, or route the alias to more targets.";
+		case ERRCODE_LLM_PROVIDER_OVERLOADED:
+			return "The provider is overloaded; retry later, or route the alias to more targets.";
+		case ERRCODE_LLM_PROVIDER_SERVER_ERROR:
+			return "The provider failed; retry later, or route the alias to more targets.";
+		case ERRCODE_LLM_PROVIDER_INVALID_REQUEST:
+			return "The provider rejected the request itself; check the model name and options (llm.requests keeps the bodies).";
+		case ERRCODE_LLM_PROVIDER_QUOTA:
+			return "The provider account is out of quota or credit.";
+		case ERRCODE_LLM_PROVIDER_MALFORMED:
+		case ERRCODE_LLM_PROVIDER_INBAND_ERROR:
+			return "The provider's answer was not usable; retry, and see llm.requests.response_body.";
+		default:
+			return "See llm.requests for the provider's full answer.";
+	}
+}
+
+/* Fill err for a transfer that got no HTTP answer. */
+static void
+transport_error(LlmWorkItem *item)
+{
+	LlmHttpTransfer *t = &item->xfer;
+	LlmError   *err = &item->error;
+	const char *why = t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result);
+
+	item->ok = false;
+	err->fail_class = LLM_FAIL_RETRYABLE;
+	if (t->too_large)
+	{
+		item->status = "error";
+		err->sqlerrcode = ERRCODE_LLM_RESPONSE_TOO_LARGE;
+		err->message = psprintf("provider \"%s\" answered with more than llm.max_response_bytes (%d bytes)",
+								item->target.provider_name, llm_max_response_bytes);
+		err->hint = pstrdup("Lower max_tokens, or raise llm.max_response_bytes.");
+		err->fail_class = LLM_FAIL_FATAL;
+	}
+	else if (t->result == CURLE_OPERATION_TIMEDOUT)
+	{
+		item->status = "timeout";
+		err->sqlerrcode = ERRCODE_LLM_PROVIDER_TIMEOUT;
+		err->message = psprintf("provider \"%s\" did not answer within %d ms",
+								item->target.provider_name, item->timeout_ms);
+		err->detail = provider_scrub(why, item->target.secret);
+		err->hint = pstrdup("Raise the timeout_ms option or llm.request_timeout_ms.");
+	}
+	else
+	{
+		item->status = "error";
+		err->sqlerrcode = ERRCODE_LLM_PROVIDER_CONNECTION;
+		err->message = psprintf("could not reach provider \"%s\"", item->target.provider_name);
+		err->detail = provider_scrub(why, item->target.secret);
+		err->hint = pstrdup("Check the provider's base_url and that the server can reach it.");
+	}
+}
+
+/* The transfer finished (with or without an HTTP answer). */
+void
+item_transfer_done(LlmWorkItem *item)
+{
+	LlmHttpTransfer *t = &item->xfer;
+	MemoryContext old = MemoryContextSwitchTo(item->cxt);
+	LlmHttpResult res;
+	LlmError   *err = &item->error;
+
+	if (t->result != CURLE_OK)
+	{
+		transport_error(item);
+		MemoryContextSwitchTo(old);
+		item_finish(item);
+		return;
+	}
+
+	item->http_status = t->status;
+	res.status = t->status;
+	res.body = t->buf ? t->buf : "";
+	res.body_len = t->len;
+	res.headers = http_response_headers(t);
+	item->response_body = pnstrdup(res.body, res.body_len);
+
+	if (t->status >= 200 && t->status < 300)
+	{
+		item->ok = item->target.provider->parse_response(&item->call, &item->target, &res,
+														 &item->answer, err);
+		if (item->ok)
+			item->status = "ok";
+	}
+	else
+	{
+		llm_error_for_status((int) t->status, err);
+		item->target.provider->parse_error(&res, err);
+		if (err->retry_after_s < 0)
+			err->retry_after_s = provider_parse_retry_after(provider_header(&res, "retry-after"));
+		item->ok = false;
+	}
+
+	if (!item->ok)
+	{
+		/* name the provider and status; the provider's own words follow */
+		const char *said = err->message ? provider_scrub(err->message, item->target.secret) : "no message";
+
+		item->status = "error";
+		if (t->status >= 200 && t->status < 300)
+			err->message = psprintf("provider \"%s\" answered HTTP %ld with an error: %s",
+									item->target.provider_name, t->status, said);
+		else
+			err->message = psprintf("provider \"%s\" returned HTTP %ld: %s",
+									item->target.provider_name, t->status, said);
+		err->detail = psprintf("Upstream model \"%s\"%s%s.", item->target.upstream_model,
+							   err->provider_type ? ", provider error type " : "",
+							   err->provider_type ? err->provider_type : "");
+		if (err->hint == NULL)
+			err->hint = pstrdup(hint_for(err->sqlerrcode));
+	}
+	MemoryContextSwitchTo(old);
+	item_finish(item);
+}
+
+/* The backend gave up: stop the transfer (the provider sees the connection close). */
+void
+item_cancel(LlmWorkItem *item)
+{
+	if (item->xfer_live)
+	{
+		http_release(&item->xfer);
+		item->xfer_live = false;
+	}
+	item_fail(item, "cancelled", ERRCODE_QUERY_CANCELED,
+			  "the call was cancelled by its caller", NULL, NULL);
+}
+
+void
+item_free(LlmWorkItem *item)
+{
+	if (item->xfer_live)
+		http_release(&item->xfer);
+	MemoryContextDelete(item->cxt);
+}

@@ -1,0 +1,81 @@
+/*-------------------------------------------------------------------------
+ *
+ * attempt.h
+ *	  A call as the worker handles it (a work item), from the slot it came
+ *	  in through to the answer and the log row.
+ *
+ * runs in: worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LLM_ATTEMPT_H
+#define LLM_ATTEMPT_H
+
+#include "lib/ilist.h"
+#include "utils/timestamp.h"
+
+#include "http.h"
+#include "provider.h"
+
+typedef enum LlmItemState
+{
+	LLM_ITEM_NEW,				/* taken from the channel, no log row yet */
+	LLM_ITEM_READY,				/* pending row committed; may contact the provider */
+	LLM_ITEM_SENDING,			/* transfer in flight */
+	LLM_ITEM_FINISHED			/* answered (or abandoned); log row to complete */
+} LlmItemState;
+
+typedef struct LlmWorkItem
+{
+	dlist_node	node;
+	LlmItemState state;
+	MemoryContext cxt;			/* everything below lives here */
+
+	int			slot;
+	uint32		generation;
+
+	/* the call */
+	char	   *alias;
+	char	   *role;
+	char	   *tags;			/* JSON text or NULL */
+	Jsonb	   *request;
+	int			timeout_ms;
+	TimestampTz submitted_at;
+	TimestampTz deadline;
+	int64		request_id;		/* llm.requests.id once logged, else 0 */
+	bool		logged;			/* pending row exists */
+
+	/* the target */
+	bool		has_target;
+	LlmTarget	target;
+	LlmCall		call;
+	LlmHttpRequest http_request;
+	LlmHttpTransfer xfer;
+	bool		xfer_live;		/* xfer holds curl resources */
+	int			attempts;
+
+	/* the outcome */
+	const char *status;			/* ok, error, cancelled, timeout */
+	bool		ok;
+	LlmAnswer	answer;
+	LlmError	error;
+	long		http_status;
+	char	   *response_body;	/* raw provider body, for the log */
+	double		latency_ms;
+
+	/* what the backend gets, kept until the log row is completed */
+	StringInfoData payload;
+	bool		delivered;		/* channel_finish done, or the slot already released */
+} LlmWorkItem;
+
+extern LlmWorkItem *item_create(int slot);
+extern void item_resolve(LlmWorkItem *item);
+extern void item_send(LlmWorkItem *item);
+extern void item_transfer_done(LlmWorkItem *item);
+extern void item_cancel(LlmWorkItem *item);
+extern void item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,
+					  const char *message, const char *detail, const char *hint);
+extern void item_deliver(LlmWorkItem *item);
+extern void item_free(LlmWorkItem *item);
+
+#endif							/* LLM_ATTEMPT_H */

@@ -1,0 +1,48 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.h
+ *	  libcurl multi glue for the worker: transfers, sockets and timers.
+ *
+ * runs in: worker.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LLM_HTTP_H
+#define LLM_HTTP_H
+
+#include <curl/curl.h>
+
+#include "provider.h"
+
+typedef struct LlmHttpTransfer
+{
+	CURL	   *easy;
+	struct curl_slist *headers;
+	void	   *owner;			/* the work item */
+
+	/* answer body: malloc'd, because curl callbacks must not ERROR */
+	char	   *buf;
+	size_t		len;
+	size_t		cap;
+	bool		too_large;
+
+	/* outcome */
+	bool		done;
+	CURLcode	result;
+	long		status;
+	double		total_ms;
+	char		errbuf[CURL_ERROR_SIZE];
+} LlmHttpTransfer;
+
+extern void http_init(void);
+extern int	http_socket_fd(void);
+extern long http_timeout_ms(void);
+extern void http_start(LlmHttpTransfer *t, LlmHttpRequest *req, long timeout_ms, void *owner);
+extern void http_abort(LlmHttpTransfer *t);
+extern void http_drive(bool sockets_ready);
+extern LlmHttpTransfer *http_next_done(void);
+extern List *http_response_headers(LlmHttpTransfer *t);
+extern void http_release(LlmHttpTransfer *t);
+extern int	http_active(void);
+
+#endif							/* LLM_HTTP_H */

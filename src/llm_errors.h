@@ -1,0 +1,51 @@
+/*-------------------------------------------------------------------------
+ *
+ * llm_errors.h
+ *	  SQLSTATEs of provider and gateway failures, and the classification of
+ *	  an HTTP status that every provider shares.
+ *
+ * runs in: worker (classification) and backends (raising the codes).
+ *
+ * The codes live in class "LL", which the SQL standard leaves to
+ * implementations (classes starting with a letter I-Z or 5-9 are never
+ * used by PostgreSQL), so an application can tell a provider failure from
+ * a PostgreSQL error by the first two characters alone.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LLM_ERRORS_H
+#define LLM_ERRORS_H
+
+#include "utils/elog.h"
+
+#include "provider.h"
+
+/* the provider refused the credential (401, 403) */
+#define ERRCODE_LLM_PROVIDER_AUTH			MAKE_SQLSTATE('L','L','0','0','1')
+/* rate limited (429) */
+#define ERRCODE_LLM_PROVIDER_RATE_LIMITED	MAKE_SQLSTATE('L','L','0','0','2')
+/* overloaded or unavailable (529, 503) */
+#define ERRCODE_LLM_PROVIDER_OVERLOADED		MAKE_SQLSTATE('L','L','0','0','3')
+/* the provider rejected the request (400, 404, 413, 422, other 4xx) */
+#define ERRCODE_LLM_PROVIDER_INVALID_REQUEST MAKE_SQLSTATE('L','L','0','0','4')
+/* server-side failure (500, 502, 504, other 5xx) */
+#define ERRCODE_LLM_PROVIDER_SERVER_ERROR	MAKE_SQLSTATE('L','L','0','0','5')
+/* a 2xx answer we cannot read */
+#define ERRCODE_LLM_PROVIDER_MALFORMED		MAKE_SQLSTATE('L','L','0','0','6')
+/* an error reported inside a 2xx answer */
+#define ERRCODE_LLM_PROVIDER_INBAND_ERROR	MAKE_SQLSTATE('L','L','0','0','7')
+/* could not connect, TLS failure, connection reset */
+#define ERRCODE_LLM_PROVIDER_CONNECTION		MAKE_SQLSTATE('L','L','0','0','8')
+/* the provider did not answer in time */
+#define ERRCODE_LLM_PROVIDER_TIMEOUT		MAKE_SQLSTATE('L','L','0','0','9')
+/* out of quota or credit (insufficient_quota, spend limit, 402) */
+#define ERRCODE_LLM_PROVIDER_QUOTA			MAKE_SQLSTATE('L','L','0','1','0')
+/* the gateway worker is not running */
+#define ERRCODE_LLM_WORKER_UNAVAILABLE		MAKE_SQLSTATE('L','L','0','1','1')
+/* the answer exceeds llm.max_response_bytes */
+#define ERRCODE_LLM_RESPONSE_TOO_LARGE		MAKE_SQLSTATE('L','L','0','1','2')
+
+extern void llm_error_for_status(int status, LlmError *err);
+extern const char *llm_fail_class_name(LlmFailClass fail_class);
+
+#endif							/* LLM_ERRORS_H */

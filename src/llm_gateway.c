@@ -1,0 +1,246 @@
+/*-------------------------------------------------------------------------
+ *
+ * llm_gateway.c
+ *	  Module entry point: GUCs, shared-memory hooks, worker registration
+ *	  and the version function.
+ *
+ * runs in: postmaster (_PG_init, shared-memory hooks), every backend
+ * (the preload check, llm.version()).
+ *
+ * The library must be in shared_preload_libraries: the worker is
+ * registered and the request channel sized at postmaster start.  Loading
+ * it any other way fails at once with a message that says so.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "channel.h"
+#include "llm_gateway.h"
+
+PG_MODULE_MAGIC;
+
+/* GUC variables */
+char	   *llm_database = NULL;
+int			llm_max_inflight = 1024;
+int			llm_request_timeout_ms = 120000;
+int			llm_max_response_bytes = 16 * 1024 * 1024;
+int			llm_max_request_bytes = 16 * 1024 * 1024;
+int			llm_shared_memory_mb = 256;
+int			llm_log_bodies = LLM_LOG_BODIES_ALL;
+char	   *llm_ca_bundle = NULL;
+int			llm_max_connections = 256;
+
+bool		llm_preloaded = false;
+
+static const struct config_enum_entry log_bodies_options[] = {
+	{"none", LLM_LOG_BODIES_NONE, false},
+	{"errors", LLM_LOG_BODIES_ERRORS, false},
+	{"all", LLM_LOG_BODIES_ALL, false},
+	{NULL, 0, false}
+};
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+static void define_gucs(void);
+static void llm_shmem_request(void);
+static void llm_shmem_startup(void);
+static void register_worker(void);
+
+PG_FUNCTION_INFO_V1(llm_version);
+
+/*
+ * Module load.  Outside shared_preload_libraries we refuse to load: the
+ * gateway cannot work without its worker and shared memory, and a silent
+ * half-loaded library would only fail later with a worse message.
+ */
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("llm_gateway must be loaded via shared_preload_libraries"),
+				 errdetail("The gateway needs a background worker and shared memory that are set up at server start."),
+				 errhint("Add llm_gateway to shared_preload_libraries in postgresql.conf and restart the server.")));
+
+	define_gucs();
+
+	/* pg_upgrade's server must not start workers or take shared memory */
+	if (IsBinaryUpgrade)
+		return;
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = llm_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = llm_shmem_startup;
+
+	register_worker();
+	llm_preloaded = true;
+}
+
+static void
+llm_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(channel_shmem_size());
+	RequestNamedLWLockTranche("llm_gateway", 1);
+}
+
+static void
+llm_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	channel_shmem_init();
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * One worker for the cluster.  Restart after 1 s when it exits with an
+ * error (code 1); a crash restarts the whole cluster as usual.
+ */
+static void
+register_worker(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "llm_gateway");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "llm_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "llm_gateway worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "llm_gateway worker");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * Every SQL entry point calls this first.  It only fires when the library
+ * was loaded some other way after a failed first load (the failed
+ * _PG_init leaves the library mapped, so a second call reaches us).
+ */
+void
+llm_check_preloaded(void)
+{
+	if (!llm_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("llm_gateway must be loaded via shared_preload_libraries"),
+				 errhint("Add llm_gateway to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * llm.version() returns the version of the loaded library.
+ */
+Datum
+llm_version(PG_FUNCTION_ARGS)
+{
+	llm_check_preloaded();
+	PG_RETURN_TEXT_P(cstring_to_text(LLM_GATEWAY_VERSION));
+}
+
+static void
+define_gucs(void)
+{
+	DefineCustomStringVariable("llm.database",
+							   "Database the gateway worker connects to; calls are served only from it.",
+							   NULL,
+							   &llm_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.max_inflight",
+							"Maximum number of calls in flight at once; further callers wait.",
+							NULL,
+							&llm_max_inflight,
+							1024, 1, 65536,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.shared_memory_mb",
+							"Upper bound of shared memory for request and answer payloads.",
+							NULL,
+							&llm_shared_memory_mb,
+							256, 8, 65536,
+							PGC_POSTMASTER,
+							GUC_UNIT_MB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.request_timeout_ms",
+							"Default deadline of one call, retries included.",
+							"A call's timeout_ms option overrides it.",
+							&llm_request_timeout_ms,
+							120000, 1, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.max_request_bytes",
+							"Largest request body a call may send.",
+							NULL,
+							&llm_max_request_bytes,
+							16 * 1024 * 1024, 1024, (int) (MaxAllocSize / 2),
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.max_response_bytes",
+							"Largest provider answer the worker accepts.",
+							NULL,
+							&llm_max_response_bytes,
+							16 * 1024 * 1024, 1024, (int) (MaxAllocSize / 2),
+							PGC_SIGHUP,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("llm.log_bodies",
+							 "Which request and response bodies the worker keeps in llm.requests.",
+							 NULL,
+							 &llm_log_bodies,
+							 LLM_LOG_BODIES_ALL,
+							 log_bodies_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("llm.ca_bundle",
+							   "CA certificate bundle file for TLS verification of providers.",
+							   "Empty means the system default bundle.",
+							   &llm_ca_bundle,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.max_connections",
+							"Maximum number of open connections the worker keeps to providers.",
+							NULL,
+							&llm_max_connections,
+							256, 1, 65536,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("llm");
+}

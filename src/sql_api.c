@@ -1,0 +1,283 @@
+/*-------------------------------------------------------------------------
+ *
+ * sql_api.c
+ *	  SQL-callable functions: llm_messages, llm_complete and the small
+ *	  llm.* helpers implemented in C.
+ *
+ * runs in: backend.
+ *
+ * A call validates its input, hands the canonical request to the worker
+ * through the channel, waits, and returns the answer or raises the error
+ * the worker reported (llm_raise()).  The backend never touches the
+ * network and never sees a provider key.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/trigger.h"
+#include "catalog/namespace.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "channel.h"
+#include "json_util.h"
+#include "llm_errors.h"
+#include "llm_gateway.h"
+#include "provider.h"
+#include "validate.h"
+
+PG_FUNCTION_INFO_V1(llm_messages);
+PG_FUNCTION_INFO_V1(llm_complete);
+PG_FUNCTION_INFO_V1(llm_gateway_status);
+PG_FUNCTION_INFO_V1(llm_config_changed);
+PG_FUNCTION_INFO_V1(llm_provider_kinds);
+
+/* The worker serves one database; say so before anything else. */
+static void
+check_database(void)
+{
+	static Oid	checked_db = InvalidOid;
+
+	if (checked_db == MyDatabaseId)
+		return;
+	if (strcmp(get_database_name(MyDatabaseId), llm_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("llm_gateway serves calls only from database \"%s\"", llm_database),
+				 errdetail("This session is connected to database \"%s\".",
+						   get_database_name(MyDatabaseId)),
+				 errhint("Connect to \"%s\", or set llm.database in postgresql.conf and restart the server.",
+						 llm_database)));
+	checked_db = MyDatabaseId;
+}
+
+/* Raise the error the worker reported. */
+static void
+llm_raise(const LlmCallResult *r)
+{
+	const char *message = r->text;
+	const char *detail = message + strlen(message) + 1;
+	const char *hint = detail + strlen(detail) + 1;
+
+	ereport(ERROR,
+			(errcode(r->sqlerrcode ? r->sqlerrcode : ERRCODE_INTERNAL_ERROR),
+			 errmsg_internal("%s", message),
+			 detail[0] ? errdetail_internal("%s", detail) : 0,
+			 hint[0] ? errhint("%s", hint) : 0));
+}
+
+/* Validate, submit, wait; returns the answer as jsonb. */
+static Jsonb *
+call_model(text *model, Jsonb *history, Jsonb *options)
+{
+	char	   *alias = text_to_cstring(model);
+	char	   *role = GetUserNameFromId(GetUserId(), false);
+	LlmCallSpec spec;
+	LlmRequestMsg hdr;
+	StringInfoData data;
+	LlmCallResult result;
+
+	llm_check_preloaded();
+	check_database();
+	validate_call(alias, history, options, &spec);
+
+	memset(&hdr, 0, sizeof(hdr));
+	hdr.userid = GetUserId();
+	hdr.timeout_ms = spec.timeout_ms;
+	hdr.submitted_at = GetCurrentTimestamp();
+	hdr.alias_len = strlen(alias);
+	hdr.role_len = strlen(role);
+	hdr.tags_len = spec.tags ? strlen(spec.tags) : 0;
+	hdr.request_len = VARSIZE(spec.request);
+
+	initStringInfo(&data);
+	appendBinaryStringInfo(&data, alias, hdr.alias_len + 1);
+	appendBinaryStringInfo(&data, role, hdr.role_len + 1);
+	appendBinaryStringInfo(&data, spec.tags ? spec.tags : "", hdr.tags_len + 1);
+	appendBinaryStringInfo(&data, (char *) spec.request, hdr.request_len);
+
+	if (data.len > llm_max_request_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the call is %d bytes, more than llm.max_request_bytes (%d)",
+						data.len, llm_max_request_bytes),
+				 errhint("Send a shorter history, or ask an administrator to raise llm.max_request_bytes.")));
+
+	channel_call(&hdr, data.data, data.len, spec.timeout_ms, &result);
+	pfree(data.data);
+
+	if (result.outcome != LLM_OUTCOME_OK)
+		llm_raise(&result);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result.text)));
+}
+
+static Jsonb *
+empty_object(void)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+}
+
+/*
+ * llm_messages(model text, history jsonb, options jsonb DEFAULT '{}') -> jsonb
+ */
+Datum
+llm_messages(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model alias must not be NULL"),
+				 errhint("Pass the alias of a route defined with llm.add_route().")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("history must not be NULL"),
+				 errhint("Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.")));
+	PG_RETURN_JSONB_P(call_model(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1),
+								 PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2)));
+}
+
+/*
+ * llm_complete(model text, prompt text, options jsonb DEFAULT '{}') -> text
+ *
+ * The joined text of the answer's text blocks (tool calls and thinking are
+ * left out; use llm_messages for those).
+ */
+Datum
+llm_complete(PG_FUNCTION_ARGS)
+{
+	StringInfoData hist;
+	Jsonb	   *history;
+	Jsonb	   *answer;
+	JsonbContainer *content;
+	StringInfoData out;
+	int			i;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model alias must not be NULL"),
+				 errhint("Pass the alias of a route defined with llm.add_route().")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("prompt must not be NULL"),
+				 errhint("Filter out NULL rows, or coalesce() the prompt.")));
+
+	initStringInfo(&hist);
+	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
+	json_append_string(&hist, text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	appendStringInfoString(&hist, "}]");
+	history = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data)));
+
+	answer = call_model(PG_GETARG_TEXT_PP(0), history,
+						PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2));
+
+	initStringInfo(&out);
+	content = json_get_array(&answer->root, "content");
+	for (i = 0; i < json_array_size(content); i++)
+	{
+		JsonbContainer *block = json_value_container(json_array_elem(content, i), false);
+		const char *type = json_get_cstring(block, "type");
+		const char *text;
+
+		if (type == NULL || strcmp(type, "text") != 0)
+			continue;
+		text = json_get_cstring(block, "text");
+		if (text)
+			appendStringInfoString(&out, text);
+	}
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(out.data, out.len));
+}
+
+/*
+ * llm.gateway_status(): the worker's pid and the channel's counters.
+ */
+Datum
+llm_gateway_status(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[7];
+	bool		nulls[7] = {0};
+	LlmChannel *ch;
+	pid_t		pid;
+	int			in_use = 0;
+	int			i;
+
+	llm_check_preloaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	ch = channel_get();
+
+	SpinLockAcquire(&ch->mutex);
+	pid = ch->worker_pid;
+	SpinLockRelease(&ch->mutex);
+	for (i = 0; i < ch->nslots; i++)
+		if (pg_atomic_read_u32(&ch->slots[i].state) != LLM_SLOT_FREE)
+			in_use++;
+
+	values[0] = Int32GetDatum(pid);
+	nulls[0] = (pid == 0);
+	values[1] = Int32GetDatum(ch->nslots);
+	values[2] = Int32GetDatum(in_use);
+	values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&ch->stats.submitted));
+	values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&ch->stats.completed));
+	values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&ch->stats.abandoned));
+	values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&ch->stats.waited_for_slot));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * Statement trigger on the configuration tables: queue a relcache
+ * invalidation of llm.routes.  It is sent when the transaction commits,
+ * and the worker's relcache callback then reloads its route cache.
+ */
+Datum
+llm_config_changed(PG_FUNCTION_ARGS)
+{
+	Oid			nsp;
+	Oid			routes;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("llm._config_changed() must be called as a trigger")));
+	nsp = get_namespace_oid("llm", false);
+	routes = get_relname_relid("routes", nsp);
+	if (OidIsValid(routes))
+		CacheInvalidateRelcacheByRelid(routes);
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * llm.provider_kinds(): the protocols this build speaks.
+ */
+Datum
+llm_provider_kinds(PG_FUNCTION_ARGS)
+{
+	char	   *kinds = pstrdup(provider_kinds());
+	List	   *names = NIL;
+	Datum	   *elems;
+	ListCell   *lc;
+	int			n = 0;
+	char	   *tok;
+	char	   *save;
+
+	for (tok = strtok_r(kinds, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+		names = lappend(names, tok);
+	elems = palloc(sizeof(Datum) * Max(list_length(names), 1));
+	foreach(lc, names)
+		elems[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+}

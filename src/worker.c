@@ -1,0 +1,347 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The gateway's background worker: main and event loop.
+ *
+ * runs in: worker (one per cluster, connected to llm.database).
+ *
+ * One turn of the loop, top to bottom:
+ *	 wait on {latch, postmaster death, curl's epoll set} until curl's timer;
+ *	 reload the configuration on SIGHUP;
+ *	 let curl progress and answer the calls whose transfers finished;
+ *	 stop the transfers of calls their backends abandoned;
+ *	 take new calls: resolve routes and commit their pending log rows in
+ *	 one transaction, then start their transfers;
+ *	 complete the log rows of finished calls in one transaction.
+ * Nothing sleeps on a timer of its own: every wake-up is the latch, a
+ * socket, curl's timer or postmaster death.
+ *
+ * SIGTERM uses die(): the next CHECK_FOR_INTERRUPTS() exits (code 1, so
+ * the postmaster restarts us unless it is shutting down), and the channel's
+ * exit callback fails the calls still in flight so no backend waits on a
+ * worker that is gone.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "lib/ilist.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "attempt.h"
+#include "channel.h"
+#include "http.h"
+#include "llm_gateway.h"
+#include "request_log.h"
+#include "route_cache.h"
+
+#define TAKE_BATCH 256
+
+PGDLLEXPORT void llm_worker_main(Datum main_arg);
+
+static LlmWorkItem **items_by_slot;	/* the item holding each slot, or NULL */
+static dlist_head finished = DLIST_STATIC_INIT(finished);	/* rows to complete */
+static MemoryContext loop_cxt;
+
+/* Run fn over a batch transaction; on ERROR log it, roll back, return false. */
+static bool
+run_batch(void (*fn) (void *), void *arg, char **unavailable)
+{
+	MemoryContext old = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	*unavailable = NULL;
+	PG_TRY();
+	{
+		if (!reqlog_open_batch())
+		{
+			*unavailable = MemoryContextStrdup(loop_cxt, reqlog_unavailable_reason());
+			ok = false;
+		}
+		else
+			fn(arg);
+		reqlog_close_batch();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(old);
+		EmitErrorReport();
+		FlushErrorState();
+		reqlog_abort_batch();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	return ok;
+}
+
+static void
+forget(LlmWorkItem *item)
+{
+	if (items_by_slot[item->slot] == item)
+		items_by_slot[item->slot] = NULL;
+}
+
+/* A finished item waits in `finished` until its row is completed. */
+static void
+to_finished(LlmWorkItem *item)
+{
+	forget(item);
+	dlist_push_tail(&finished, &item->node);
+}
+
+static void
+log_pending(void *arg)
+{
+	dlist_head *fresh = arg;
+	dlist_iter	it;
+
+	dlist_foreach(it, fresh)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+		if (item->state == LLM_ITEM_NEW)
+			item_resolve(item);
+		reqlog_insert_pending(item);
+	}
+}
+
+static void
+log_finished(void *arg)
+{
+	dlist_iter	it;
+
+	/*
+	 * The pending row was committed durably before the provider was
+	 * contacted; losing this update in a crash only leaves that row to be
+	 * marked "unknown", so it need not wait for the WAL flush.
+	 */
+	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+
+	dlist_foreach(it, &finished)
+		reqlog_complete(dlist_container(LlmWorkItem, node, it.cur));
+}
+
+/* Take the calls backends submitted since the last turn. */
+static void
+take_new_calls(void)
+{
+	int			slots[TAKE_BATCH];
+	int			n;
+	dlist_head	fresh;
+	dlist_mutable_iter it;
+	char	   *unavailable;
+
+	dlist_init(&fresh);
+	while ((n = channel_take_submitted(slots, TAKE_BATCH)) > 0)
+	{
+		int			i;
+
+		for (i = 0; i < n; i++)
+		{
+			LlmWorkItem *item;
+
+			if (!channel_start(slots[i]))
+			{
+				/* abandoned before we saw it: log it as cancelled */
+				item = item_create(slots[i]);
+				item->status = "cancelled";
+				item->error.sqlerrcode = ERRCODE_QUERY_CANCELED;
+				item->error.message = MemoryContextStrdup(item->cxt, "the call was cancelled before it was sent");
+				item->state = LLM_ITEM_FINISHED;
+				item->delivered = true;
+				channel_release_abandoned(slots[i]);
+			}
+			else
+			{
+				item = item_create(slots[i]);
+				items_by_slot[slots[i]] = item;
+			}
+			dlist_push_tail(&fresh, &item->node);
+		}
+		if (n < TAKE_BATCH)
+			break;
+	}
+	if (dlist_is_empty(&fresh))
+		return;
+
+	/* pending rows commit before any provider is contacted */
+	if (!run_batch(log_pending, &fresh, &unavailable))
+	{
+		dlist_foreach_modify(it, &fresh)
+		{
+			LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+			dlist_delete(&item->node);
+			if (item->state != LLM_ITEM_FINISHED)
+				item_fail(item, "error", ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						  unavailable ? unavailable : "the gateway could not write its request log",
+						  "No call is sent without its audit row.",
+						  unavailable ? "Run CREATE EXTENSION llm_gateway in the database named by llm.database."
+						  : "See the server log for the error.");
+			item_deliver(item);
+			forget(item);
+			item_free(item);	/* no row to complete */
+		}
+		return;
+	}
+
+	dlist_foreach_modify(it, &fresh)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+		dlist_delete(&item->node);
+		if (item->state == LLM_ITEM_NEW)
+		{
+			item->state = LLM_ITEM_READY;
+			item_send(item);
+		}
+		if (item->state == LLM_ITEM_FINISHED)
+			to_finished(item);
+	}
+}
+
+static void
+handle_cancels(void)
+{
+	LlmCancelEntry entries[TAKE_BATCH];
+	int			n;
+
+	while ((n = channel_take_cancels(entries, TAKE_BATCH)) > 0)
+	{
+		int			i;
+
+		for (i = 0; i < n; i++)
+		{
+			LlmWorkItem *item = items_by_slot[entries[i].slot];
+
+			if (item == NULL || item->generation != entries[i].generation ||
+				item->state == LLM_ITEM_FINISHED)
+				continue;
+			item_cancel(item);
+			to_finished(item);
+		}
+	}
+}
+
+static void
+handle_finished_transfers(void)
+{
+	LlmHttpTransfer *t;
+
+	while ((t = http_next_done()) != NULL)
+	{
+		LlmWorkItem *item = t->owner;
+
+		item_transfer_done(item);
+		to_finished(item);
+	}
+}
+
+static void
+complete_log_rows(void)
+{
+	dlist_mutable_iter it;
+	char	   *unavailable;
+
+	if (dlist_is_empty(&finished))
+		return;
+	(void) run_batch(log_finished, NULL, &unavailable);
+	/* rows that could not be completed stay pending and become "unknown" */
+	dlist_foreach_modify(it, &finished)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+		dlist_delete(&item->node);
+		item_deliver(item);
+		item_free(item);
+	}
+}
+
+static void
+mark_unknown(void *arg)
+{
+	reqlog_mark_unknown();
+}
+
+void
+llm_worker_main(Datum main_arg)
+{
+	WaitEventSet *wes;
+	char	   *unavailable;
+	int			epoll_pos;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(llm_database, NULL, 0);
+	pgstat_report_appname("llm_gateway worker");
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "llm worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
+	items_by_slot = MemoryContextAllocZero(TopMemoryContext,
+										   sizeof(LlmWorkItem *) * channel_get()->nslots);
+	routes_init();
+	http_init();
+
+	(void) run_batch(mark_unknown, NULL, &unavailable);
+	if (unavailable)
+		ereport(LOG,
+				(errmsg("llm_gateway worker: %s; calls will fail until it is", unavailable)));
+
+	channel_worker_attach();
+	ereport(LOG, (errmsg("llm_gateway worker started (database \"%s\")", llm_database)));
+
+	wes = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wes, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wes, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	epoll_pos = AddWaitEventToSet(wes, WL_SOCKET_READABLE, http_socket_fd(), NULL, NULL);
+
+	for (;;)
+	{
+		WaitEvent	events[3];
+		int			nevents;
+		int			i;
+		bool		sockets_ready = false;
+
+		pgstat_report_activity(STATE_IDLE, NULL);
+		nevents = WaitEventSetWait(wes, http_timeout_ms(), events, lengthof(events),
+								   PG_WAIT_EXTENSION);
+		for (i = 0; i < nevents; i++)
+		{
+			if (events[i].events & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			if (events[i].pos == epoll_pos)
+				sockets_ready = true;
+		}
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		pgstat_report_activity(STATE_RUNNING, "llm_gateway: serving calls");
+
+		http_drive(sockets_ready);
+		handle_finished_transfers();
+		handle_cancels();
+		take_new_calls();
+		/* new transfers: let curl start them in this turn */
+		http_drive(false);
+		handle_finished_transfers();
+		complete_log_rows();
+
+		MemoryContextReset(loop_cxt);
+	}
+}

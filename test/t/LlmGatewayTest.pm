@@ -1,0 +1,108 @@
+# LlmGatewayTest: helpers shared by the TAP suites.
+#
+# new_node(NAME, CONF) creates a cluster with llm_gateway preloaded;
+# start_mock(ARGS) starts the bundled mock provider on a free loopback port
+# and returns an object with ->port, ->url, ->get(PATH), ->post(PATH, BODY)
+# and ->stop.
+package LlmGatewayTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use File::Basename qw(dirname);
+use File::Spec;
+use HTTP::Tiny;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Time::HiRes qw(usleep);
+
+our @EXPORT = qw(new_node start_mock);
+
+my $mock_script =
+  File::Spec->rel2abs(File::Spec->catfile(dirname(__FILE__), '..', 'mock', 'mock_provider.py'));
+
+# A cluster with the library preloaded and the worker serving 'postgres'.
+sub new_node
+{
+	my ($name, $extra_conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'llm_gateway'\n");
+	$node->append_conf('postgresql.conf', $extra_conf) if defined $extra_conf;
+	return $node;
+}
+
+sub start_mock
+{
+	my (@args) = @_;
+	my $portfile = "${PostgreSQL::Test::Utils::tmp_check}/mock.$$." . int(rand(1e9)) . ".port";
+	my $log = "${PostgreSQL::Test::Utils::log_path}/mock_provider.log";
+	my $pid = fork();
+	die "fork failed: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>>', $log) or die;
+		open(STDERR, '>&', \*STDOUT) or die;
+		exec('python3', $mock_script, '--port', '0', '--port-file', $portfile, '--quiet', @args)
+		  or die "exec: $!";
+	}
+	# the mock writes its port file once it listens
+	for (my $i = 0; $i < 200 && !-s $portfile; $i++)
+	{
+		die "mock provider exited early, see $log" if waitpid($pid, 1) == $pid;
+		usleep(50_000);
+	}
+	die "mock provider did not start, see $log" unless -s $portfile;
+	open(my $fh, '<', $portfile) or die;
+	my $port = <$fh>;
+	close $fh;
+	unlink $portfile;
+	chomp $port;
+	return bless { pid => $pid, port => $port, http => HTTP::Tiny->new(timeout => 30) },
+	  'LlmGatewayTest::Mock';
+}
+
+package LlmGatewayTest::Mock;
+
+use JSON::PP;
+
+sub port { return $_[0]->{port}; }
+sub url  { return "http://127.0.0.1:$_[0]->{port}"; }
+
+sub get
+{
+	my ($self, $path) = @_;
+	my $r = $self->{http}->get($self->url . $path);
+	die "GET $path: $r->{status} $r->{content}" unless $r->{success};
+	return decode_json($r->{content});
+}
+
+# post(PATH, BODY_HASHREF, HEADERS_HASHREF): returns the HTTP::Tiny response.
+sub post
+{
+	my ($self, $path, $body, $headers) = @_;
+	return $self->{http}->post(
+		$self->url . $path,
+		{
+			headers => { 'content-type' => 'application/json', %{ $headers // {} } },
+			content => encode_json($body // {})
+		});
+}
+
+sub reset { my ($self) = @_; $self->post('/_mock/reset'); return; }
+
+sub stop
+{
+	my ($self) = @_;
+	return unless $self->{pid};
+	kill 'TERM', $self->{pid};
+	waitpid($self->{pid}, 0);
+	$self->{pid} = undef;
+	return;
+}
+
+sub DESTROY { my ($self) = @_; $self->stop; return; }
+
+1;
