@@ -20,8 +20,8 @@ SHLIB_LINK  = -lcurl -lcrypto
 
 # pg_regress runs on its own temporary instance with the library preloaded;
 # the test runner exports MOCK_PORT for the mock provider the tests talk to.
-REGRESS      = setup validation messages errors request_log
-REGRESS_OPTS = --temp-config=test/regress.conf --temp-instance=./tmp_check
+REGRESS      = setup validation adapters messages errors request_log
+REGRESS_OPTS = --temp-config=test/regress.conf --temp-instance=./tmp_check --encoding=UTF8
 
 # TAP tests live under test/t (PostgreSQL::Test::Cluster); "make tapcheck"
 # runs them (installcheck runs only pg_regress, so the two report apart).

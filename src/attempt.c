@@ -381,15 +381,23 @@ item_transfer_done(LlmWorkItem *item)
 		const char *said = err->message ? provider_scrub(err->message, item->target.secret) : "no message";
 
 		item->status = "error";
-		if (t->status >= 200 && t->status < 300)
+		if (err->sqlerrcode == ERRCODE_LLM_PROVIDER_MALFORMED)
+		{
+			err->detail = err->detail ? psprintf("%s: %s", said, err->detail) : pstrdup(said);
+			err->message = psprintf("provider \"%s\" sent an answer the gateway cannot read",
+									item->target.provider_name);
+		}
+		else if (t->status >= 200 && t->status < 300)
 			err->message = psprintf("provider \"%s\" answered HTTP %ld with an error: %s",
 									item->target.provider_name, t->status, said);
 		else
 			err->message = psprintf("provider \"%s\" returned HTTP %ld: %s",
 									item->target.provider_name, t->status, said);
-		err->detail = psprintf("Upstream model \"%s\"%s%s.", item->target.upstream_model,
+		err->detail = psprintf("Upstream model \"%s\"%s%s.%s%s", item->target.upstream_model,
 							   err->provider_type ? ", provider error type " : "",
-							   err->provider_type ? err->provider_type : "");
+							   err->provider_type ? err->provider_type : "",
+							   err->detail ? " " : "",
+							   err->detail ? provider_scrub(err->detail, item->target.secret) : "");
 		if (err->hint == NULL)
 			err->hint = pstrdup(hint_for(err->sqlerrcode));
 	}

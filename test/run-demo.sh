@@ -63,6 +63,8 @@ as_run_user pg_ctl -D "$DEMO/data" -l "$DEMO/server.log" -w start >/dev/null ||
 PSQL=(psql -X -h "$DEMO" -p "$PORT" -U postgres -d postgres)
 as_run_user "${PSQL[@]}" -q -v ON_ERROR_STOP=1 \
     -v mock_port="${MOCK_PORT:-}" \
+    -v anthropic_model="${ANTHROPIC_MODEL:-claude-3-5-haiku-latest}" \
+    -v openai_model="${OPENAI_MODEL:-gpt-4o-mini}" \
     -f "$LLM_ROOT/test/demo.sql"
 
 echo
