@@ -3,7 +3,8 @@
 #   make && sudo make install     build and install the extension
 #   bash test/run-tests.sh        every test suite (installs what it needs)
 #   bash test/run-demo.sh         throwaway cluster + mock provider + examples
-#   make bench                    benchmarks (needs an installed build)
+#   make bench                    benchmarks (builds and installs first)
+#   make fuzz [FUZZ_RUNS=N]       libFuzzer over the provider adapters
 
 EXTENSION   = llm_gateway
 EXTVERSION  = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
@@ -35,9 +36,12 @@ include $(PGXS)
 
 $(OBJS): $(wildcard src/*.h src/providers/*.h)
 
-.PHONY: tapcheck bench
+.PHONY: tapcheck bench fuzz
 tapcheck:
 	$(prove_installcheck)
 
 bench:
 	bash test/bench/run-bench.sh
+
+fuzz:
+	bash test/fuzz/run-fuzz.sh $(FUZZ_RUNS)

@@ -6,7 +6,8 @@
 # Installs missing Debian packages, builds with -Werror, installs the
 # extension, then runs as an unprivileged user (root hands over to a system
 # user): the mock provider's own tests, pg_regress on a temporary instance
-# with the library preloaded, and the TAP suites.  Exits non-zero if
+# with the library preloaded, the TAP suites and a short libFuzzer run over
+# the provider adapters.  Exits non-zero if
 # anything failed and ends with one line "N passed, M failed".
 
 source "$(dirname "$0")/lib.sh"
@@ -73,6 +74,15 @@ if [ $rc -ne 0 ]; then
     for l in "$STAGE"/tmp_check/log/*; do
         [ -f "$l" ] && { echo "---- $l" >&2; tail -60 "$l" >&2; }
     done
+fi
+
+# 4. Coverage-guided fuzzing of the provider adapters (libFuzzer), short run.
+log "suite: fuzz"
+if bash "$LLM_ROOT/test/fuzz/run-fuzz.sh" "${FUZZ_RUNS:-300000}" >"$OUT/fuzz.log" 2>&1; then
+    record fuzz 1 0
+else
+    record fuzz 0 1
+    tail -30 "$OUT/fuzz.log" >&2
 fi
 
 echo

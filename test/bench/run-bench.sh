@@ -41,6 +41,7 @@ unix_socket_directories = '$B'
 shared_preload_libraries = 'llm_gateway'
 llm.database = 'postgres'
 max_connections = 200
+${BENCH_CONF:-}
 CONF
 start_mock "$B/mock.log"
 trap 'stop_mock; as_run_user pg_ctl -D "$B/data" -m fast -w stop >/dev/null 2>&1 || true' EXIT
