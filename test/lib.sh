@@ -122,3 +122,21 @@ stop_mock() {
     MOCK_PID=
     return 0
 }
+
+# make_cluster DIR [EXTRA_CONF]: initdb DIR/data as RUN_USER with the library
+# preloaded, serving database postgres on a free port over a socket in DIR.
+# Sets PORT.
+make_cluster() {
+    local dir=$1 extra=${2:-}
+    PORT=$(free_port)
+    as_run_user initdb -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 ||
+        die "initdb failed: $(cat "$dir/initdb.log")"
+    cat >>"$dir/data/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$dir'
+shared_preload_libraries = 'llm_gateway'
+llm.database = 'postgres'
+$extra
+CONF
+}

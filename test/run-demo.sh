@@ -39,17 +39,8 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO"
 [ "$(id -u)" = 0 ] && chown "$RUN_USER" "$DEMO"
 
-PORT=$(free_port)
-log "creating a cluster in $DEMO/data (port $PORT)"
-as_run_user initdb -D "$DEMO/data" -U postgres -A trust --no-sync >"$DEMO/initdb.log" 2>&1 ||
-    die "initdb failed: $(cat "$DEMO/initdb.log")"
-cat >>"$DEMO/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$DEMO'
-shared_preload_libraries = 'llm_gateway'
-llm.database = 'postgres'
-CONF
+log "creating a cluster in $DEMO/data"
+make_cluster "$DEMO"
 
 if [ -z "${ANTHROPIC_API_KEY:-}${OPENAI_API_KEY:-}" ]; then
     start_mock "$DEMO/mock.log"

@@ -32,17 +32,8 @@ rm -rf "$B"; mkdir -p "$B"
 
 cc -O2 -o "$B/curl_client" "$LLM_ROOT/test/bench/curl_client.c" -lcurl
 
-PORT=$(free_port)
-as_run_user initdb -D "$B/data" -U postgres -A trust --no-sync >"$B/initdb.log" 2>&1
-cat >>"$B/data/postgresql.conf" <<CONF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$B'
-shared_preload_libraries = 'llm_gateway'
-llm.database = 'postgres'
-max_connections = 200
-${BENCH_CONF:-}
-CONF
+make_cluster "$B" "max_connections = 200
+${BENCH_CONF:-}"
 start_mock "$B/mock.log"
 trap 'stop_mock; as_run_user pg_ctl -D "$B/data" -m fast -w stop >/dev/null 2>&1 || true' EXIT
 as_run_user pg_ctl -D "$B/data" -l "$B/server.log" -w start >/dev/null

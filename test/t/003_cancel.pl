@@ -13,13 +13,7 @@ use Time::HiRes qw(time);
 use LlmGatewayTest;
 
 my $mock = start_mock();
-my $node = new_node('cancel');
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_gateway');
-$node->safe_psql('postgres', sprintf(q{
-	SELECT llm.add_provider('mock', 'anthropic', '%s');
-	SELECT llm.set_credential('mock', 'k');
-	SELECT llm.add_route('m', 'mock', 'claude-mock');}, $mock->url));
+my $node = gateway_node('cancel', $mock, 'anthropic');
 is($node->safe_psql('postgres', q{SELECT llm_complete('m', 'warm up')}), 'mock reply to: warm up', 'warm-up call');
 
 # statement_timeout during a hang

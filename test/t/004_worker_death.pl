@@ -13,13 +13,7 @@ use Time::HiRes qw(time);
 use LlmGatewayTest;
 
 my $mock = start_mock();
-my $node = new_node('worker_death');
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_gateway');
-$node->safe_psql('postgres', sprintf(q{
-	SELECT llm.add_provider('mock', 'openai', '%s/v1');
-	SELECT llm.set_credential('mock', 'k');
-	SELECT llm.add_route('m', 'mock', 'gpt-mock');}, $mock->url));
+my $node = gateway_node('worker_death', $mock, 'openai');
 is($node->safe_psql('postgres', q{SELECT llm_complete('m', 'hello')}), 'mock reply to: hello', 'call works');
 
 my $worker_pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM llm.gateway_status()');

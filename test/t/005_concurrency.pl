@@ -11,13 +11,7 @@ use Test::More;
 use LlmGatewayTest;
 
 my $mock = start_mock('--latency-ms', '100');
-my $node = new_node('concurrency', "max_connections = 100\nllm.max_inflight = 16\n");
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_gateway');
-$node->safe_psql('postgres', sprintf(q{
-	SELECT llm.add_provider('mock', 'anthropic', '%s');
-	SELECT llm.set_credential('mock', 'k');
-	SELECT llm.add_route('m', 'mock', 'claude-mock');}, $mock->url));
+my $node = gateway_node('concurrency', $mock, 'anthropic', "max_connections = 100\nllm.max_inflight = 16\n");
 
 # 40 clients x 10 calls, through only 16 slots: callers wait for a slot
 $node->pgbench(

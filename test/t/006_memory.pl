@@ -12,13 +12,7 @@ use Test::More;
 use LlmGatewayTest;
 
 my $mock = start_mock();
-my $node = new_node('memory');
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_gateway');
-$node->safe_psql('postgres', sprintf(q{
-	SELECT llm.add_provider('mock', 'anthropic', '%s');
-	SELECT llm.set_credential('mock', 'k');
-	SELECT llm.add_route('m', 'mock', 'claude-mock');}, $mock->url));
+my $node = gateway_node('memory', $mock, 'anthropic');
 
 my $worker = $node->safe_psql('postgres', 'SELECT worker_pid FROM llm.gateway_status()');
 

@@ -18,7 +18,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(new_node start_mock);
+our @EXPORT = qw(new_node start_mock gateway_node);
 
 my $mock_script =
   File::Spec->rel2abs(File::Spec->catfile(dirname(__FILE__), '..', 'mock', 'mock_provider.py'));
@@ -31,6 +31,23 @@ sub new_node
 	$node->init;
 	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'llm_gateway'\n");
 	$node->append_conf('postgresql.conf', $extra_conf) if defined $extra_conf;
+	return $node;
+}
+
+# gateway_node(NAME, MOCK, KIND, EXTRA_CONF): a started preloaded cluster with
+# the extension and route alias "m" to the mock as a provider of KIND
+# (anthropic or openai).
+sub gateway_node
+{
+	my ($name, $mock, $kind, $extra_conf) = @_;
+	my $node = new_node($name, $extra_conf);
+	my $url = $kind eq 'openai' ? $mock->url . '/v1' : $mock->url;
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION llm_gateway');
+	$node->safe_psql('postgres', qq{
+		SELECT llm.add_provider('mock', '$kind', '$url');
+		SELECT llm.set_credential('mock', 'k');
+		SELECT llm.add_route('m', 'mock', '$kind-mock');});
 	return $node;
 }
 
