@@ -71,6 +71,7 @@ CREATE TABLE llm.requests (
     latency_ms          double precision,
     error_code          text,
     error               text,
+    attempts_detail     jsonb,
     tags                jsonb,
     request_body        jsonb,
     response_body       text
@@ -78,6 +79,8 @@ CREATE TABLE llm.requests (
 CREATE INDEX ON llm.requests (created_at);
 CREATE INDEX ON llm.requests (status) WHERE status = 'pending';
 COMMENT ON TABLE llm.requests IS 'audit log: one row per call, committed by the worker before the provider is contacted';
+COMMENT ON COLUMN llm.requests.provider IS 'the provider of the target that answered (or was tried last)';
+COMMENT ON COLUMN llm.requests.attempts_detail IS 'one object per attempt: route_id, provider, model, http_status, error_code, latency_ms';
 
 SELECT pg_catalog.pg_extension_config_dump('llm.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('llm.credentials', '');

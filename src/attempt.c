@@ -18,11 +18,15 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
+#include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 
 #include "attempt.h"
 #include "channel.h"
@@ -59,12 +63,17 @@ item_create(int slot)
 	p += msg->role_len + 1;
 	item->tags = msg->tags_len > 0 ? pnstrdup(p, msg->tags_len) : NULL;
 	p += msg->tags_len + 1;
+	item->allowed_regions = pnstrdup(p, msg->regions_len);
+	p += msg->regions_len + 1;
 	item->request = palloc(msg->request_len);
 	memcpy(item->request, p, msg->request_len);
 	item->timeout_ms = msg->timeout_ms;
 	item->submitted_at = msg->submitted_at;
 	item->deadline = TimestampTzPlusMilliseconds(msg->submitted_at, msg->timeout_ms);
 	item->call.request = item->request;
+	item->cur = -1;
+	initStringInfo(&item->attempt_log);
+	appendStringInfoChar(&item->attempt_log, '[');
 
 	MemoryContextSwitchTo(old);
 	return item;
@@ -196,33 +205,234 @@ item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,
 	item_finish(item);
 }
 
+/* Is region allowed by the caller's llm.allowed_regions ("" allows all)? */
+static bool
+region_allowed(const char *allowed, const char *region)
+{
+	char	   *copy;
+	List	   *names;
+	ListCell   *lc;
+	bool		found = false;
+
+	if (allowed == NULL || allowed[0] == '\0')
+		return true;
+	if (region == NULL)
+		return false;
+	copy = pstrdup(allowed);
+	if (!SplitGUCList(copy, ',', &names))
+		return false;
+	foreach(lc, names)
+		if (strcmp((char *) lfirst(lc), region) == 0)
+			found = true;
+	return found;
+}
+
 /*
- * Pick the target of a new call.  Runs inside the log batch transaction
- * (the route cache may reload).  An unknown alias fails the call here,
- * before anything is sent.
+ * The next target: the lowest priority group that still has a target not
+ * exhausted, and inside it a draw by weight.  -1 when none is left.
+ */
+static int
+choose_target(LlmWorkItem *item)
+{
+	int			best_priority = 0;
+	bool		any = false;
+	int64		total = 0;
+	double		draw;
+	int			i;
+
+	for (i = 0; i < item->ncand; i++)
+		if (!item->cand_done[i] && (!any || item->cand[i].priority < best_priority))
+		{
+			best_priority = item->cand[i].priority;
+			any = true;
+		}
+	if (!any)
+		return -1;
+	for (i = 0; i < item->ncand; i++)
+		if (!item->cand_done[i] && item->cand[i].priority == best_priority)
+			total += item->cand[i].weight;
+	draw = pg_prng_double(&pg_global_prng_state) * total;
+	for (i = 0; i < item->ncand; i++)
+	{
+		if (item->cand_done[i] || item->cand[i].priority != best_priority)
+			continue;
+		draw -= item->cand[i].weight;
+		if (draw < 0)
+			return i;
+	}
+	/* rounding: the last eligible one */
+	for (i = item->ncand - 1; i >= 0; i--)
+		if (!item->cand_done[i] && item->cand[i].priority == best_priority)
+			return i;
+	return -1;
+}
+
+static void
+switch_target(LlmWorkItem *item, int i)
+{
+	item->cur = i;
+	item->tries_on_cur = 0;
+	item->target = item->cand[i].target;
+	item->has_target = true;
+}
+
+/*
+ * Resolve a new call's route.  Runs inside the log batch transaction (the
+ * route cache may reload).  An unknown alias, or an alias none of whose
+ * targets the region policy allows, fails the call here, before anything
+ * is sent.
  */
 void
 item_resolve(LlmWorkItem *item)
 {
-	const LlmRouteTarget *rt = routes_lookup(item->alias);
+	const LlmRoute *route = routes_lookup(item->alias);
 	MemoryContext old;
+	StringInfoData regions;
+	int			i;
 
-	if (rt == NULL)
+	if (route == NULL)
 	{
 		item_fail(item, "error", ERRCODE_UNDEFINED_OBJECT,
 				  psprintf("model alias \"%s\" does not exist", item->alias),
 				  NULL, "Define it with llm.add_route(alias, provider, upstream_model).");
 		return;
 	}
+
 	old = MemoryContextSwitchTo(item->cxt);
-	routes_copy_target(rt, &item->target);
-	item->has_target = true;
+	item->cand = palloc0(sizeof(LlmRouteTarget) * route->ntargets);
+	item->cand_done = palloc0(sizeof(bool) * route->ntargets);
+	initStringInfo(&regions);
+	for (i = 0; i < route->ntargets; i++)
+	{
+		const LlmRouteTarget *rt = route->targets[i];
+
+		appendStringInfo(&regions, "%s%s", i > 0 ? ", " : "",
+						 rt->region ? rt->region : "(none)");
+		if (region_allowed(item->allowed_regions, rt->region))
+			routes_copy_target(rt, &item->cand[item->ncand++]);
+	}
 	MemoryContextSwitchTo(old);
+
+	if (item->ncand == 0)
+	{
+		item_fail(item, "error", ERRCODE_INSUFFICIENT_PRIVILEGE,
+				  psprintf("no target of model alias \"%s\" is in a region allowed by llm.allowed_regions",
+						   item->alias),
+				  psprintf("llm.allowed_regions is \"%s\"; the alias's targets are in: %s.",
+						   item->allowed_regions, regions.data),
+				  "Add a target in an allowed region with llm.add_route(), or ask an administrator to change the policy.");
+		return;
+	}
+
+	switch_target(item, choose_target(item));
 	if (item->target.provider == NULL)
 		item_fail(item, "error", ERRCODE_FEATURE_NOT_SUPPORTED,
 				  psprintf("provider \"%s\" has kind \"%s\", which this build does not support",
-						   item->target.provider_name, rt->kind),
+						   item->target.provider_name, item->cand[item->cur].kind),
 				  NULL, psprintf("Supported kinds: %s.", provider_kinds()));
+}
+
+/* Attempts a target gets before the call falls over (route option, else GUC). */
+static int
+max_attempts(LlmWorkItem *item)
+{
+	int64		n;
+
+	if (json_get_int64(&item->target.route_options->root, "max_attempts", &n) && n >= 1)
+		return (int) Min(n, 100);
+	return llm_max_attempts;
+}
+
+/* One object of the attempt log. */
+static void
+log_attempt(LlmWorkItem *item)
+{
+	StringInfo	buf = &item->attempt_log;
+	bool		first = true;
+
+	if (buf->len > 1)
+		appendStringInfoChar(buf, ',');
+	appendStringInfoChar(buf, '{');
+	json_append_key(buf, &first, "route_id");
+	appendStringInfo(buf, INT64_FORMAT, item->cand[item->cur].route_id);
+	json_append_key(buf, &first, "provider");
+	json_append_string(buf, item->target.provider_name);
+	json_append_key(buf, &first, "model");
+	json_append_string(buf, item->target.upstream_model);
+	json_append_key(buf, &first, "http_status");
+	if (item->http_status > 0)
+		appendStringInfo(buf, "%ld", item->http_status);
+	else
+		appendStringInfoString(buf, "null");
+	json_append_key(buf, &first, "error_code");
+	if (item->ok)
+		appendStringInfoString(buf, "null");
+	else
+		json_append_string(buf, unpack_sql_state(item->error.sqlerrcode));
+	json_append_key(buf, &first, "latency_ms");
+	appendStringInfo(buf, "%.3f", elapsed_ms(item->attempt_started));
+	appendStringInfoChar(buf, '}');
+}
+
+/*
+ * After a failed attempt: retry the same target after a backoff, fall over
+ * to the next target, or give up.  Returns true when the call goes on.
+ *
+ * Backoff is exponential with full jitter (a random delay up to
+ * retry_base_ms * 2^n, capped by retry_max_ms), and never shorter than the
+ * provider's retry-after.  A wait that would pass the call's deadline, or a
+ * retry-after longer than retry_max_ms, falls over instead.
+ */
+static bool
+after_failure(LlmWorkItem *item)
+{
+	LlmError   *err = &item->error;
+	int			next;
+
+	if (err->fail_class == LLM_FAIL_FATAL || err->fail_class == LLM_FAIL_NONE)
+		return false;
+	if (err->fail_class == LLM_FAIL_RETRYABLE && item->tries_on_cur < max_attempts(item))
+	{
+		double		cap = Min((double) llm_retry_max_ms,
+							  (double) llm_retry_base_ms * pow(2.0, item->tries_on_cur - 1));
+		double		delay = pg_prng_double(&pg_global_prng_state) * cap;
+		TimestampTz at;
+
+		if (err->retry_after_s >= 0)
+			delay = Max(delay, err->retry_after_s * 1000.0);
+		at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64) delay);
+		if (delay <= llm_retry_max_ms && at < item->deadline)
+		{
+			item->retry_at = at;
+			item->state = LLM_ITEM_WAITING;
+			return true;
+		}
+	}
+
+	/* this target is done for this call: fall over */
+	item->cand_done[item->cur] = true;
+	next = choose_target(item);
+	if (next < 0)
+		return false;
+	switch_target(item, next);
+	item_retry(item);
+	return true;
+}
+
+/* Send the next attempt (after a backoff, or on the next target). */
+void
+item_retry(LlmWorkItem *item)
+{
+	MemoryContext old = MemoryContextSwitchTo(item->cxt);
+
+	/* forget the failed attempt's outcome */
+	memset(&item->error, 0, sizeof(item->error));
+	item->error.retry_after_s = -1;
+	item->http_status = 0;
+	item->response_body = NULL;
+	provider_init_answer(&item->answer);
+	MemoryContextSwitchTo(old);
+	item_send(item);
 }
 
 /* Translate and start the HTTP exchange.  The pending row is committed. */
@@ -265,6 +475,8 @@ item_send(LlmWorkItem *item)
 		return;
 	}
 	item->attempts++;
+	item->tries_on_cur++;
+	item->attempt_started = GetCurrentTimestamp();
 	http_start(&item->xfer, &item->http_request, remaining, item);
 	item->xfer_live = true;
 	item->state = LLM_ITEM_SENDING;
@@ -335,6 +547,23 @@ transport_error(LlmWorkItem *item)
 	}
 }
 
+/* Log the attempt just ended, then finish the call or go on with it. */
+static void
+settle_attempt(LlmWorkItem *item)
+{
+	MemoryContext old = MemoryContextSwitchTo(item->cxt);
+
+	log_attempt(item);
+	if (item->xfer_live)
+	{
+		http_release(&item->xfer);
+		item->xfer_live = false;
+	}
+	MemoryContextSwitchTo(old);
+	if (item->ok || !after_failure(item))
+		item_finish(item);
+}
+
 /* The transfer finished (with or without an HTTP answer). */
 void
 item_transfer_done(LlmWorkItem *item)
@@ -348,7 +577,7 @@ item_transfer_done(LlmWorkItem *item)
 	{
 		transport_error(item);
 		MemoryContextSwitchTo(old);
-		item_finish(item);
+		settle_attempt(item);
 		return;
 	}
 
@@ -402,7 +631,7 @@ item_transfer_done(LlmWorkItem *item)
 			err->hint = pstrdup(hint_for(err->sqlerrcode));
 	}
 	MemoryContextSwitchTo(old);
-	item_finish(item);
+	settle_attempt(item);
 }
 
 /* The backend gave up: stop the transfer (the provider sees the connection close). */

@@ -16,12 +16,14 @@
 
 #include "http.h"
 #include "provider.h"
+#include "route_cache.h"
 
 typedef enum LlmItemState
 {
 	LLM_ITEM_NEW,				/* taken from the channel, no log row yet */
 	LLM_ITEM_READY,				/* pending row committed; may contact the provider */
 	LLM_ITEM_SENDING,			/* transfer in flight */
+	LLM_ITEM_WAITING,			/* backing off before the next attempt */
 	LLM_ITEM_FINISHED			/* answered (or abandoned); log row to complete */
 } LlmItemState;
 
@@ -45,7 +47,18 @@ typedef struct LlmWorkItem
 	int64		request_id;		/* llm.requests.id once logged, else 0 */
 	bool		logged;			/* pending row exists */
 
-	/* the target */
+	/* the route: candidate targets the region policy allows */
+	char	   *allowed_regions;	/* caller's llm.allowed_regions; "" = any */
+	int			ncand;
+	LlmRouteTarget *cand;
+	bool	   *cand_done;		/* target exhausted or refused */
+	int			cur;			/* index of the current target in cand */
+	int			tries_on_cur;	/* attempts made on the current target */
+	TimestampTz retry_at;		/* LLM_ITEM_WAITING: when to try again */
+	TimestampTz attempt_started;
+	StringInfoData attempt_log; /* JSON array, one object per attempt */
+
+	/* the current target (a copy of cand[cur].target) */
 	bool		has_target;
 	LlmTarget	target;
 	LlmCall		call;
@@ -71,6 +84,7 @@ typedef struct LlmWorkItem
 extern LlmWorkItem *item_create(int slot);
 extern void item_resolve(LlmWorkItem *item);
 extern void item_send(LlmWorkItem *item);
+extern void item_retry(LlmWorkItem *item);
 extern void item_transfer_done(LlmWorkItem *item);
 extern void item_cancel(LlmWorkItem *item);
 extern void item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,

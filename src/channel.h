@@ -54,8 +54,9 @@ typedef struct LlmRequestMsg
 	int32		timeout_ms;		/* whole-call deadline */
 	TimestampTz submitted_at;
 	uint32		alias_len;		/* bytes of data[] that follow, in order: */
-	uint32		role_len;		/* alias\0 role\0 tags\0 (tags: JSON text) */
-	uint32		tags_len;
+	uint32		role_len;		/* alias\0 role\0 tags\0 regions\0 (tags: JSON */
+	uint32		tags_len;		/* text; regions: llm.allowed_regions of the caller) */
+	uint32		regions_len;
 	uint32		request_len;	/* then the canonical request, a Jsonb varlena */
 	char		data[FLEXIBLE_ARRAY_MEMBER];
 } LlmRequestMsg;

@@ -24,6 +24,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
+#include "utils/varlena.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
@@ -42,6 +43,10 @@ int			llm_shared_memory_mb = 256;
 int			llm_log_bodies = LLM_LOG_BODIES_ALL;
 char	   *llm_ca_bundle = NULL;
 int			llm_max_connections = 256;
+char	   *llm_allowed_regions = NULL;
+int			llm_max_attempts = 2;
+int			llm_retry_base_ms = 250;
+int			llm_retry_max_ms = 8000;
 
 bool		llm_preloaded = false;
 
@@ -57,6 +62,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 void		_PG_init(void);
 static void define_gucs(void);
+static bool check_allowed_regions(char **newval, void **extra, GucSource source);
 static void llm_shmem_request(void);
 static void llm_shmem_startup(void);
 static void register_worker(void);
@@ -157,6 +163,21 @@ llm_version(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(LLM_GATEWAY_VERSION));
 }
 
+/* llm.allowed_regions must be a list of plain region names */
+static bool
+check_allowed_regions(char **newval, void **extra, GucSource source)
+{
+	char	   *copy = pstrdup(*newval);
+	List	   *names;
+	bool		ok = SplitGUCList(copy, ',', &names);
+
+	if (!ok)
+		GUC_check_errdetail("List syntax is invalid.");
+	list_free(names);
+	pfree(copy);
+	return ok;
+}
+
 static void
 define_gucs(void)
 {
@@ -240,6 +261,47 @@ define_gucs(void)
 							256, 1, 65536,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	/*
+	 * The data-residency policy: only a superuser (or a role granted SET on
+	 * it, or ALTER ROLE/DATABASE ... SET by one) may change it, so a user
+	 * cannot widen it inside a session.
+	 */
+	DefineCustomStringVariable("llm.allowed_regions",
+							   "Provider regions calls may be sent to (comma-separated); empty allows every region.",
+							   "Targets whose provider region is not listed, or has no region, are never used.",
+							   &llm_allowed_regions,
+							   "",
+							   PGC_SUSET,
+							   GUC_LIST_INPUT,
+							   check_allowed_regions, NULL, NULL);
+
+	DefineCustomIntVariable("llm.max_attempts",
+							"Attempts per target before a call falls over to the next target.",
+							"A route's max_attempts option overrides it.",
+							&llm_max_attempts,
+							2, 1, 100,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.retry_base_ms",
+							"First retry delay; doubles with each retry, with full jitter.",
+							NULL,
+							&llm_retry_base_ms,
+							250, 1, 600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.retry_max_ms",
+							"Longest wait before a retry, retry-after included; a longer retry-after falls over instead.",
+							NULL,
+							&llm_retry_max_ms,
+							8000, 1, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("llm");

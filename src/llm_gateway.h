@@ -36,6 +36,10 @@ extern int	llm_shared_memory_mb;
 extern int	llm_log_bodies;
 extern char *llm_ca_bundle;
 extern int	llm_max_connections;
+extern char *llm_allowed_regions;
+extern int	llm_max_attempts;
+extern int	llm_retry_base_ms;
+extern int	llm_retry_max_ms;
 
 /* true once _PG_init ran inside shared_preload_libraries */
 extern bool llm_preloaded;

@@ -52,7 +52,8 @@ static const char *complete_sql =
 "       input_tokens = $6, output_tokens = $7, cache_read_tokens = $8, cache_write_tokens = $9, "
 "       stop_reason = $10, latency_ms = $11, error_code = $12, error = $13, "
 "       response_body = $14, request_body = coalesce(request_body, $15), "
-"       provider = coalesce(provider, $16), upstream_model = coalesce(upstream_model, $17) "
+"       provider = coalesce($16, provider), upstream_model = coalesce($17, upstream_model), "
+"       attempts_detail = $18::jsonb "
 " WHERE id = $1";
 
 /* Why the log cannot be written, or NULL if it can (inside a batch). */
@@ -174,8 +175,8 @@ int8_datum(int64 v, bool present, char *nulls, int i)
 void
 reqlog_complete(LlmWorkItem *item)
 {
-	Datum		values[17];
-	char		nulls[17];
+	Datum		values[18];
+	char		nulls[18];
 	bool		keep_bodies;
 	int			ret;
 
@@ -183,11 +184,11 @@ reqlog_complete(LlmWorkItem *item)
 		return;
 	if (complete_plan == NULL)
 	{
-		Oid			types[17] = {INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT4OID,
+		Oid			types[18] = {INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT4OID,
 			INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID,
-		TEXTOID, JSONBOID, TEXTOID, TEXTOID};
+		TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID};
 
-		complete_plan = prepare(complete_sql, 17, types);
+		complete_plan = prepare(complete_sql, 18, types);
 	}
 	keep_bodies = llm_log_bodies == LLM_LOG_BODIES_ALL ||
 		(llm_log_bodies == LLM_LOG_BODIES_ERRORS && !item->ok);
@@ -223,6 +224,8 @@ reqlog_complete(LlmWorkItem *item)
 	}
 	values[15] = text_datum(item->has_target ? item->target.provider_name : NULL, nulls, 15);
 	values[16] = text_datum(item->has_target ? item->target.upstream_model : NULL, nulls, 16);
+	values[17] = text_datum(item->attempt_log.len > 1 ?
+							psprintf("%s]", item->attempt_log.data) : NULL, nulls, 17);
 
 	ret = SPI_execute_plan(complete_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)

@@ -29,7 +29,7 @@
 #include "route_cache.h"
 
 static MemoryContext cache_cxt = NULL;
-static List *cache = NIL;		/* of LlmRouteTarget *, by alias then priority */
+static List *cache = NIL;		/* of LlmRoute *, one per alias */
 static bool cache_stale = true;
 
 static void
@@ -79,7 +79,8 @@ reload(void)
 	cache = NIL;
 
 	ret = SPI_execute("SELECT r.id, r.alias, r.upstream_model, r.options, "
-					  "       p.name, p.kind, p.base_url, p.region, p.options, c.secret "
+					  "       p.name, p.kind, p.base_url, p.region, p.options, c.secret, "
+					  "       r.priority, r.weight "
 					  "  FROM llm.routes r "
 					  "  JOIN llm.providers p ON p.name = r.provider "
 					  "  LEFT JOIN llm.credentials c ON c.provider = p.name "
@@ -90,35 +91,68 @@ reload(void)
 		elog(ERROR, "could not read llm.routes: %s", SPI_result_code_string(ret));
 
 	old = MemoryContextSwitchTo(cache_cxt);
-	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		LlmRouteTarget *rt = palloc0(sizeof(LlmRouteTarget));
-		bool		isnull;
+		LlmRoute   *route = NULL;
+		List	   *members = NIL;
 
-		rt->route_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		rt->alias = text_or_null(tup, desc, 2);
-		rt->target.upstream_model = text_or_null(tup, desc, 3);
-		rt->target.route_options = jsonb_copy_col(tup, desc, 4);
-		rt->target.provider_name = text_or_null(tup, desc, 5);
-		rt->kind = text_or_null(tup, desc, 6);
-		rt->target.base_url = text_or_null(tup, desc, 7);
-		rt->region = text_or_null(tup, desc, 8);
-		rt->target.provider_options = jsonb_copy_col(tup, desc, 9);
-		rt->target.secret = text_or_null(tup, desc, 10);
-		rt->target.provider = provider_lookup(rt->kind);
-		cache = lappend(cache, rt);
+		for (i = 0; i <= SPI_processed; i++)
+		{
+			HeapTuple	tup;
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			LlmRouteTarget *rt;
+			bool		isnull;
+
+			/* rows come sorted by alias: close the previous alias's route */
+			if (route && (i == SPI_processed ||
+						  strcmp(route->alias, text_or_null(SPI_tuptable->vals[i], desc, 2)) != 0))
+			{
+				ListCell   *lc;
+				int			n = 0;
+
+				route->ntargets = list_length(members);
+				route->targets = palloc(sizeof(LlmRouteTarget *) * route->ntargets);
+				foreach(lc, members)
+					route->targets[n++] = lfirst(lc);
+				cache = lappend(cache, route);
+				route = NULL;
+				members = NIL;
+			}
+			if (i == SPI_processed)
+				break;
+
+			tup = SPI_tuptable->vals[i];
+			rt = palloc0(sizeof(LlmRouteTarget));
+			rt->route_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			rt->alias = text_or_null(tup, desc, 2);
+			rt->target.upstream_model = text_or_null(tup, desc, 3);
+			rt->target.route_options = jsonb_copy_col(tup, desc, 4);
+			rt->target.provider_name = text_or_null(tup, desc, 5);
+			rt->kind = text_or_null(tup, desc, 6);
+			rt->target.base_url = text_or_null(tup, desc, 7);
+			rt->region = text_or_null(tup, desc, 8);
+			rt->target.provider_options = jsonb_copy_col(tup, desc, 9);
+			rt->target.secret = text_or_null(tup, desc, 10);
+			rt->priority = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
+			rt->weight = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
+			rt->target.provider = provider_lookup(rt->kind);
+			if (route == NULL)
+			{
+				route = palloc0(sizeof(LlmRoute));
+				route->alias = rt->alias;
+			}
+			members = lappend(members, rt);
+		}
 	}
 	MemoryContextSwitchTo(old);
 	cache_stale = false;
 }
 
 /*
- * The first target of an alias, or NULL.  Must run inside a transaction
- * with SPI connected (it may reload the cache).
+ * The route of an alias, or NULL.  Must run inside a transaction with SPI
+ * connected (it may reload the cache).  The result lives until the next
+ * reload: callers copy what they keep (routes_copy_target).
  */
-const LlmRouteTarget *
+const LlmRoute *
 routes_lookup(const char *alias)
 {
 	ListCell   *lc;
@@ -127,23 +161,26 @@ routes_lookup(const char *alias)
 		reload();
 	foreach(lc, cache)
 	{
-		LlmRouteTarget *rt = lfirst(lc);
+		LlmRoute   *route = lfirst(lc);
 
-		if (strcmp(rt->alias, alias) == 0)
-			return rt;
+		if (strcmp(route->alias, alias) == 0)
+			return route;
 	}
 	return NULL;
 }
 
 /* Copy a cached target into the caller's context: the cache may reload. */
 void
-routes_copy_target(const LlmRouteTarget *src, LlmTarget *dst)
+routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 {
-	dst->provider = src->target.provider;
-	dst->provider_name = pstrdup(src->target.provider_name);
-	dst->base_url = pstrdup(src->target.base_url);
-	dst->upstream_model = pstrdup(src->target.upstream_model);
-	dst->secret = src->target.secret ? pstrdup(src->target.secret) : NULL;
-	dst->provider_options = (Jsonb *) pg_detoast_datum_copy((struct varlena *) src->target.provider_options);
-	dst->route_options = (Jsonb *) pg_detoast_datum_copy((struct varlena *) src->target.route_options);
+	*dst = *src;
+	dst->alias = pstrdup(src->alias);
+	dst->kind = pstrdup(src->kind);
+	dst->region = src->region ? pstrdup(src->region) : NULL;
+	dst->target.provider_name = pstrdup(src->target.provider_name);
+	dst->target.base_url = pstrdup(src->target.base_url);
+	dst->target.upstream_model = pstrdup(src->target.upstream_model);
+	dst->target.secret = src->target.secret ? pstrdup(src->target.secret) : NULL;
+	dst->target.provider_options = (Jsonb *) pg_detoast_datum_copy((struct varlena *) src->target.provider_options);
+	dst->target.route_options = (Jsonb *) pg_detoast_datum_copy((struct varlena *) src->target.route_options);
 }

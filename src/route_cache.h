@@ -19,12 +19,22 @@ typedef struct LlmRouteTarget
 	int64		route_id;
 	char	   *alias;
 	char	   *kind;
-	char	   *region;
+	char	   *region;			/* NULL when the provider has none */
+	int			priority;
+	int			weight;
 	LlmTarget	target;			/* provider == NULL when the kind is unknown */
 } LlmRouteTarget;
 
+/* An alias: its enabled targets, by priority (lower first), then age. */
+typedef struct LlmRoute
+{
+	const char *alias;
+	int			ntargets;
+	LlmRouteTarget **targets;
+} LlmRoute;
+
 extern void routes_init(void);
-extern const LlmRouteTarget *routes_lookup(const char *alias);
-extern void routes_copy_target(const LlmRouteTarget *src, LlmTarget *dst);
+extern const LlmRoute *routes_lookup(const char *alias);
+extern void routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst);
 
 #endif							/* LLM_ROUTE_CACHE_H */

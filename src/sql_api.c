@@ -99,12 +99,14 @@ call_model(text *model, Jsonb *history, Jsonb *options)
 	hdr.alias_len = strlen(alias);
 	hdr.role_len = strlen(role);
 	hdr.tags_len = spec.tags ? strlen(spec.tags) : 0;
+	hdr.regions_len = llm_allowed_regions ? strlen(llm_allowed_regions) : 0;
 	hdr.request_len = VARSIZE(spec.request);
 
 	initStringInfo(&data);
 	appendBinaryStringInfo(&data, alias, hdr.alias_len + 1);
 	appendBinaryStringInfo(&data, role, hdr.role_len + 1);
 	appendBinaryStringInfo(&data, spec.tags ? spec.tags : "", hdr.tags_len + 1);
+	appendBinaryStringInfo(&data, llm_allowed_regions ? llm_allowed_regions : "", hdr.regions_len + 1);
 	appendBinaryStringInfo(&data, (char *) spec.request, hdr.request_len);
 
 	if (data.len > llm_max_request_bytes)

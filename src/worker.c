@@ -50,6 +50,7 @@ PGDLLEXPORT void llm_worker_main(Datum main_arg);
 
 static LlmWorkItem **items_by_slot;	/* the item holding each slot, or NULL */
 static dlist_head finished = DLIST_STATIC_INIT(finished);	/* rows to complete */
+static dlist_head waiting = DLIST_STATIC_INIT(waiting);	/* backing off */
 static MemoryContext loop_cxt;
 
 /* Run fn over a batch transaction; on ERROR log it, roll back, return false. */
@@ -97,6 +98,17 @@ to_finished(LlmWorkItem *item)
 {
 	forget(item);
 	dlist_push_tail(&finished, &item->node);
+}
+
+/* After an item ran (sent, retried, answered): file it by its new state. */
+static void
+file_item(LlmWorkItem *item)
+{
+	if (item->state == LLM_ITEM_FINISHED)
+		to_finished(item);
+	else if (item->state == LLM_ITEM_WAITING)
+		dlist_push_tail(&waiting, &item->node);
+	/* SENDING: curl holds it until its transfer ends */
 }
 
 static void
@@ -206,8 +218,7 @@ take_new_calls(void)
 			item->state = LLM_ITEM_READY;
 			item_send(item);
 		}
-		if (item->state == LLM_ITEM_FINISHED)
-			to_finished(item);
+		file_item(item);
 	}
 }
 
@@ -228,6 +239,8 @@ handle_cancels(void)
 			if (item == NULL || item->generation != entries[i].generation ||
 				item->state == LLM_ITEM_FINISHED)
 				continue;
+			if (item->state == LLM_ITEM_WAITING)
+				dlist_delete(&item->node);
 			item_cancel(item);
 			to_finished(item);
 		}
@@ -244,8 +257,50 @@ handle_finished_transfers(void)
 		LlmWorkItem *item = t->owner;
 
 		item_transfer_done(item);
-		to_finished(item);
+		file_item(item);
 	}
+}
+
+/* Send the attempts whose backoff is over; returns ms until the next one (-1: none). */
+static long
+handle_due_retries(void)
+{
+	dlist_mutable_iter it;
+	TimestampTz now = GetCurrentTimestamp();
+	long		next = -1;
+
+	dlist_foreach_modify(it, &waiting)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+		if (item->retry_at <= now)
+		{
+			dlist_delete(&item->node);
+			item_retry(item);
+			file_item(item);
+		}
+		else
+		{
+			long		ms = TimestampDifferenceMilliseconds(now, item->retry_at);
+
+			if (next < 0 || ms < next)
+				next = Max(ms, 1);
+		}
+	}
+	return next;
+}
+
+/* How long the loop may wait: until curl's timer or the next retry. */
+static long
+wait_timeout(long retry_ms)
+{
+	long		curl_ms = http_timeout_ms();
+
+	if (curl_ms < 0)
+		return retry_ms;
+	if (retry_ms < 0)
+		return curl_ms;
+	return Min(curl_ms, retry_ms);
 }
 
 static void
@@ -280,6 +335,7 @@ llm_worker_main(Datum main_arg)
 	WaitEventSet *wes;
 	char	   *unavailable;
 	int			epoll_pos;
+	long		retry_ms = -1;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -316,7 +372,7 @@ llm_worker_main(Datum main_arg)
 		bool		sockets_ready = false;
 
 		pgstat_report_activity(STATE_IDLE, NULL);
-		nevents = WaitEventSetWait(wes, http_timeout_ms(), events, lengthof(events),
+		nevents = WaitEventSetWait(wes, wait_timeout(retry_ms), events, lengthof(events),
 								   PG_WAIT_EXTENSION);
 		for (i = 0; i < nevents; i++)
 		{
@@ -336,11 +392,15 @@ llm_worker_main(Datum main_arg)
 		http_drive(sockets_ready);
 		handle_finished_transfers();
 		handle_cancels();
+		(void) handle_due_retries();
 		take_new_calls();
 		/* new transfers: let curl start them in this turn */
 		http_drive(false);
 		handle_finished_transfers();
 		complete_log_rows();
+		retry_ms = handle_due_retries();
+		if (retry_ms >= 0)
+			http_drive(false);
 
 		MemoryContextReset(loop_cxt);
 	}

@@ -1,0 +1,114 @@
+--
+-- routing: several targets per alias, retries with backoff, fallback,
+-- and the region policy.  The mock fails a provider when that provider's
+-- options send it an "x-mock" header directive.
+--
+\getenv mock_port MOCK_PORT
+SELECT 'http://127.0.0.1:' || :'mock_port' AS url \gset
+SELECT llm.add_provider('r_flaky', 'anthropic', :'url', 'eu');
+SELECT llm.add_provider('r_good', 'anthropic', :'url', 'us');
+SELECT llm.add_provider('r_other', 'openai', :'url' || '/v1', 'us');
+SELECT llm.set_credential(p, 'k') FROM unnest(ARRAY['r_flaky', 'r_good', 'r_other']) AS p;
+SELECT llm.add_route('fo', 'r_flaky', 'flaky-model', 0, 1, '{"max_attempts": 1}') > 0 AS added;
+SELECT llm.add_route('fo', 'r_good', 'good-model', 1) > 0 AS added;
+
+CREATE TEMP TABLE outcome (case_name text, provider text, attempts int, statuses text, error text);
+CREATE FUNCTION pg_temp.try(case_name text, alias text, prompt text, options jsonb DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    a jsonb;
+    st text; msg text;
+BEGIN
+    a := llm_messages(alias, jsonb_build_array(jsonb_build_object('role', 'user', 'content', prompt)), options);
+    INSERT INTO outcome
+    SELECT case_name, a->'gateway'->>'provider', (a->'gateway'->>'attempts')::int,
+           (SELECT string_agg(coalesce(e->>'http_status', '-') || ':' || (e->>'provider'), ' ')
+              FROM jsonb_array_elements(attempts_detail) e),
+           NULL
+      FROM llm.requests WHERE id = (a->'gateway'->>'request_id')::bigint;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT;
+    INSERT INTO outcome
+    SELECT case_name, provider, attempts,
+           (SELECT string_agg(coalesce(e->>'http_status', '-') || ':' || (e->>'provider'), ' ')
+              FROM jsonb_array_elements(attempts_detail) e),
+           st || ' ' || msg
+      FROM llm.requests ORDER BY id DESC LIMIT 1;
+END $$;
+
+-- every retryable status falls over to the next priority (each change of
+-- the provider commits on its own, so the worker sees it on the next call)
+SELECT format($$UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=%s"}}' WHERE name = 'r_flaky'$$, s),
+       format($$SELECT pg_temp.try('status %s', 'fo', 'fall over on %s')$$, s, s)
+  FROM unnest(ARRAY[408, 409, 429, 500, 502, 503, 504, 529]) AS s \gexec
+-- an error inside a 200 answer, a malformed answer, a dead port: also retryable
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "error200"}}' WHERE name = 'r_flaky';
+SELECT pg_temp.try('error in 200', 'fo', 'fall over on error200');
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "malformed"}}' WHERE name = 'r_flaky';
+SELECT pg_temp.try('malformed', 'fo', 'fall over on malformed');
+-- a refused key falls over to another target
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=401"}}' WHERE name = 'r_flaky';
+SELECT pg_temp.try('status 401', 'fo', 'fall over on 401');
+-- client errors fail at once: no fallback
+SELECT format($$UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=%s"}}' WHERE name = 'r_flaky'$$, s),
+       format($$SELECT pg_temp.try('status %s', 'fo', 'no fallback on %s')$$, s, s)
+  FROM unnest(ARRAY[400, 404, 413, 422]) AS s \gexec
+SELECT case_name, provider, attempts, statuses, error FROM outcome;
+TRUNCATE outcome;
+
+-- retries on the same target: the first attempt fails, the second succeeds
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "fail_first=1,status=503"}}' WHERE name = 'r_flaky';
+SELECT llm.add_route('retry', 'r_flaky', 'flaky-model', 0, 1, '{"max_attempts": 3}') > 0 AS added;
+SELECT pg_temp.try('retry then ok', 'retry', 'retried once');
+-- retry-after is honoured: at least that long before the next attempt
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "fail_first=1,status=429,retry_after=1"}}' WHERE name = 'r_flaky';
+SELECT clock_timestamp() AS t0 \gset
+SELECT pg_temp.try('retry-after 1 s', 'retry', 'waits for retry-after');
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) >= 1.0 AS waited_retry_after;
+SELECT case_name, provider, attempts, statuses, error FROM outcome;
+TRUNCATE outcome;
+
+-- the call's deadline bounds everything: a retry-after past the deadline
+-- is not waited for, and the call ends in time
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=503,retry_after=5"}}' WHERE name = 'r_flaky';
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "latency=3000"}}' WHERE name = 'r_good';
+SELECT clock_timestamp() AS t0 \gset
+SELECT pg_temp.try('deadline', 'retry', 'bounded by the deadline', '{"timeout_ms": 800}');
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) < 2.0 AS ended_in_time;
+SELECT clock_timestamp() AS t0 \gset
+SELECT pg_temp.try('slow fallback', 'fo', 'fallback too slow', '{"timeout_ms": 800}');
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) < 2.0 AS ended_in_time;
+SELECT case_name, provider, attempts, statuses, error FROM outcome;
+TRUNCATE outcome;
+UPDATE llm.providers SET options = '{}' WHERE name IN ('r_flaky', 'r_good');
+
+-- weights split traffic inside a priority group (3:1 over 400 calls)
+SELECT llm.add_route('split', 'r_good', 'model-a', 0, 3) > 0 AS added;
+SELECT llm.add_route('split', 'r_other', 'model-b', 0, 1) > 0 AS added;
+SELECT count(*) FILTER (WHERE a->'gateway'->>'provider' = 'r_good') BETWEEN 260 AND 340 AS weight_3_share_ok,
+       count(*) FILTER (WHERE a->'gateway'->>'provider' = 'r_other') BETWEEN 60 AND 140 AS weight_1_share_ok,
+       count(*) AS calls
+  FROM (SELECT llm_messages('split', '[{"role": "user", "content": "split me"}]') AS a
+          FROM generate_series(1, 400)) s;
+
+-- data residency: targets outside llm.allowed_regions are never used,
+-- fallback included
+SELECT llm.add_route('eu_only', 'r_flaky', 'flaky-model') > 0 AS added;
+SET llm.allowed_regions = 'us';
+SELECT expect_error($q$SELECT llm_complete('eu_only', 'stay in the eu')$q$);
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=503"}}' WHERE name = 'r_good';
+SELECT pg_temp.try('us only', 'fo', 'only us targets');
+SELECT case_name, provider, attempts, statuses, error FROM outcome;
+TRUNCATE outcome;
+\set recv `python3 test/mock/mockctl.py last 5`
+SELECT count(*) AS eu_requests_seen
+  FROM jsonb_array_elements(:'recv'::jsonb) r WHERE r->'body'->>'model' = 'flaky-model'
+   AND r->'body'->'messages'->0->>'content' = 'only us targets';
+SET llm.allowed_regions = 'us, eu';
+UPDATE llm.providers SET options = '{}' WHERE name = 'r_good';
+SELECT llm_complete('eu_only', 'eu allowed again');
+RESET llm.allowed_regions;
+-- a user cannot widen the policy in a session
+SET ROLE llm_caller;
+SELECT expect_error($q$SET llm.allowed_regions = 'anywhere'$q$);
+RESET ROLE;
