@@ -12,7 +12,8 @@ use Test::More;
 use LlmGatewayTest;
 
 my $mock = start_mock();
-my $node = gateway_node('memory', $mock, 'anthropic');
+# quick retries, so the retry path runs thousands of times too
+my $node = gateway_node('memory', $mock, 'anthropic', "llm.retry_base_ms = 1\n");
 
 my $worker = $node->safe_psql('postgres', 'SELECT worker_pid FROM llm.gateway_status()');
 
