@@ -65,6 +65,11 @@ UPDATE llm.providers SET options = '{"headers": {"x-mock": "fail_first=1,status=
 SELECT clock_timestamp() AS t0 \gset
 SELECT pg_temp.try('retry-after 1 s', 'retry', 'waits for retry-after');
 SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) >= 1.0 AS waited_retry_after;
+-- and so is retry-after-ms (OpenAI, Azure)
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "fail_first=1,status=429,retry_after_ms=700"}}' WHERE name = 'r_flaky';
+SELECT clock_timestamp() AS t0 \gset
+SELECT pg_temp.try('retry-after-ms 700', 'retry', 'waits for retry-after-ms');
+SELECT extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) >= 0.7 AS waited_retry_after_ms;
 SELECT case_name, provider, attempts, statuses, error FROM outcome;
 TRUNCATE outcome;
 

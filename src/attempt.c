@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include <math.h>
+#include <time.h>
 
 #include "common/pg_prng.h"
 #include "miscadmin.h"
@@ -485,6 +486,80 @@ item_send(LlmWorkItem *item)
 		item_transfer_done(item);
 }
 
+/*
+ * Seconds until a rate limit resets, from the headers providers send on a
+ * 429 when they give no retry-after: retry-after-ms, Anthropic's RFC 3339
+ * anthropic-ratelimit-*-reset and OpenAI's Go-style durations in
+ * x-ratelimit-reset-* ("1s", "6m0s", "120ms").  -1 when none says.
+ */
+static double
+rate_limit_reset_s(const LlmHttpResult *res)
+{
+	static const char *const anthropic[] = {
+		"anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-reset",
+		"anthropic-ratelimit-input-tokens-reset", "anthropic-ratelimit-output-tokens-reset", NULL
+	};
+	static const char *const openai[] = {
+		"x-ratelimit-reset-requests", "x-ratelimit-reset-tokens", NULL
+	};
+	const char *v;
+	double		best = -1;
+	int			i;
+
+	if ((v = provider_header(res, "retry-after-ms")) != NULL && atof(v) > 0)
+		return atof(v) / 1000.0;
+	for (i = 0; anthropic[i]; i++)
+	{
+		struct tm	tm;
+		int			n = 0;
+
+		memset(&tm, 0, sizeof(tm));
+		if ((v = provider_header(res, anthropic[i])) != NULL &&
+			sscanf(v, "%d-%d-%dT%d:%d:%d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+				   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &n) == 6)
+		{
+			double		secs;
+
+			tm.tm_year -= 1900;
+			tm.tm_mon -= 1;
+			secs = difftime(timegm(&tm), time(NULL));
+			best = Max(best, Max(secs, 0));
+		}
+	}
+	for (i = 0; openai[i]; i++)
+	{
+		const char *p;
+		double		total = 0;
+		bool		valid = false;
+
+		if ((v = provider_header(res, openai[i])) == NULL)
+			continue;
+		for (p = v; *p;)
+		{
+			char	   *end;
+			double		num = strtod(p, &end);
+
+			if (end == p)
+				break;
+			p = end;
+			if (strncmp(p, "ms", 2) == 0)
+				total += num / 1000.0, p += 2;
+			else if (*p == 'h')
+				total += num * 3600, p++;
+			else if (*p == 'm')
+				total += num * 60, p++;
+			else if (*p == 's')
+				total += num, p++;
+			else
+				break;
+			valid = true;
+		}
+		if (valid)
+			best = Max(best, total);
+	}
+	return best;
+}
+
 /* A hint for provider failures the adapter left without one. */
 static const char *
 hint_for(int sqlerrcode)
@@ -601,6 +676,8 @@ item_transfer_done(LlmWorkItem *item)
 		item->target.provider->parse_error(&res, err);
 		if (err->retry_after_s < 0)
 			err->retry_after_s = provider_parse_retry_after(provider_header(&res, "retry-after"));
+		if (err->retry_after_s < 0 && t->status == 429)
+			err->retry_after_s = rate_limit_reset_s(&res);
 		item->ok = false;
 	}
 
