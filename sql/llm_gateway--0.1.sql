@@ -292,3 +292,145 @@ RETURNS jsonb
 COMMENT ON FUNCTION llm.adapter_parse_response(text, int, text, jsonb) IS
     'a provider answer (status, body, headers) read by a provider kind''s adapter: the canonical answer parts, or the error the gateway would report; no network';
 REVOKE ALL ON FUNCTION llm.adapter_parse_response(text, int, text, jsonb) FROM PUBLIC;
+
+-----------------------------------------------------------------------------
+-- Route management, circuit breakers and provider load
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm.alter_route(target_id bigint, priority int DEFAULT NULL, weight int DEFAULT NULL,
+                                options jsonb DEFAULT NULL, enabled bool DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF weight < 0 THEN
+        RAISE EXCEPTION 'weight must be zero or more, not %', weight
+            USING ERRCODE = '22023', HINT = 'Weights split traffic inside a priority group; 0 disables the target.';
+    END IF;
+    IF options IS NOT NULL AND jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
+    END IF;
+    UPDATE llm.routes r
+       SET priority = coalesce(alter_route.priority, r.priority),
+           weight = coalesce(alter_route.weight, r.weight),
+           options = coalesce(alter_route.options, r.options),
+           enabled = coalesce(alter_route.enabled, r.enabled)
+     WHERE r.id = alter_route.target_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'route target % does not exist', target_id
+            USING ERRCODE = '42704', HINT = 'See llm.route_targets for the targets and their ids.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION llm.alter_route(bigint, int, int, jsonb, bool) IS 'changes a route target''s priority, weight, options or enabled flag (NULL keeps the value); applies to the next call';
+
+CREATE FUNCTION llm.drop_target(target_id bigint) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM llm.routes r WHERE r.id = drop_target.target_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'route target % does not exist', target_id
+            USING ERRCODE = '42704', HINT = 'See llm.route_targets for the targets and their ids.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION llm.drop_target(bigint) IS 'removes one target of a route alias';
+
+CREATE FUNCTION llm.alter_provider(name text, base_url text DEFAULT NULL, region text DEFAULT NULL,
+                                   options jsonb DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF base_url IS NOT NULL AND base_url !~* '^https?://[^/]' THEN
+        RAISE EXCEPTION 'base_url "%" is not an http or https URL', base_url
+            USING ERRCODE = '22023', HINT = 'Give the provider''s base URL, e.g. https://api.anthropic.com.';
+    END IF;
+    IF options IS NOT NULL AND jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
+    END IF;
+    UPDATE llm.providers p
+       SET base_url = coalesce(rtrim(alter_provider.base_url, '/'), p.base_url),
+           region = coalesce(alter_provider.region, p.region),
+           options = coalesce(alter_provider.options, p.options)
+     WHERE p.name = alter_provider.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'provider "%" does not exist', alter_provider.name
+            USING ERRCODE = '42704', HINT = 'See llm.providers for the registered providers.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION llm.alter_provider(text, text, text, jsonb) IS 'changes a provider''s base URL, region or options (NULL keeps the value); applies to the next call';
+
+REVOKE ALL ON FUNCTION llm.alter_route(bigint, int, int, jsonb, bool), llm.drop_target(bigint),
+                       llm.alter_provider(text, text, text, jsonb) FROM PUBLIC;
+
+CREATE FUNCTION llm._circuit_state(OUT route_id bigint, OUT state text, OUT consecutive_failures int,
+                                   OUT open_until timestamptz, OUT successes bigint, OUT failures bigint,
+                                   OUT last_failure_at timestamptz)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'llm_circuit_state'
+    LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION llm._circuit_state() IS 'circuit breaker state of every target the worker has tried (shared memory)';
+
+CREATE FUNCTION llm._provider_load(OUT provider text, OUT in_flight int, OUT queued int,
+                                   OUT max_concurrency int, OUT requests_per_minute int,
+                                   OUT throttled bigint)
+RETURNS SETOF record
+    AS 'MODULE_PATHNAME', 'llm_provider_load'
+    LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION llm._provider_load() IS 'calls in flight and queued per provider (shared memory)';
+
+CREATE FUNCTION llm._reset_circuit(route_ids bigint[]) RETURNS int
+    AS 'MODULE_PATHNAME', 'llm_reset_circuit'
+    LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION llm._reset_circuit(bigint[]) IS 'closes the circuit breakers of these targets';
+
+CREATE FUNCTION llm.reset_circuit(alias text DEFAULT NULL) RETURNS int
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT llm._reset_circuit(array(SELECT r.id FROM llm.routes r
+                                     WHERE reset_circuit.alias IS NULL OR r.alias = reset_circuit.alias))
+$$;
+COMMENT ON FUNCTION llm.reset_circuit(text) IS 'closes the circuit breakers of an alias''s targets (all aliases when NULL); returns how many were tracked';
+
+REVOKE ALL ON FUNCTION llm._reset_circuit(bigint[]), llm.reset_circuit(text) FROM PUBLIC;
+
+CREATE VIEW llm.circuit_breakers AS
+SELECT r.alias, r.id AS target_id, r.provider, r.upstream_model,
+       coalesce(c.state, 'closed') AS state, coalesce(c.consecutive_failures, 0) AS consecutive_failures,
+       c.open_until, coalesce(c.successes, 0) AS successes, coalesce(c.failures, 0) AS failures,
+       c.last_failure_at
+  FROM llm.routes r LEFT JOIN llm._circuit_state() c ON c.route_id = r.id;
+COMMENT ON VIEW llm.circuit_breakers IS 'each route target''s circuit breaker: closed, open (skipped until open_until) or half-open';
+
+CREATE VIEW llm.provider_load AS
+SELECT p.name AS provider, p.region,
+       nullif(p.options->>'max_concurrency', '')::int AS max_concurrency,
+       nullif(p.options->>'requests_per_minute', '')::int AS requests_per_minute,
+       coalesce(l.in_flight, 0) AS in_flight, coalesce(l.queued, 0) AS queued,
+       coalesce(l.throttled, 0) AS throttled
+  FROM llm.providers p LEFT JOIN llm._provider_load() l ON l.provider = p.name;
+COMMENT ON VIEW llm.provider_load IS 'per provider: its limits, calls in flight, calls queued by the worker, and how often calls waited';
+
+CREATE VIEW llm.route_targets AS
+SELECT r.alias, r.id AS target_id, r.priority, r.weight, r.enabled, r.provider, p.kind, p.region,
+       r.upstream_model, r.options, coalesce(c.state, 'closed') AS circuit,
+       nullif(p.options->>'max_concurrency', '')::int AS max_concurrency,
+       nullif(p.options->>'requests_per_minute', '')::int AS requests_per_minute
+  FROM llm.routes r
+  JOIN llm.providers p ON p.name = r.provider
+  LEFT JOIN llm._circuit_state() c ON c.route_id = r.id
+ ORDER BY r.alias, r.priority, r.id;
+COMMENT ON VIEW llm.route_targets IS 'each alias with its targets, health and provider limits; readable by every role';
+
+GRANT SELECT ON llm.route_targets TO PUBLIC;
+REVOKE ALL ON llm.circuit_breakers, llm.provider_load FROM PUBLIC;
+REVOKE ALL ON FUNCTION llm._provider_load() FROM PUBLIC;

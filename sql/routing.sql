@@ -117,3 +117,56 @@ RESET llm.allowed_regions;
 SET ROLE llm_caller;
 SELECT expect_error($q$SET llm.allowed_regions = 'anywhere'$q$);
 RESET ROLE;
+
+-- circuit breaker: after 3 consecutive failed calls the flaky target is
+-- skipped; after its cool-down one probe goes through
+TRUNCATE outcome;
+SELECT llm.add_route('cb', 'r_flaky', 'flaky-model', 0, 1,
+       '{"max_attempts": 1, "breaker_failures": 3, "breaker_cooldown_ms": 1000}') AS cb_target \gset
+SELECT llm.add_route('cb', 'r_good', 'good-model', 1) > 0 AS added;
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=503"}}' WHERE name = 'r_flaky';
+SELECT pg_temp.try('cb ' || i, 'cb', 'breaker call ' || i) FROM generate_series(1, 4) AS i;
+SELECT state, consecutive_failures, open_until > now() AS cooling_down
+  FROM llm.circuit_breakers WHERE target_id = :cb_target;
+SELECT pg_sleep(1.1);	-- the cool-down itself is what is tested
+SELECT pg_temp.try('probe fails', 'cb', 'probe call');
+SELECT state FROM llm.circuit_breakers WHERE target_id = :cb_target;
+SELECT llm.reset_circuit('cb') AS reset;
+SELECT state FROM llm.circuit_breakers WHERE target_id = :cb_target;
+UPDATE llm.providers SET options = '{}' WHERE name = 'r_flaky';
+SELECT pg_temp.try('healed', 'cb', 'healed call');
+SELECT case_name, provider, attempts, statuses, error FROM outcome;
+SELECT state, consecutive_failures FROM llm.circuit_breakers WHERE target_id = :cb_target;
+-- every target open: the call fails at once, saying so
+SELECT llm.add_route('cb_one', 'r_flaky', 'flaky-model', 0, 1,
+       '{"max_attempts": 1, "breaker_failures": 1, "breaker_cooldown_ms": 60000}') > 0 AS added;
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=500"}}' WHERE name = 'r_flaky';
+SELECT expect_error($q$SELECT llm_complete('cb_one', 'opens the circuit')$q$) LIKE 'LL005%' AS first_fails;
+SELECT expect_error($q$SELECT llm_complete('cb_one', 'skipped')$q$);
+UPDATE llm.providers SET options = '{}' WHERE name = 'r_flaky';
+SELECT llm.reset_circuit('cb_one') AS reset;
+SELECT llm_complete('cb_one', 'closed again');
+
+-- route management: change, disable, drop; visible in llm.route_targets
+SELECT alias, priority, weight, enabled, provider, region, upstream_model, circuit
+  FROM llm.route_targets WHERE alias = 'fo';
+SELECT llm.alter_route(target_id, enabled => false) FROM llm.route_targets
+ WHERE alias = 'fo' AND provider = 'r_flaky';
+SELECT a->'gateway'->>'provider' AS provider, a->'gateway'->>'attempts' AS attempts
+  FROM llm_messages('fo', '[{"role": "user", "content": "flaky disabled"}]') AS a;
+SELECT llm.alter_route(target_id, priority => 5, enabled => true) FROM llm.route_targets
+ WHERE alias = 'fo' AND provider = 'r_flaky';
+SELECT alias, priority, enabled, provider FROM llm.route_targets WHERE alias = 'fo';
+SELECT expect_error($q$SELECT llm.alter_route(-1, weight => 2)$q$);
+SELECT expect_error($q$SELECT llm.alter_route(1, weight => -2)$q$);
+SELECT llm.drop_target(target_id) FROM llm.route_targets WHERE alias = 'fo' AND provider = 'r_flaky';
+SELECT count(*) AS targets_left FROM llm.route_targets WHERE alias = 'fo';
+SELECT llm.alter_provider('r_good', options => '{"max_concurrency": 4, "requests_per_minute": 600}');
+SELECT provider, region, max_concurrency, requests_per_minute FROM llm.provider_load WHERE provider = 'r_good';
+SELECT expect_error($q$SELECT llm.alter_provider('nope', region => 'x')$q$);
+-- a plain role can read the targets but not change them
+SET ROLE llm_caller;
+SELECT count(*) > 0 AS sees_targets FROM llm.route_targets;
+SELECT expect_error($q$SELECT llm.alter_route(1, weight => 2)$q$);
+SELECT expect_error($q$SELECT * FROM llm.provider_load$q$);
+RESET ROLE;

@@ -18,6 +18,7 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
 #include <math.h>
 #include <time.h>
 
@@ -31,10 +32,17 @@
 
 #include "attempt.h"
 #include "channel.h"
+#include "health.h"
 #include "json_util.h"
 #include "llm_errors.h"
 #include "llm_gateway.h"
 #include "route_cache.h"
+
+/* bumped whenever a transfer frees a provider slot: waiting calls may go */
+uint64		provider_slots_released = 0;
+
+static void release_provider_slot(LlmWorkItem *item);
+static void abandon_health(LlmWorkItem *item);
 
 LlmWorkItem *
 item_create(int slot)
@@ -173,6 +181,13 @@ item_finish(LlmWorkItem *item)
 		http_release(&item->xfer);
 		item->xfer_live = false;
 	}
+	release_provider_slot(item);
+	abandon_health(item);
+	if (item->throttled)
+	{
+		provider_limits_queued(item->target.provider_name, -1);
+		item->throttled = false;
+	}
 	MemoryContextSwitchTo(old);
 }
 
@@ -268,6 +283,62 @@ choose_target(LlmWorkItem *item)
 	return -1;
 }
 
+/* choose_target, skipping targets whose circuit is open (they count as done). */
+static int
+pick_target(LlmWorkItem *item)
+{
+	for (;;)
+	{
+		int			i = choose_target(item);
+
+		if (i < 0)
+			return i;
+		if (health_allow(item->cand[i].route_id))
+		{
+			item->health_pending = true;
+			return i;
+		}
+		item->cand_done[i] = true;
+		item->skipped_open++;
+	}
+}
+
+/* Tell the breaker how the current target did, with the route's settings. */
+static void
+report_health(LlmWorkItem *item, bool success)
+{
+	JsonbContainer *opts = &item->target.route_options->root;
+	int64		threshold = llm_breaker_failures;
+	int64		cooldown = llm_breaker_cooldown_ms;
+
+	(void) json_get_int64(opts, "breaker_failures", &threshold);
+	(void) json_get_int64(opts, "breaker_cooldown_ms", &cooldown);
+	health_report(item->cand[item->cur].route_id, success,
+				  (int) Max(Min(threshold, INT_MAX), 0), (int) Max(Min(cooldown, INT_MAX), 1));
+	item->health_pending = false;
+}
+
+/* The call leaves its target without a verdict (cancel, fatal error, deadline). */
+static void
+abandon_health(LlmWorkItem *item)
+{
+	if (item->health_pending && item->cur >= 0)
+		health_abandon(item->cand[item->cur].route_id);
+	item->health_pending = false;
+}
+
+/* Give back the provider slot this item holds, and let waiting calls try. */
+static void
+release_provider_slot(LlmWorkItem *item)
+{
+	if (item->holds_provider_slot)
+	{
+		provider_limits_release(item->target.provider_name);
+		item->holds_provider_slot = false;
+		provider_slots_released++;
+	}
+}
+
 static void
 switch_target(LlmWorkItem *item, int i)
 {
@@ -325,7 +396,16 @@ item_resolve(LlmWorkItem *item)
 		return;
 	}
 
-	switch_target(item, choose_target(item));
+	i = pick_target(item);
+	if (i < 0)
+	{
+		item_fail(item, "error", ERRCODE_LLM_NO_TARGET,
+				  psprintf("every target of model alias \"%s\" is cooling down after failures", item->alias),
+				  psprintf("%d target(s) have an open circuit; see llm.circuit_breakers.", item->skipped_open),
+				  "Wait for the cool-down (llm.breaker_cooldown_ms), or close the circuits with llm.reset_circuit().");
+		return;
+	}
+	switch_target(item, i);
 	if (item->target.provider == NULL)
 		item_fail(item, "error", ERRCODE_FEATURE_NOT_SUPPORTED,
 				  psprintf("provider \"%s\" has kind \"%s\", which this build does not support",
@@ -390,8 +470,9 @@ after_failure(LlmWorkItem *item)
 	LlmError   *err = &item->error;
 	int			next;
 
+	/* the request's own fault says nothing about the target's health */
 	if (err->fail_class == LLM_FAIL_FATAL || err->fail_class == LLM_FAIL_NONE)
-		return false;
+		return false;			/* item_finish abandons the verdict */
 	if (err->fail_class == LLM_FAIL_RETRYABLE && item->tries_on_cur < max_attempts(item))
 	{
 		double		cap = Min((double) llm_retry_max_ms,
@@ -412,7 +493,8 @@ after_failure(LlmWorkItem *item)
 
 	/* this target is done for this call: fall over */
 	item->cand_done[item->cur] = true;
-	next = choose_target(item);
+	report_health(item, false);
+	next = pick_target(item);
 	if (next < 0)
 		return false;
 	switch_target(item, next);
@@ -474,6 +556,35 @@ item_send(LlmWorkItem *item)
 				  psprintf("the call timed out after %d ms before it could be sent", item->timeout_ms),
 				  NULL, "Raise the timeout_ms option or llm.request_timeout_ms.");
 		return;
+	}
+	/* the provider's concurrency and rate limits: wait in the worker, never fail */
+	{
+		int64		max_conc = 0,
+					rpm = 0;
+		long		wait;
+
+		(void) json_get_int64(&item->target.provider_options->root, "max_concurrency", &max_conc);
+		(void) json_get_int64(&item->target.provider_options->root, "requests_per_minute", &rpm);
+		wait = provider_limits_acquire(item->target.provider_name,
+									   (int) Max(max_conc, 0), (int) Max(rpm, 0));
+		if (wait != 0)
+		{
+			if (!item->waiting_for_slot && item->state != LLM_ITEM_WAITING)
+				provider_limits_queued(item->target.provider_name, 1);
+			item->waiting_for_slot = (wait < 0);
+			item->retry_at = wait > 0 ?
+				Min(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait), item->deadline) :
+				item->deadline;
+			item->state = LLM_ITEM_WAITING;
+			item->throttled = true;
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		if (item->throttled)
+			provider_limits_queued(item->target.provider_name, -1);
+		item->throttled = false;
+		item->waiting_for_slot = false;
+		item->holds_provider_slot = true;
 	}
 	item->attempts++;
 	item->tries_on_cur++;
@@ -634,7 +745,10 @@ settle_attempt(LlmWorkItem *item)
 		http_release(&item->xfer);
 		item->xfer_live = false;
 	}
+	release_provider_slot(item);
 	MemoryContextSwitchTo(old);
+	if (item->ok)
+		report_health(item, true);
 	if (item->ok || !after_failure(item))
 		item_finish(item);
 }
@@ -720,6 +834,7 @@ item_cancel(LlmWorkItem *item)
 		http_release(&item->xfer);
 		item->xfer_live = false;
 	}
+
 	item_fail(item, "cancelled", ERRCODE_QUERY_CANCELED,
 			  "the call was cancelled by its caller", NULL, NULL);
 }

@@ -56,6 +56,11 @@ typedef struct LlmWorkItem
 	int			tries_on_cur;	/* attempts made on the current target */
 	TimestampTz retry_at;		/* LLM_ITEM_WAITING: when to try again */
 	TimestampTz attempt_started;
+	bool		holds_provider_slot;	/* counted in the provider's in_flight */
+	bool		waiting_for_slot;	/* WAITING for a provider slot to free */
+	bool		throttled;		/* counted in the provider's queued */
+	int			skipped_open;	/* targets skipped because their circuit is open */
+	bool		health_pending; /* the breaker awaits this target's verdict */
 	StringInfoData attempt_log; /* JSON array, one object per attempt */
 
 	/* the current target (a copy of cand[cur].target) */
@@ -85,6 +90,7 @@ extern LlmWorkItem *item_create(int slot);
 extern void item_resolve(LlmWorkItem *item);
 extern void item_send(LlmWorkItem *item);
 extern void item_retry(LlmWorkItem *item);
+extern uint64 provider_slots_released;
 extern void item_transfer_done(LlmWorkItem *item);
 extern void item_cancel(LlmWorkItem *item);
 extern void item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,

@@ -44,6 +44,8 @@
 #define ERRCODE_LLM_WORKER_UNAVAILABLE		MAKE_SQLSTATE('L','L','0','1','1')
 /* the answer exceeds llm.max_response_bytes */
 #define ERRCODE_LLM_RESPONSE_TOO_LARGE		MAKE_SQLSTATE('L','L','0','1','2')
+/* every target of the alias is cooling down after failures (circuit open) */
+#define ERRCODE_LLM_NO_TARGET				MAKE_SQLSTATE('L','L','0','1','3')
 
 extern void llm_error_for_status(int status, LlmError *err);
 extern const char *llm_fail_class_name(LlmFailClass fail_class);

@@ -29,6 +29,7 @@
 #include "utils/memutils.h"
 
 #include "channel.h"
+#include "health.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;
@@ -47,6 +48,8 @@ char	   *llm_allowed_regions = NULL;
 int			llm_max_attempts = 2;
 int			llm_retry_base_ms = 250;
 int			llm_retry_max_ms = 8000;
+int			llm_breaker_failures = 5;
+int			llm_breaker_cooldown_ms = 30000;
 
 bool		llm_preloaded = false;
 
@@ -105,6 +108,7 @@ llm_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(channel_shmem_size());
+	RequestAddinShmemSpace(health_shmem_size());
 	RequestNamedLWLockTranche("llm_gateway", 1);
 }
 
@@ -115,6 +119,7 @@ llm_shmem_startup(void)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	channel_shmem_init();
+	health_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -300,6 +305,24 @@ define_gucs(void)
 							NULL,
 							&llm_retry_max_ms,
 							8000, 1, 3600000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.breaker_failures",
+							"Consecutive failed calls after which a target is skipped for a cool-down.",
+							NULL,
+							&llm_breaker_failures,
+							5, 1, 1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.breaker_cooldown_ms",
+							"How long an open circuit skips its target before one probe is let through.",
+							NULL,
+							&llm_breaker_cooldown_ms,
+							30000, 1, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

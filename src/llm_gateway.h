@@ -40,6 +40,8 @@ extern char *llm_allowed_regions;
 extern int	llm_max_attempts;
 extern int	llm_retry_base_ms;
 extern int	llm_retry_max_ms;
+extern int	llm_breaker_failures;
+extern int	llm_breaker_cooldown_ms;
 
 /* true once _PG_init ran inside shared_preload_libraries */
 extern bool llm_preloaded;

@@ -265,27 +265,43 @@ handle_finished_transfers(void)
 static long
 handle_due_retries(void)
 {
+	static uint64 released_seen = 0;
 	dlist_mutable_iter it;
+	dlist_head	due;
 	TimestampTz now = GetCurrentTimestamp();
 	long		next = -1;
+	bool		slots_freed = (provider_slots_released != released_seen);
 
+	released_seen = provider_slots_released;
+
+	/* take the due ones out first: sending may put them back in `waiting` */
+	dlist_init(&due);
 	dlist_foreach_modify(it, &waiting)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
-		if (item->retry_at <= now)
+		if (item->retry_at <= now || (slots_freed && item->waiting_for_slot))
 		{
 			dlist_delete(&item->node);
-			item_retry(item);
-			file_item(item);
+			dlist_push_tail(&due, &item->node);
 		}
-		else
-		{
-			long		ms = TimestampDifferenceMilliseconds(now, item->retry_at);
+	}
+	dlist_foreach_modify(it, &due)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
-			if (next < 0 || ms < next)
-				next = Max(ms, 1);
-		}
+		dlist_delete(&item->node);
+		item_retry(item);
+		file_item(item);
+	}
+
+	dlist_foreach_modify(it, &waiting)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+		long		ms = TimestampDifferenceMilliseconds(now, item->retry_at);
+
+		if (next < 0 || ms < next)
+			next = Max(ms, 1);
 	}
 	return next;
 }
