@@ -68,6 +68,7 @@ CREATE TABLE llm.requests (
     cache_read_tokens   bigint,
     cache_write_tokens  bigint,
     stop_reason         text,
+    cost_usd            numeric,
     latency_ms          double precision,
     error_code          text,
     error               text,
@@ -80,6 +81,7 @@ CREATE INDEX ON llm.requests (created_at);
 CREATE INDEX ON llm.requests (status) WHERE status = 'pending';
 COMMENT ON TABLE llm.requests IS 'audit log: one row per call, committed by the worker before the provider is contacted';
 COMMENT ON COLUMN llm.requests.provider IS 'the provider of the target that answered (or was tried last)';
+COMMENT ON COLUMN llm.requests.cost_usd IS 'cost from the answering target''s prices (route options price_input, price_output, price_cache_read, price_cache_write, USD per million tokens); NULL without prices';
 COMMENT ON COLUMN llm.requests.attempts_detail IS 'one object per attempt: route_id, provider, model, http_status, error_code, latency_ms';
 
 SELECT pg_catalog.pg_extension_config_dump('llm.providers', '');
@@ -176,6 +178,44 @@ END
 $$;
 COMMENT ON FUNCTION llm.set_credential(text, text) IS 'stores (or replaces) the secret the worker sends to a provider';
 
+CREATE FUNCTION llm._check_route_options(options jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k text;
+    v jsonb;
+BEGIN
+    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
+    END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(options) LOOP
+        IF k IN ('price_input', 'price_output', 'price_cache_read', 'price_cache_write') THEN
+            IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 0 THEN
+                RAISE EXCEPTION 'route option "%" must be a number of USD per million tokens, not %', k, v
+                    USING ERRCODE = '22023', HINT = 'For example {"price_input": 3, "price_output": 15}.';
+            END IF;
+        ELSIF k IN ('max_tokens', 'default_max_tokens', 'max_attempts') THEN
+            IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 1 OR v::text::numeric <> trunc(v::text::numeric) THEN
+                RAISE EXCEPTION 'route option "%" must be a positive integer, not %', k, v
+                    USING ERRCODE = '22023', HINT = 'Give a whole number of 1 or more.';
+            END IF;
+        ELSIF k IN ('breaker_failures', 'breaker_cooldown_ms') THEN
+            IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 0 OR v::text::numeric <> trunc(v::text::numeric) THEN
+                RAISE EXCEPTION 'route option "%" must be a non-negative integer, not %', k, v
+                    USING ERRCODE = '22023', HINT = 'breaker_failures 0 disables the breaker.';
+            END IF;
+        ELSE
+            RAISE EXCEPTION 'unknown route option "%"', k
+                USING ERRCODE = '22023',
+                      HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms.';
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION llm._check_route_options(jsonb) IS 'rejects unknown or ill-typed route target options';
+
 CREATE FUNCTION llm.add_route(alias text, provider text, upstream_model text,
                               priority int DEFAULT 0, weight int DEFAULT 1,
                               options jsonb DEFAULT '{}')
@@ -198,10 +238,7 @@ BEGIN
         RAISE EXCEPTION 'weight must be zero or more, not %', weight
             USING ERRCODE = '22023', HINT = 'Weights split traffic inside a priority group; 0 disables the target.';
     END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'options must be a JSON object'
-            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
-    END IF;
+    PERFORM llm._check_route_options(options);
     INSERT INTO llm.routes (alias, provider, upstream_model, priority, weight, options)
     VALUES (add_route.alias, add_route.provider, add_route.upstream_model,
             coalesce(add_route.priority, 0), add_route.weight, add_route.options)
@@ -308,9 +345,8 @@ BEGIN
         RAISE EXCEPTION 'weight must be zero or more, not %', weight
             USING ERRCODE = '22023', HINT = 'Weights split traffic inside a priority group; 0 disables the target.';
     END IF;
-    IF options IS NOT NULL AND jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'options must be a JSON object'
-            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
+    IF options IS NOT NULL THEN
+        PERFORM llm._check_route_options(options);
     END IF;
     UPDATE llm.routes r
        SET priority = coalesce(alter_route.priority, r.priority),

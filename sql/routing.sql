@@ -170,3 +170,15 @@ SELECT count(*) > 0 AS sees_targets FROM llm.route_targets;
 SELECT expect_error($q$SELECT llm.alter_route(1, weight => 2)$q$);
 SELECT expect_error($q$SELECT * FROM llm.provider_load$q$);
 RESET ROLE;
+
+-- prices per million tokens give each call its cost, in numeric
+SELECT llm.add_route('priced', 'r_good', 'priced-model', 0, 1,
+       '{"price_input": 3, "price_output": 15, "price_cache_read": 0.3}') > 0 AS added;
+SELECT a->'usage' AS usage, a->'gateway'->'cost_usd' AS cost_usd
+  FROM llm_messages('priced', '[{"role": "user", "content": "how much is this [[mock:cache=100]]"}]') AS a;
+SELECT cost_usd, pg_typeof(cost_usd) FROM llm.requests ORDER BY id DESC LIMIT 1;
+SELECT a->'gateway'->'cost_usd' AS unpriced_cost FROM llm_messages('cb_one', '[{"role": "user", "content": "free"}]') AS a;
+-- route options are checked when set
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_input": "3"}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_attempts": 0}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"retries": 3}')$q$);

@@ -27,6 +27,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
@@ -98,6 +99,46 @@ elapsed_ms(TimestampTz since)
 	return secs * 1000.0 + usecs / 1000.0;
 }
 
+/*
+ * The call's cost in USD from the answering target's prices (route options
+ * price_input, price_output, price_cache_read, price_cache_write, in USD per
+ * million tokens), in numeric arithmetic: money is never a float.  NULL when
+ * the target has no prices.
+ */
+static char *
+compute_cost(LlmWorkItem *item)
+{
+	static const char *const keys[] = {"price_input", "price_output", "price_cache_read", "price_cache_write"};
+	int64		counts[4];
+	JsonbContainer *opts = &item->target.route_options->root;
+	Datum		total = DirectFunctionCall3(numeric_in, CStringGetDatum("0"),
+											ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	bool		priced = false;
+	int			i;
+
+	counts[0] = item->answer.input_tokens;
+	counts[1] = item->answer.output_tokens;
+	counts[2] = item->answer.cache_read_input_tokens;
+	counts[3] = item->answer.cache_creation_input_tokens;
+	for (i = 0; i < 4; i++)
+	{
+		JsonbValue *price = json_get(opts, keys[i]);
+		Datum		part;
+
+		if (price == NULL || price->type != jbvNumeric)
+			continue;
+		priced = true;
+		part = DirectFunctionCall2(numeric_mul, NumericGetDatum(price->val.numeric),
+								   NumericGetDatum(int64_to_numeric(counts[i])));
+		total = DirectFunctionCall2(numeric_add, total, part);
+	}
+	if (!priced)
+		return NULL;
+	total = DirectFunctionCall2(numeric_div, total, NumericGetDatum(int64_to_numeric(1000000)));
+	total = DirectFunctionCall2(numeric_round, total, Int32GetDatum(10));
+	return DatumGetCString(DirectFunctionCall1(numeric_out, total));
+}
+
 /* Error text as the channel carries it: message\0detail\0hint\0 */
 static void
 error_payload(StringInfo buf, const LlmError *err)
@@ -154,8 +195,8 @@ answer_payload(StringInfo buf, LlmWorkItem *item)
 	json_append_key(buf, &first, "gateway");
 	appendStringInfo(buf, "{\"request_id\":" INT64_FORMAT ",\"provider\":", item->request_id);
 	json_append_string(buf, item->target.provider_name);
-	appendStringInfo(buf, ",\"attempts\":%d,\"latency_ms\":%.3f,\"cost_usd\":null}}",
-					 item->attempts, item->latency_ms);
+	appendStringInfo(buf, ",\"attempts\":%d,\"latency_ms\":%.3f,\"cost_usd\":%s}}",
+					 item->attempts, item->latency_ms, item->cost_usd ? item->cost_usd : "null");
 }
 
 /*
@@ -170,6 +211,8 @@ item_finish(LlmWorkItem *item)
 	MemoryContext old = MemoryContextSwitchTo(item->cxt);
 
 	item->latency_ms = elapsed_ms(item->submitted_at);
+	if (item->ok)
+		item->cost_usd = compute_cost(item);
 	initStringInfo(&item->payload);
 	if (item->ok)
 		answer_payload(&item->payload, item);

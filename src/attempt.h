@@ -80,6 +80,7 @@ typedef struct LlmWorkItem
 	long		http_status;
 	char	   *response_body;	/* raw provider body, for the log */
 	double		latency_ms;
+	char	   *cost_usd;		/* numeric text, NULL when the target has no prices */
 
 	/* what the backend gets, kept until the log row is completed */
 	StringInfoData payload;

@@ -53,7 +53,7 @@ static const char *complete_sql =
 "       stop_reason = $10, latency_ms = $11, error_code = $12, error = $13, "
 "       response_body = $14, request_body = coalesce(request_body, $15), "
 "       provider = coalesce($16, provider), upstream_model = coalesce($17, upstream_model), "
-"       attempts_detail = $18::jsonb "
+"       attempts_detail = $18::jsonb, cost_usd = $19::numeric "
 " WHERE id = $1";
 
 /* Why the log cannot be written, or NULL if it can (inside a batch). */
@@ -175,8 +175,8 @@ int8_datum(int64 v, bool present, char *nulls, int i)
 void
 reqlog_complete(LlmWorkItem *item)
 {
-	Datum		values[18];
-	char		nulls[18];
+	Datum		values[19];
+	char		nulls[19];
 	bool		keep_bodies;
 	int			ret;
 
@@ -184,11 +184,11 @@ reqlog_complete(LlmWorkItem *item)
 		return;
 	if (complete_plan == NULL)
 	{
-		Oid			types[18] = {INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT4OID,
+		Oid			types[19] = {INT8OID, TEXTOID, TIMESTAMPTZOID, INT4OID, INT4OID,
 			INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID,
-		TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID};
+		TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
 
-		complete_plan = prepare(complete_sql, 18, types);
+		complete_plan = prepare(complete_sql, 19, types);
 	}
 	keep_bodies = llm_log_bodies == LLM_LOG_BODIES_ALL ||
 		(llm_log_bodies == LLM_LOG_BODIES_ERRORS && !item->ok);
@@ -226,6 +226,7 @@ reqlog_complete(LlmWorkItem *item)
 	values[16] = text_datum(item->has_target ? item->target.upstream_model : NULL, nulls, 16);
 	values[17] = text_datum(item->attempt_log.len > 1 ?
 							psprintf("%s]", item->attempt_log.data) : NULL, nulls, 17);
+	values[18] = text_datum(item->cost_usd, nulls, 18);
 
 	ret = SPI_execute_plan(complete_plan, values, nulls, false, 0);
 	if (ret != SPI_OK_UPDATE)
