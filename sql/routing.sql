@@ -182,3 +182,14 @@ SELECT a->'gateway'->'cost_usd' AS unpriced_cost FROM llm_messages('cb_one', '[{
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_input": "3"}')$q$);
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_attempts": 0}')$q$);
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"retries": 3}')$q$);
+-- the region policy per role: set by an administrator, applied at login
+CREATE ROLE llm_eu_user LOGIN;
+ALTER ROLE llm_eu_user SET llm.allowed_regions = 'eu';
+SELECT current_user AS admin_user \gset
+\c - llm_eu_user
+SHOW llm.allowed_regions;
+SELECT expect_error($q$SELECT llm_complete('split', 'us targets only')$q$);
+SELECT llm_complete('eu_only', 'eu target');
+SELECT expect_error($q$SET llm.allowed_regions = ''$q$);
+\c - :admin_user
+DROP ROLE llm_eu_user;

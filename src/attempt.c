@@ -421,8 +421,15 @@ item_resolve(LlmWorkItem *item)
 	{
 		const LlmRouteTarget *rt = route->targets[i];
 
-		appendStringInfo(&regions, "%s%s", i > 0 ? ", " : "",
-						 rt->region ? rt->region : "(none)");
+		const char *r = rt->region ? rt->region : "(none)";
+		int			j;
+		bool		seen = false;
+
+		for (j = 0; j < i; j++)
+			if (strcmp(route->targets[j]->region ? route->targets[j]->region : "(none)", r) == 0)
+				seen = true;
+		if (!seen)
+			appendStringInfo(&regions, "%s%s", regions.len > 0 ? ", " : "", r);
 		if (region_allowed(item->allowed_regions, rt->region))
 			routes_copy_target(rt, &item->cand[item->ncand++]);
 	}
