@@ -317,6 +317,18 @@ state_name(int state)
 	}
 }
 
+/* A consistent copy of one of the tables, for a view. */
+static void *
+copy_table(const void *table, Size size)
+{
+	void	   *copy = palloc(size);
+
+	SpinLockAcquire(&health->mutex);
+	memcpy(copy, table, size);
+	SpinLockRelease(&health->mutex);
+	return copy;
+}
+
 /* llm._circuit_state(): one row per tracked target */
 Datum
 llm_circuit_state(PG_FUNCTION_ARGS)
@@ -328,10 +340,7 @@ llm_circuit_state(PG_FUNCTION_ARGS)
 	llm_check_preloaded();
 	InitMaterializedSRF(fcinfo, 0);
 	attach();
-	copy = palloc(sizeof(LlmTargetHealth) * health->ntargets);
-	SpinLockAcquire(&health->mutex);
-	memcpy(copy, targets(), sizeof(LlmTargetHealth) * health->ntargets);
-	SpinLockRelease(&health->mutex);
+	copy = copy_table(targets(), sizeof(LlmTargetHealth) * health->ntargets);
 
 	for (i = 0; i < health->ntargets; i++)
 	{
@@ -366,10 +375,7 @@ llm_provider_load(PG_FUNCTION_ARGS)
 	llm_check_preloaded();
 	InitMaterializedSRF(fcinfo, 0);
 	attach();
-	copy = palloc(sizeof(LlmProviderLoad) * health->nproviders);
-	SpinLockAcquire(&health->mutex);
-	memcpy(copy, providers(), sizeof(LlmProviderLoad) * health->nproviders);
-	SpinLockRelease(&health->mutex);
+	copy = copy_table(providers(), sizeof(LlmProviderLoad) * health->nproviders);
 
 	for (i = 0; i < health->nproviders; i++)
 	{
