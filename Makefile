@@ -21,20 +21,27 @@ SHLIB_LINK  = -lcurl -lcrypto
 
 # pg_regress runs on its own temporary instance with the library preloaded;
 # the test runner exports MOCK_PORT for the mock provider the tests talk to.
-REGRESS      = setup validation adapters messages errors request_log routing
+REGRESS      = setup validation adapters messages errors request_log routing credentials
 REGRESS_OPTS = --temp-config=test/regress.conf --temp-instance=./tmp_check --encoding=UTF8
 
 # TAP tests live under test/t (PostgreSQL::Test::Cluster); "make tapcheck"
 # runs them (installcheck runs only pg_regress, so the two report apart).
 PROVE_TESTS ?= test/t/*.pl
 
-EXTRA_CLEAN = tmp_check results regression.diffs regression.out log
+EXTRA_CLEAN = tmp_check results regression.diffs regression.out log test/master.key
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 $(OBJS): $(wildcard src/*.h src/providers/*.h)
+
+# The master key of the pg_regress instance (test/regress.conf names it):
+# 32 random bytes as hex, readable only by whoever runs the tests.
+test/master.key:
+	umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > $@
+
+installcheck: test/master.key
 
 .PHONY: tapcheck bench fuzz
 tapcheck:

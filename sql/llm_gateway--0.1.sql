@@ -25,13 +25,6 @@ CREATE TABLE llm.providers (
 );
 COMMENT ON TABLE llm.providers IS 'LLM providers: protocol kind, base URL, region and per-provider options';
 
-CREATE TABLE llm.credentials (
-    provider    text PRIMARY KEY REFERENCES llm.providers (name) ON DELETE CASCADE,
-    secret      text NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now()
-);
-COMMENT ON TABLE llm.credentials IS 'provider secrets; readable only by the extension owner and the worker';
-
 CREATE TABLE llm.routes (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     alias           text NOT NULL CHECK (alias <> ''),
@@ -85,12 +78,9 @@ COMMENT ON COLUMN llm.requests.cost_usd IS 'cost from the answering target''s pr
 COMMENT ON COLUMN llm.requests.attempts_detail IS 'one object per attempt: route_id, provider, model, http_status, error_code, latency_ms';
 
 SELECT pg_catalog.pg_extension_config_dump('llm.providers', '');
-SELECT pg_catalog.pg_extension_config_dump('llm.credentials', '');
 SELECT pg_catalog.pg_extension_config_dump('llm.routes', '');
 SELECT pg_catalog.pg_extension_config_dump('llm.requests', '');
 
--- Nobody but the owner reads secrets.
-REVOKE ALL ON llm.credentials FROM PUBLIC;
 REVOKE ALL ON llm.providers, llm.routes, llm.requests FROM PUBLIC;
 
 CREATE FUNCTION llm._config_changed() RETURNS trigger
@@ -99,8 +89,6 @@ CREATE FUNCTION llm._config_changed() RETURNS trigger
 COMMENT ON FUNCTION llm._config_changed() IS 'trigger: makes the worker reload routes, providers and credentials at commit';
 
 CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.providers
-    FOR EACH STATEMENT EXECUTE FUNCTION llm._config_changed();
-CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.credentials
     FOR EACH STATEMENT EXECUTE FUNCTION llm._config_changed();
 CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.routes
     FOR EACH STATEMENT EXECUTE FUNCTION llm._config_changed();
@@ -157,26 +145,6 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION llm.drop_provider(text) IS 'removes a provider with its credential and routes';
-
-CREATE FUNCTION llm.set_credential(provider text, secret text) RETURNS void
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM llm.providers p WHERE p.name = set_credential.provider) THEN
-        RAISE EXCEPTION 'provider "%" does not exist', set_credential.provider
-            USING ERRCODE = '42704', HINT = 'Register it with llm.add_provider() first.';
-    END IF;
-    IF secret IS NULL OR secret = '' THEN
-        RAISE EXCEPTION 'secret must not be empty'
-            USING ERRCODE = '22023', HINT = 'Pass the provider''s API key.';
-    END IF;
-    INSERT INTO llm.credentials (provider, secret) VALUES (set_credential.provider, set_credential.secret)
-    ON CONFLICT ON CONSTRAINT credentials_pkey
-    DO UPDATE SET secret = EXCLUDED.secret, updated_at = now();
-END
-$$;
-COMMENT ON FUNCTION llm.set_credential(text, text) IS 'stores (or replaces) the secret the worker sends to a provider';
 
 CREATE FUNCTION llm._check_route_options(options jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -268,7 +236,6 @@ COMMENT ON FUNCTION llm.drop_route(text) IS 'removes every target of a route ali
 
 REVOKE ALL ON FUNCTION llm.add_provider(text, text, text, text, jsonb),
                        llm.drop_provider(text),
-                       llm.set_credential(text, text),
                        llm.add_route(text, text, text, int, int, jsonb),
                        llm.drop_route(text)
     FROM PUBLIC;
@@ -470,3 +437,137 @@ COMMENT ON VIEW llm.route_targets IS 'each alias with its targets, health and pr
 GRANT SELECT ON llm.route_targets TO PUBLIC;
 REVOKE ALL ON llm.circuit_breakers, llm.provider_load FROM PUBLIC;
 REVOKE ALL ON FUNCTION llm._provider_load() FROM PUBLIC;
+
+-----------------------------------------------------------------------------
+-- Credentials, encrypted at rest (src/credentials.c), and the two roles.
+--
+-- llm.credentials holds AES-256-GCM ciphertext under the master key named by
+-- llm.master_key_file; only the worker decrypts.  Several credentials per
+-- provider (labels) allow key rotation without downtime and load spreading.
+-- Nobody but the owner reads the table: admins see llm.credentials_info and
+-- write through the functions below.
+--
+-- This part goes at the END of the install script: its grants cover every
+-- function of schema llm defined before it.
+-----------------------------------------------------------------------------
+
+CREATE TABLE llm.credentials (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    provider    text NOT NULL REFERENCES llm.providers (name) ON DELETE CASCADE,
+    label       text NOT NULL DEFAULT 'default' CHECK (label ~ '^[A-Za-z0-9_.:-]{1,63}$'),
+    ciphertext  bytea NOT NULL,
+    key_id      text NOT NULL CHECK (key_id ~ '^[0-9a-f]{16}$'),
+    enabled     bool NOT NULL DEFAULT true,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (provider, label)
+);
+COMMENT ON TABLE llm.credentials IS 'provider secrets as AES-256-GCM ciphertext under the master key (llm.master_key_file); readable only by the owner, decrypted only by the worker';
+COMMENT ON COLUMN llm.credentials.label IS 'name of this key of the provider: several enabled keys are used in turn, and a new label allows rotation without downtime';
+COMMENT ON COLUMN llm.credentials.ciphertext IS 'version 1 || key id (8) || provider id (4) || nonce (12) || AES-256-GCM ciphertext || tag (16)';
+COMMENT ON COLUMN llm.credentials.key_id IS 'first 8 bytes (hex) of SHA-256 of the master key that encrypted the row; compare with llm.master_key_id()';
+COMMENT ON COLUMN llm.credentials.enabled IS 'false keeps the credential but the worker does not use it';
+
+SELECT pg_catalog.pg_extension_config_dump('llm.credentials', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.credentials_id_seq', '');
+REVOKE ALL ON llm.credentials FROM PUBLIC;
+
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.credentials
+    FOR EACH STATEMENT EXECUTE FUNCTION llm._config_changed();
+
+CREATE VIEW llm.credentials_info AS
+    SELECT provider, label, key_id, enabled, created_at, updated_at
+      FROM llm.credentials;
+COMMENT ON VIEW llm.credentials_info IS 'which credentials exist (provider, label, master key id, enabled), never the ciphertext';
+REVOKE ALL ON llm.credentials_info FROM PUBLIC;
+
+-- Not SECURITY DEFINER (inside one, current_user is the owner, so the
+-- caller could not be checked): the C functions check that the caller is a
+-- superuser or has the privileges of llm_admin, then write as the table
+-- owner.  Their errors never copy the statement (and a secret in it) into
+-- the server log (errhidestmt).
+CREATE FUNCTION llm.set_credential(provider text, secret text, label text DEFAULT 'default')
+RETURNS void
+    AS 'MODULE_PATHNAME', 'llm_set_credential'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION llm.set_credential(text, text, text) IS
+    'encrypts and stores (or replaces) the secret the worker sends to a provider, under a label (default ''default''); superuser or llm_admin';
+
+CREATE FUNCTION llm.set_credential_from_file(provider text, path text, label text DEFAULT 'default')
+RETURNS void
+    AS 'MODULE_PATHNAME', 'llm_set_credential_from_file'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION llm.set_credential_from_file(text, text, text) IS
+    'like set_credential, with the secret read from a server-side file (trailing newline removed), so it never appears in SQL text; also needs superuser or pg_read_server_files';
+
+CREATE FUNCTION llm.drop_credential(provider text, label text DEFAULT NULL)
+RETURNS int
+    AS 'MODULE_PATHNAME', 'llm_drop_credential'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION llm.drop_credential(text, text) IS
+    'removes a provider''s credential of that label, or all of them when label is NULL; returns how many';
+
+CREATE FUNCTION llm.set_credential_enabled(provider text, label text, enabled bool)
+RETURNS void
+    AS 'MODULE_PATHNAME', 'llm_set_credential_enabled'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION llm.set_credential_enabled(text, text, bool) IS
+    'takes a credential out of use (false) or back (true) without forgetting it';
+
+CREATE FUNCTION llm.master_key_id() RETURNS text
+    AS 'MODULE_PATHNAME', 'llm_master_key_id'
+    LANGUAGE C VOLATILE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION llm.master_key_id() IS
+    'id of the current master key (as in llm.credentials_info.key_id); errors when llm.master_key_file is unusable';
+
+REVOKE ALL ON FUNCTION llm.set_credential(text, text, text),
+                       llm.set_credential_from_file(text, text, text),
+                       llm.drop_credential(text, text),
+                       llm.set_credential_enabled(text, text, bool),
+                       llm.master_key_id()
+    FROM PUBLIC;
+
+-----------------------------------------------------------------------------
+-- Roles.  llm_admin manages providers, routes and credentials and reads the
+-- log; llm_user calls models and sees the routes.  Roles belong to the
+-- cluster, so they are created only if missing and outlive DROP EXTENSION.
+-- Grant them to login roles: GRANT llm_admin TO alice;
+-----------------------------------------------------------------------------
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'llm_admin') THEN
+        CREATE ROLE llm_admin NOLOGIN;
+        COMMENT ON ROLE llm_admin IS 'llm_gateway administrators: providers, routes, credentials, the request log';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'llm_user') THEN
+        CREATE ROLE llm_user NOLOGIN;
+        COMMENT ON ROLE llm_user IS 'llm_gateway users: call models (llm_messages, llm_complete) and see the routes';
+    END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA llm TO llm_admin, llm_user;
+
+-- every function of schema llm defined so far: admin functions, status,
+-- diagnostics (trigger functions cannot be called directly anyway)
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA llm TO llm_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON llm.providers, llm.routes TO llm_admin;
+GRANT SELECT ON llm.requests, llm.credentials_info, llm.circuit_breakers, llm.provider_load TO llm_admin;
+-- no privilege on llm.credentials: not even admins read ciphertext
+
+-- llm_messages and llm_complete stay executable by PUBLIC (every call is
+-- logged with its role); to restrict calls to llm_user, REVOKE EXECUTE ON
+-- them FROM PUBLIC.  Users see routes (and llm.route_targets, readable by
+-- PUBLIC), and providers without options (which may hold provider-specific
+-- settings an admin keeps private).
+GRANT EXECUTE ON FUNCTION llm_messages(text, jsonb, jsonb), llm_complete(text, text, jsonb),
+                          llm.version(), llm.provider_kinds(), llm.gateway_status()
+    TO llm_user;
+GRANT SELECT ON llm.routes TO llm_user;
+GRANT SELECT (name, kind, base_url, region, created_at) ON llm.providers TO llm_user;

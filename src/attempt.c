@@ -576,6 +576,19 @@ item_send(LlmWorkItem *item)
 	long		remaining;
 	LlmError   *err = &item->error;
 
+	/* the target's credential could not be decrypted: send nothing */
+	if (item->cand[item->cur].credential_error != NULL)
+	{
+		const LlmRouteTarget *rt = &item->cand[item->cur];
+
+		MemoryContextSwitchTo(old);
+		item_fail(item, "error", ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+				  psprintf("could not decrypt the credential of provider \"%s\": %s",
+						   item->target.provider_name, rt->credential_error),
+				  NULL, rt->credential_hint);
+		return;
+	}
+
 	item->call.request_id = item->request_id;
 	memset(&item->http_request, 0, sizeof(item->http_request));
 	initStringInfo(&item->http_request.body);

@@ -29,6 +29,7 @@
 #include "utils/memutils.h"
 
 #include "channel.h"
+#include "credentials.h"
 #include "health.h"
 #include "llm_gateway.h"
 
@@ -326,6 +327,8 @@ define_gucs(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	credentials_define_gucs();
 
 	MarkGUCPrefixReserved("llm");
 }

@@ -26,6 +26,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
+#include "credentials.h"
 #include "route_cache.h"
 
 static MemoryContext cache_cxt = NULL;
@@ -72,18 +73,21 @@ static void
 reload(void)
 {
 	MemoryContext old;
+	List	   *creds;
 	uint64		i;
 	int			ret;
 
 	MemoryContextReset(cache_cxt);
 	cache = NIL;
 
+	/* decrypted once per load; a target keeps its provider's list */
+	creds = credentials_load(cache_cxt);
+
 	ret = SPI_execute("SELECT r.id, r.alias, r.upstream_model, r.options, "
-					  "       p.name, p.kind, p.base_url, p.region, p.options, c.secret, "
+					  "       p.name, p.kind, p.base_url, p.region, p.options, "
 					  "       r.priority, r.weight "
 					  "  FROM llm.routes r "
 					  "  JOIN llm.providers p ON p.name = r.provider "
-					  "  LEFT JOIN llm.credentials c ON c.provider = p.name "
 					  " WHERE r.enabled AND r.weight > 0 "
 					  " ORDER BY r.alias, r.priority, r.id",
 					  true, 0);
@@ -131,9 +135,9 @@ reload(void)
 			rt->target.base_url = text_or_null(tup, desc, 7);
 			rt->region = text_or_null(tup, desc, 8);
 			rt->target.provider_options = jsonb_copy_col(tup, desc, 9);
-			rt->target.secret = text_or_null(tup, desc, 10);
-			rt->priority = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
-			rt->weight = DatumGetInt32(SPI_getbinval(tup, desc, 12, &isnull));
+			rt->priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+			rt->weight = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
+			rt->credentials = credentials_find(creds, rt->target.provider_name);
 			rt->target.provider = provider_lookup(rt->kind);
 			if (route == NULL)
 			{
@@ -173,6 +177,8 @@ routes_lookup(const char *alias)
 void
 routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 {
+	const char *secret;
+
 	*dst = *src;
 	dst->alias = pstrdup(src->alias);
 	dst->kind = pstrdup(src->kind);
@@ -180,7 +186,24 @@ routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 	dst->target.provider_name = pstrdup(src->target.provider_name);
 	dst->target.base_url = pstrdup(src->target.base_url);
 	dst->target.upstream_model = pstrdup(src->target.upstream_model);
-	dst->target.secret = src->target.secret ? pstrdup(src->target.secret) : NULL;
+	/* several enabled credentials are used in turn */
+	secret = credentials_next_secret(src->credentials);
+	dst->target.secret = secret ? pstrdup(secret) : NULL;
+	dst->credentials = NULL;	/* the cached list goes with the next reload */
+	dst->credential_error = NULL;
+	dst->credential_hint = NULL;
+	if (src->credentials && src->credentials->error)
+	{
+		dst->credential_error = pstrdup(src->credentials->error);
+		dst->credential_hint = src->credentials->hint ? pstrdup(src->credentials->hint) : NULL;
+	}
 	dst->target.provider_options = (Jsonb *) pg_detoast_datum_copy((struct varlena *) src->target.provider_options);
 	dst->target.route_options = (Jsonb *) pg_detoast_datum_copy((struct varlena *) src->target.route_options);
+}
+
+/* Reload at the next lookup (SIGHUP: the master key may have changed). */
+void
+routes_invalidate(void)
+{
+	cache_stale = true;
 }

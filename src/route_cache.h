@@ -23,6 +23,16 @@ typedef struct LlmRouteTarget
 	int			priority;
 	int			weight;
 	LlmTarget	target;			/* provider == NULL when the kind is unknown */
+
+	/*
+	 * Cached targets: the provider's enabled credentials (NULL if it has
+	 * none).  Copies (routes_copy_target): target.secret is the next one in
+	 * turn, and credential_error says why none is usable; a call must then
+	 * fail with it and send nothing.
+	 */
+	struct LlmProviderCredentials *credentials;
+	char	   *credential_error;
+	char	   *credential_hint;
 } LlmRouteTarget;
 
 /* An alias: its enabled targets, by priority (lower first), then age. */
@@ -36,5 +46,6 @@ typedef struct LlmRoute
 extern void routes_init(void);
 extern const LlmRoute *routes_lookup(const char *alias);
 extern void routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst);
+extern void routes_invalidate(void);
 
 #endif							/* LLM_ROUTE_CACHE_H */

@@ -402,6 +402,8 @@ llm_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			/* llm.master_key_file or the file may have changed: decrypt again */
+			routes_invalidate();
 		}
 		pgstat_report_activity(STATE_RUNNING, "llm_gateway: serving calls");
 

@@ -131,12 +131,15 @@ make_cluster() {
     PORT=$(free_port)
     as_run_user initdb -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 ||
         die "initdb failed: $(cat "$dir/initdb.log")"
+    # the master key that encrypts llm.credentials: 32 random bytes as hex, mode 0600
+    as_run_user sh -c "umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > '$dir/master.key'"
     cat >>"$dir/data/postgresql.conf" <<CONF
 port = $PORT
 listen_addresses = ''
 unix_socket_directories = '$dir'
 shared_preload_libraries = 'llm_gateway'
 llm.database = 'postgres'
+llm.master_key_file = '$dir/master.key'
 $extra
 CONF
 }

@@ -1,6 +1,7 @@
 # LlmGatewayTest: helpers shared by the TAP suites.
 #
-# new_node(NAME, CONF) creates a cluster with llm_gateway preloaded;
+# new_node(NAME, CONF) creates a cluster with llm_gateway preloaded and a
+# master key file (master_key_file(NODE));
 # start_mock(ARGS) starts the bundled mock provider on a free loopback port
 # and returns an object with ->port, ->url, ->get(PATH), ->post(PATH, BODY)
 # and ->stop.
@@ -18,7 +19,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(new_node start_mock gateway_node);
+our @EXPORT = qw(new_node start_mock gateway_node master_key_file);
 
 my $mock_script =
   File::Spec->rel2abs(File::Spec->catfile(dirname(__FILE__), '..', 'mock', 'mock_provider.py'));
@@ -30,6 +31,17 @@ sub new_node
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'llm_gateway'\n");
+	# the master key that encrypts llm.credentials: 32 random bytes as hex,
+	# mode 0600 (master_key_file(NODE) gives its path)
+	my $keyfile = master_key_file($node);
+	open(my $rnd, '<:raw', '/dev/urandom') or die "/dev/urandom: $!";
+	read($rnd, my $bytes, 32) == 32 or die 'short read from /dev/urandom';
+	close $rnd;
+	open(my $kh, '>', $keyfile) or die "$keyfile: $!";
+	print $kh unpack('H*', $bytes), "\n";
+	close $kh;
+	chmod(0600, $keyfile) or die "chmod $keyfile: $!";
+	$node->append_conf('postgresql.conf', "llm.master_key_file = '$keyfile'\n");
 	$node->append_conf('postgresql.conf', $extra_conf) if defined $extra_conf;
 	return $node;
 }
@@ -49,6 +61,13 @@ sub gateway_node
 		SELECT llm.set_credential('mock', 'k');
 		SELECT llm.add_route('m', 'mock', '$kind-mock');});
 	return $node;
+}
+
+# Where new_node put NODE's master key file.
+sub master_key_file
+{
+	my ($node) = @_;
+	return $node->basedir . '/master.key';
 }
 
 sub start_mock
