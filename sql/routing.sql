@@ -131,6 +131,16 @@ SELECT state, consecutive_failures, open_until > now() AS cooling_down
 SELECT pg_sleep(1.1);	-- the cool-down itself is what is tested
 SELECT pg_temp.try('probe fails', 'cb', 'probe call');
 SELECT state FROM llm.circuit_breakers WHERE target_id = :cb_target;
+-- after the next cool-down a successful probe closes it by itself
+UPDATE llm.providers SET options = '{}' WHERE name = 'r_flaky';
+SELECT pg_temp.try('still open', 'cb', 'skipped while open');
+SELECT pg_sleep(1.1);	-- the cool-down again
+SELECT pg_temp.try('probe succeeds', 'cb', 'probe call 2');
+SELECT state, consecutive_failures FROM llm.circuit_breakers WHERE target_id = :cb_target;
+-- an administrator can close a circuit at once
+UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=503"}}' WHERE name = 'r_flaky';
+SELECT pg_temp.try('cb again ' || i, 'cb', 'breaker again ' || i) FROM generate_series(1, 3) AS i;
+SELECT state FROM llm.circuit_breakers WHERE target_id = :cb_target;
 SELECT llm.reset_circuit('cb') AS reset;
 SELECT state FROM llm.circuit_breakers WHERE target_id = :cb_target;
 UPDATE llm.providers SET options = '{}' WHERE name = 'r_flaky';
