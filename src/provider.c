@@ -615,8 +615,8 @@ is_token68_char(char c)
 /*
  * Length of a key-shaped token starting at p (0 if none); *keep is how
  * many leading bytes of it to leave in place.  Two shapes:
- *	 sk-XXXXXXXX...		OpenAI and Anthropic keys ("sk-proj-", "sk-ant-api03-")
- *	 Bearer XXXXXXXX...	an Authorization value
+ *	 sk-<key>...		OpenAI and Anthropic keys ("sk-proj-", "sk-ant-api03-")
+ *	 Bearer <token>...	an Authorization value
  * Both must start a word, so "task-force" is left alone, and need at
  * least 8 token characters, so prose such as "Bearer auth" survives.
  */
