@@ -125,7 +125,7 @@ SELECT llm.adapter_parse_response('openai', 422,
 SELECT llm.adapter_parse_response('openai', 404, '{"error":"model \"llama9\" not found, try pulling it first"}');
 -- keys echoed in provider messages are scrubbed
 SELECT llm.adapter_parse_response('openai', 401,
-       '{"error":{"message":"Incorrect API key provided: sk-proj-abcdefgh12345678. Header was Bearer eyJhbGciOiJIUzI1NiJ9.abc","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}');
+       '{"error":{"message":"Incorrect API key provided: sk-proj-abcd1234efgh. Header was Bearer eyJhbGciOiJIUzI1NiJ9.abc","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}');
 
 -- status classes without a body; retry-after as an HTTP-date
 SELECT s AS status, r->'error'->>'sqlstate' AS sqlstate, r->'error'->>'class' AS class,
@@ -149,7 +149,7 @@ SELECT jsonb_pretty(llm.adapter_build_request('anthropic',
     "max_tokens": 4000, "temperature": 0.2, "top_k": 5, "stop_sequences": ["END"],
     "metadata": {"user_id": "u-1"}, "thinking": {"type": "enabled", "budget_tokens": 2048},
     "stream": true, "timeout_ms": 5000, "tags": ["x"]}',
-  'claude-sonnet-4-5', 'sk-ant-api03-SECRETSECRETSECRET',
+  'claude-sonnet-4-5', 'sk-ant-FAKE0123',
   '{"headers": {"Anthropic-Beta": "prompt-caching-2024-07-31"}}',
   '{"max_tokens": 1000}', 'https://api.anthropic.com/'));
 -- without max_tokens: the route's default, else 1024; a version option; no secret
@@ -197,7 +197,7 @@ SELECT jsonb_pretty(llm.adapter_build_request('openai',
     "max_tokens": 500, "temperature": 0.5, "top_p": 0.9, "top_k": 3,
     "stop_sequences": ["\n\nHuman:"], "metadata": {"user_id": "user-42"},
     "thinking": {"type": "enabled", "budget_tokens": 1024}}',
-  'gpt-4o', 'sk-proj-SECRETSECRETSECRET',
+  'gpt-4o', 'sk-proj-FAKE0123',
   '{"organization": "org-1", "project": "proj_1", "headers": {"X-Trace": "t-1"}}',
   '{}', 'https://api.openai.com/v1'));
 

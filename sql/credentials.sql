@@ -9,10 +9,10 @@ SELECT llm.add_route('cred', 'cred_p', 'claude-cred') > 0 AS added;
 SELECT llm.master_key_id() ~ '^[0-9a-f]{16}$' AS key_id_is_hex;
 
 -- ciphertext in the table: version 1, 25 header bytes, the secret's length, 16 tag bytes
-SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0001');
+SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0001');
 SELECT provider, label, enabled, key_id = llm.master_key_id() AS current_key,
        get_byte(ciphertext, 0) AS version, length(ciphertext) AS bytes,
-       position(convert_to('sk-cred-test-PLAINTEXT-0001', 'UTF8') IN ciphertext) AS plaintext_at
+       position(convert_to('fake-cred-test-PLAINTEXT-0001', 'UTF8') IN ciphertext) AS plaintext_at
   FROM llm.credentials WHERE provider = 'cred_p';
 
 -- the worker decrypts it for the call
@@ -22,18 +22,18 @@ SELECT r->'headers'->>'x-api-key' AS x_api_key FROM jsonb_array_elements(:'recv'
 
 -- the same secret again: a fresh nonce, so another ciphertext
 SELECT ciphertext AS first_ciphertext FROM llm.credentials WHERE provider = 'cred_p' \gset
-SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0001');
+SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0001');
 SELECT ciphertext <> :'first_ciphertext'::bytea AS new_ciphertext FROM llm.credentials WHERE provider = 'cred_p';
 
 -- rotation: set_credential again replaces the key of that label
-SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0002');
+SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0002');
 SELECT count(*) AS credentials FROM llm.credentials WHERE provider = 'cred_p';
 SELECT llm_complete('cred', 'after rotation');
 \set recv `python3 test/mock/mockctl.py last 1`
 SELECT r->'headers'->>'x-api-key' AS x_api_key FROM jsonb_array_elements(:'recv'::jsonb) AS r;
 
 -- labels: two enabled keys are used in turn
-SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0003', 'second');
+SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0003', 'second');
 SELECT provider, label, enabled FROM llm.credentials_info WHERE provider = 'cred_p' ORDER BY label;
 SELECT llm_complete('cred', 'turn ' || i) IS NOT NULL AS answered FROM generate_series(1, 4) AS i;
 \set recv `python3 test/mock/mockctl.py last 4`
@@ -51,12 +51,12 @@ SELECT expect_error($q$SELECT llm.drop_credential('cred_p', 'second')$q$);
 SELECT expect_error($q$SELECT llm.set_credential_enabled('cred_p', 'second', true)$q$);
 
 -- argument errors never echo the secret
-SELECT expect_error($q$SELECT llm.set_credential('no_such_provider', 'sk-cred-test-PLAINTEXT-0009')$q$);
+SELECT expect_error($q$SELECT llm.set_credential('no_such_provider', 'fake-cred-test-PLAINTEXT-0009')$q$);
 SELECT expect_error($q$SELECT llm.set_credential('cred_p', '')$q$);
 SELECT expect_error($q$SELECT llm.set_credential('cred_p', NULL)$q$);
-SELECT expect_error($q$SELECT llm.set_credential(NULL, 'sk-cred-test-PLAINTEXT-0009')$q$);
+SELECT expect_error($q$SELECT llm.set_credential(NULL, 'fake-cred-test-PLAINTEXT-0009')$q$);
 SELECT expect_error($q$SELECT llm.set_credential('cred_p', E'sk-cred-test\r\nX-Injected: 1')$q$);
-SELECT expect_error($q$SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0009', 'no spaces')$q$);
+SELECT expect_error($q$SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0009', 'no spaces')$q$);
 SELECT expect_error($q$SELECT llm.drop_credential('no_such_provider')$q$);
 
 -- from a server-side file (relative paths: the data directory); the final
@@ -64,7 +64,7 @@ SELECT expect_error($q$SELECT llm.drop_credential('no_such_provider')$q$);
 SELECT current_setting('data_directory') AS datadir \gset
 \set secret_file :datadir '/cred_secret.txt'
 \set empty_file :datadir '/cred_empty.txt'
-COPY (SELECT 'sk-cred-test-FROMFILE-0005') TO :'secret_file';
+COPY (SELECT 'fake-cred-test-FROMFILE-0005') TO :'secret_file';
 SELECT llm.set_credential_from_file('cred_p', 'cred_secret.txt');
 SELECT llm_complete('cred', 'key from a file');
 \set recv `python3 test/mock/mockctl.py last 1`
@@ -89,7 +89,7 @@ SELECT regexp_replace(expect_error($q$SELECT llm_complete('cred', 'other key id'
                       '[0-9a-f]{16}', 'KEYID', 'g') AS error;
 -- the ciphertext of another provider
 SELECT llm.add_provider('cred_q', 'anthropic', 'http://127.0.0.1:' || :'mock_port');
-SELECT llm.set_credential('cred_q', 'sk-cred-test-PLAINTEXT-0006');
+SELECT llm.set_credential('cred_q', 'fake-cred-test-PLAINTEXT-0006');
 UPDATE llm.credentials SET ciphertext = (SELECT ciphertext FROM llm.credentials WHERE provider = 'cred_q')
  WHERE provider = 'cred_p';
 SELECT expect_error($q$SELECT llm_complete('cred', 'copied')$q$);
@@ -110,7 +110,7 @@ CREATE ROLE regress_cred_admin IN ROLE llm_admin;
 CREATE ROLE regress_cred_user IN ROLE llm_user;
 CREATE ROLE regress_cred_nobody;
 SET ROLE regress_cred_admin;
-SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0007', 'by-admin');
+SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0007', 'by-admin');
 SELECT label, enabled, key_id = llm.master_key_id() AS current_key
   FROM llm.credentials_info WHERE provider = 'cred_p' ORDER BY label;
 SELECT expect_error($q$SELECT ciphertext FROM llm.credentials$q$);
@@ -125,7 +125,7 @@ SELECT llm_complete('cred', 'from llm_user');
 SELECT alias, provider, upstream_model FROM llm.routes WHERE alias = 'cred';
 SELECT name, kind FROM llm.providers WHERE name = 'cred_p';
 SELECT expect_error($q$SELECT options FROM llm.providers$q$);
-SELECT expect_error($q$SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0008')$q$);
+SELECT expect_error($q$SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0008')$q$);
 SELECT expect_error($q$SELECT * FROM llm.credentials$q$);
 SELECT expect_error($q$SELECT * FROM llm.credentials_info$q$);
 SELECT expect_error($q$SELECT llm.drop_credential('cred_p')$q$);
@@ -135,7 +135,7 @@ RESET ROLE;
 -- a role with USAGE on the schema but neither role: EXECUTE is not granted
 GRANT USAGE ON SCHEMA llm TO regress_cred_nobody;
 SET ROLE regress_cred_nobody;
-SELECT expect_error($q$SELECT llm.set_credential('cred_p', 'sk-cred-test-PLAINTEXT-0008')$q$);
+SELECT expect_error($q$SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0008')$q$);
 SELECT expect_error($q$SELECT llm.set_credential_from_file('cred_p', 'cred_secret.txt')$q$);
 SELECT expect_error($q$SELECT * FROM llm.routes$q$);
 RESET ROLE;
@@ -149,8 +149,8 @@ SELECT r->'headers'->>'x-api-key' AS x_api_key FROM jsonb_array_elements(:'recv'
 -- every secret used above, as text and as hex
 CREATE TEMP TABLE cred_secrets (s text);
 INSERT INTO cred_secrets
-SELECT 'sk-cred-test-PLAINTEXT-000' || i FROM generate_series(1, 9) AS i
-UNION ALL SELECT 'sk-cred-test-FROMFILE-0005';
+SELECT 'fake-cred-test-PLAINTEXT-000' || i FROM generate_series(1, 9) AS i
+UNION ALL SELECT 'fake-cred-test-FROMFILE-0005';
 SELECT count(*) >= 5 AS relations_searched,
        sum((xpath('/row/n/text()',
                   query_to_xml(format($f$SELECT count(*) AS n FROM %I.%I AS t, cred_secrets s
