@@ -21,6 +21,7 @@ CREATE TABLE llm.providers (
     base_url    text NOT NULL CHECK (base_url ~* '^https?://[^/]'),
     region      text,
     options     jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    enabled     bool NOT NULL DEFAULT true,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE llm.providers IS 'LLM providers: protocol kind, base URL, region and per-provider options';
@@ -344,7 +345,7 @@ $$;
 COMMENT ON FUNCTION llm.drop_target(bigint) IS 'removes one target of a route alias';
 
 CREATE FUNCTION llm.alter_provider(name text, base_url text DEFAULT NULL, region text DEFAULT NULL,
-                                   options jsonb DEFAULT NULL)
+                                   options jsonb DEFAULT NULL, enabled bool DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -361,7 +362,8 @@ BEGIN
     UPDATE llm.providers p
        SET base_url = coalesce(rtrim(alter_provider.base_url, '/'), p.base_url),
            region = coalesce(alter_provider.region, p.region),
-           options = coalesce(alter_provider.options, p.options)
+           options = coalesce(alter_provider.options, p.options),
+           enabled = coalesce(alter_provider.enabled, p.enabled)
      WHERE p.name = alter_provider.name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'provider "%" does not exist', alter_provider.name
@@ -369,10 +371,10 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION llm.alter_provider(text, text, text, jsonb) IS 'changes a provider''s base URL, region or options (NULL keeps the value); applies to the next call';
+COMMENT ON FUNCTION llm.alter_provider(text, text, text, jsonb, bool) IS 'changes a provider''s base URL, region, options or enabled flag (NULL keeps the value); a disabled provider''s targets are skipped; applies to the next call';
 
 REVOKE ALL ON FUNCTION llm.alter_route(bigint, int, int, jsonb, bool), llm.drop_target(bigint),
-                       llm.alter_provider(text, text, text, jsonb) FROM PUBLIC;
+                       llm.alter_provider(text, text, text, jsonb, bool) FROM PUBLIC;
 
 CREATE FUNCTION llm._circuit_state(OUT route_id bigint, OUT state text, OUT consecutive_failures int,
                                    OUT open_until timestamptz, OUT successes bigint, OUT failures bigint,
@@ -424,7 +426,8 @@ SELECT p.name AS provider, p.region,
 COMMENT ON VIEW llm.provider_load IS 'per provider: its limits, calls in flight, calls queued by the worker, and how often calls waited';
 
 CREATE VIEW llm.route_targets AS
-SELECT r.alias, r.id AS target_id, r.priority, r.weight, r.enabled, r.provider, p.kind, p.region,
+SELECT r.alias, r.id AS target_id, r.priority, r.weight, r.enabled, r.provider,
+       p.enabled AS provider_enabled, p.kind, p.region,
        r.upstream_model, r.options, coalesce(c.state, 'closed') AS circuit,
        nullif(p.options->>'max_concurrency', '')::int AS max_concurrency,
        nullif(p.options->>'requests_per_minute', '')::int AS requests_per_minute
@@ -570,4 +573,4 @@ GRANT EXECUTE ON FUNCTION llm_messages(text, jsonb, jsonb), llm_complete(text, t
                           llm.version(), llm.provider_kinds(), llm.gateway_status()
     TO llm_user;
 GRANT SELECT ON llm.routes TO llm_user;
-GRANT SELECT (name, kind, base_url, region, created_at) ON llm.providers TO llm_user;
+GRANT SELECT (name, kind, base_url, region, enabled, created_at) ON llm.providers TO llm_user;

@@ -174,6 +174,13 @@ SELECT count(*) AS targets_left FROM llm.route_targets WHERE alias = 'fo';
 SELECT llm.alter_provider('r_good', options => '{"max_concurrency": 4, "requests_per_minute": 600}');
 SELECT provider, region, max_concurrency, requests_per_minute FROM llm.provider_load WHERE provider = 'r_good';
 SELECT expect_error($q$SELECT llm.alter_provider('nope', region => 'x')$q$);
+-- a disabled provider's targets are skipped until it is enabled again
+SELECT llm.alter_provider('r_other', enabled => false);
+SELECT count(*) FILTER (WHERE a->'gateway'->>'provider' = 'r_good') AS to_r_good, count(*) AS calls
+  FROM (SELECT llm_messages('split', '[{"role": "user", "content": "r_other is off"}]') AS a
+          FROM generate_series(1, 20)) s;
+SELECT alias, provider, provider_enabled FROM llm.route_targets WHERE alias = 'split';
+SELECT llm.alter_provider('r_other', enabled => true);
 -- a plain role can read the targets but not change them
 SET ROLE llm_caller;
 SELECT count(*) > 0 AS sees_targets FROM llm.route_targets;

@@ -88,7 +88,7 @@ reload(void)
 					  "       r.priority, r.weight "
 					  "  FROM llm.routes r "
 					  "  JOIN llm.providers p ON p.name = r.provider "
-					  " WHERE r.enabled AND r.weight > 0 "
+					  " WHERE r.enabled AND p.enabled AND r.weight > 0 "
 					  " ORDER BY r.alias, r.priority, r.id",
 					  true, 0);
 	if (ret != SPI_OK_SELECT)
