@@ -54,6 +54,20 @@ SELECT id, llm_complete('demo', 'Classify this support ticket as billing, bug or
                         '{"max_tokens": 60}') AS label
   FROM tickets ORDER BY id;
 
+\if :use_mock
+\echo
+\echo '== routing: a failing primary is retried, then the call falls over to the next priority'
+-- the mock fails every call that carries this provider's header
+SELECT llm.add_provider('flaky', 'openai', 'http://127.0.0.1:' || :'mock_port' || '/v1', 'local',
+                        '{"headers": {"x-mock": "status=503"}}');
+SELECT llm.set_credential('flaky', 'demo-key');
+SELECT llm.add_route('resilient', 'flaky', 'gpt-mock', priority => 0) > 0 AS primary_added;
+SELECT llm.add_route('resilient', 'mock', 'claude-mock', priority => 1) > 0 AS fallback_added;
+SELECT a->'gateway' AS gateway, a->'content'->0->>'text' AS text
+  FROM llm_messages('resilient', '[{"role": "user", "content": "Are you there?"}]') AS a;
+SELECT jsonb_pretty(attempts_detail) AS attempts FROM llm.requests ORDER BY id DESC LIMIT 1;
+\endif
+
 \echo
 \echo '== a mistake is caught before anything is sent'
 \set ON_ERROR_STOP 0
