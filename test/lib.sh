@@ -11,7 +11,7 @@ LLM_TMP="$LLM_ROOT/tmp"
 LLM_TEST_USER=llm_gateway_test
 
 PACKAGES=(postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev libssl-dev
-          libipc-run-perl make gcc python3 ca-certificates)
+          libipc-run-perl make gcc python3 ca-certificates openssl)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

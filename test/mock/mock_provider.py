@@ -1487,6 +1487,8 @@ def parse_args(argv=None):
     p.add_argument("--fail-status", type=int, default=503, help="status of fail_first failures")
     p.add_argument("--retry-after", default=None, help="default retry-after of injected errors")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines on stderr")
+    p.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (needs --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     return p.parse_args(argv)
 
 
@@ -1496,8 +1498,13 @@ async def serve(args):
     for sig in (signal.SIGTERM, signal.SIGINT):     # before LISTENING: no early-signal race
         loop.add_signal_handler(sig, stop.set)
     state = MockState(args, loop)
+    tls = None
+    if args.tls_cert:
+        import ssl
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     server = await loop.create_server(lambda: Connection(state), args.host, args.port,
-                                      backlog=4096, reuse_address=True)
+                                      backlog=4096, reuse_address=True, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     if args.port_file:
         tmp = f"{args.port_file}.tmp{os.getpid()}"
