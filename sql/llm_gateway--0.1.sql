@@ -103,6 +103,38 @@ CREATE FUNCTION llm.provider_kinds() RETURNS text[]
     LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION llm.provider_kinds() IS 'provider kinds (wire protocols) this build of llm_gateway speaks';
 
+CREATE FUNCTION llm._check_provider_args(base_url text, options jsonb, changing bool)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- changing: NULL means "keep the current value" (alter_provider)
+    IF (base_url IS NULL AND NOT changing) OR base_url !~* '^https?://[^/]' THEN
+        RAISE EXCEPTION 'base_url "%" is not an http or https URL', base_url
+            USING ERRCODE = '22023', HINT = 'Give the provider''s base URL, e.g. https://api.anthropic.com.';
+    END IF;
+    IF (options IS NULL AND NOT changing) OR jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'options must be a JSON object'
+            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION llm._check_provider_args(text, jsonb, bool) IS 'rejects a bad base URL or non-object options of a provider';
+
+CREATE FUNCTION llm._check_weight(weight int, changing bool) RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF (weight IS NULL AND NOT changing) OR weight < 0 THEN
+        RAISE EXCEPTION 'weight must be zero or more, not %', weight
+            USING ERRCODE = '22023', HINT = 'Weights split traffic inside a priority group; 0 disables the target.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION llm._check_weight(int, bool) IS 'rejects a negative (or, for a new target, missing) weight';
+
 CREATE FUNCTION llm.add_provider(name text, kind text, base_url text,
                                  region text DEFAULT NULL, options jsonb DEFAULT '{}')
 RETURNS void
@@ -115,14 +147,7 @@ BEGIN
             USING ERRCODE = '22023',
                   HINT = format('Use one of: %s.', array_to_string(llm.provider_kinds(), ', '));
     END IF;
-    IF base_url !~* '^https?://[^/]' THEN
-        RAISE EXCEPTION 'base_url "%" is not an http or https URL', base_url
-            USING ERRCODE = '22023', HINT = 'Give the provider''s base URL, e.g. https://api.anthropic.com.';
-    END IF;
-    IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'options must be a JSON object'
-            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
-    END IF;
+    PERFORM llm._check_provider_args(base_url, options, false);
     INSERT INTO llm.providers (name, kind, base_url, region, options)
     VALUES (add_provider.name, add_provider.kind, rtrim(add_provider.base_url, '/'),
             add_provider.region, add_provider.options);
@@ -203,10 +228,7 @@ BEGIN
         RAISE EXCEPTION 'alias and upstream_model must not be empty'
             USING ERRCODE = '22023', HINT = 'Name the alias SQL will use and the provider''s model id.';
     END IF;
-    IF weight IS NULL OR weight < 0 THEN
-        RAISE EXCEPTION 'weight must be zero or more, not %', weight
-            USING ERRCODE = '22023', HINT = 'Weights split traffic inside a priority group; 0 disables the target.';
-    END IF;
+    PERFORM llm._check_weight(weight, false);
     PERFORM llm._check_route_options(options);
     INSERT INTO llm.routes (alias, provider, upstream_model, priority, weight, options)
     VALUES (add_route.alias, add_route.provider, add_route.upstream_model,
@@ -309,10 +331,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF weight < 0 THEN
-        RAISE EXCEPTION 'weight must be zero or more, not %', weight
-            USING ERRCODE = '22023', HINT = 'Weights split traffic inside a priority group; 0 disables the target.';
-    END IF;
+    PERFORM llm._check_weight(weight, true);
     IF options IS NOT NULL THEN
         PERFORM llm._check_route_options(options);
     END IF;
@@ -351,14 +370,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF base_url IS NOT NULL AND base_url !~* '^https?://[^/]' THEN
-        RAISE EXCEPTION 'base_url "%" is not an http or https URL', base_url
-            USING ERRCODE = '22023', HINT = 'Give the provider''s base URL, e.g. https://api.anthropic.com.';
-    END IF;
-    IF options IS NOT NULL AND jsonb_typeof(options) <> 'object' THEN
-        RAISE EXCEPTION 'options must be a JSON object'
-            USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
-    END IF;
+    PERFORM llm._check_provider_args(base_url, options, true);
     UPDATE llm.providers p
        SET base_url = coalesce(rtrim(alter_provider.base_url, '/'), p.base_url),
            region = coalesce(alter_provider.region, p.region),
