@@ -81,6 +81,8 @@ COMMENT ON COLUMN llm.requests.attempts_detail IS 'one object per attempt: route
 SELECT pg_catalog.pg_extension_config_dump('llm.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('llm.routes', '');
 SELECT pg_catalog.pg_extension_config_dump('llm.requests', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.routes_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.requests_id_seq', '');
 
 REVOKE ALL ON llm.providers, llm.routes, llm.requests FROM PUBLIC;
 
