@@ -589,6 +589,50 @@ item_send(LlmWorkItem *item)
 		return;
 	}
 
+	/* past the deadline (waiting for a limit, a backoff): give up unsent */
+	remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), item->deadline);
+	if (remaining <= 0)
+	{
+		MemoryContextSwitchTo(old);
+		item_fail(item, "timeout", ERRCODE_LLM_PROVIDER_TIMEOUT,
+				  psprintf("the call timed out after %d ms before it could be sent", item->timeout_ms),
+				  NULL, "Raise the timeout_ms option or llm.request_timeout_ms.");
+		return;
+	}
+
+	/*
+	 * The provider's concurrency and rate limits: wait in the worker, never
+	 * fail.  Checked before translating, so a call woken many times while
+	 * queued does not rebuild its request each time.
+	 */
+	{
+		int64		max_conc = 0,
+					rpm = 0;
+		long		wait;
+
+		(void) json_get_int64(&item->target.provider_options->root, "max_concurrency", &max_conc);
+		(void) json_get_int64(&item->target.provider_options->root, "requests_per_minute", &rpm);
+		wait = provider_limits_acquire(item->target.provider_name,
+									   (int) Max(max_conc, 0), (int) Max(rpm, 0));
+		if (wait != 0)
+		{
+			if (!item->throttled)
+				provider_limits_queued(item->target.provider_name, 1);
+			item->waiting_for_slot = (wait < 0);
+			item->retry_at = wait > 0 ?
+				Min(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait), item->deadline) :
+				item->deadline;
+			item->state = LLM_ITEM_WAITING;
+			item->throttled = true;
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		if (item->throttled)
+			provider_limits_queued(item->target.provider_name, -1);
+		item->throttled = false;
+		item->waiting_for_slot = false;
+		item->holds_provider_slot = true;
+	}
 	item->call.request_id = item->request_id;
 	memset(&item->http_request, 0, sizeof(item->http_request));
 	initStringInfo(&item->http_request.body);
@@ -611,44 +655,6 @@ item_send(LlmWorkItem *item)
 		return;
 	}
 
-	remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), item->deadline);
-	if (remaining <= 0)
-	{
-		MemoryContextSwitchTo(old);
-		item_fail(item, "timeout", ERRCODE_LLM_PROVIDER_TIMEOUT,
-				  psprintf("the call timed out after %d ms before it could be sent", item->timeout_ms),
-				  NULL, "Raise the timeout_ms option or llm.request_timeout_ms.");
-		return;
-	}
-	/* the provider's concurrency and rate limits: wait in the worker, never fail */
-	{
-		int64		max_conc = 0,
-					rpm = 0;
-		long		wait;
-
-		(void) json_get_int64(&item->target.provider_options->root, "max_concurrency", &max_conc);
-		(void) json_get_int64(&item->target.provider_options->root, "requests_per_minute", &rpm);
-		wait = provider_limits_acquire(item->target.provider_name,
-									   (int) Max(max_conc, 0), (int) Max(rpm, 0));
-		if (wait != 0)
-		{
-			if (!item->waiting_for_slot && item->state != LLM_ITEM_WAITING)
-				provider_limits_queued(item->target.provider_name, 1);
-			item->waiting_for_slot = (wait < 0);
-			item->retry_at = wait > 0 ?
-				Min(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), wait), item->deadline) :
-				item->deadline;
-			item->state = LLM_ITEM_WAITING;
-			item->throttled = true;
-			MemoryContextSwitchTo(old);
-			return;
-		}
-		if (item->throttled)
-			provider_limits_queued(item->target.provider_name, -1);
-		item->throttled = false;
-		item->waiting_for_slot = false;
-		item->holds_provider_slot = true;
-	}
 	item->attempts++;
 	item->tries_on_cur++;
 	item->attempt_started = GetCurrentTimestamp();

@@ -56,6 +56,22 @@ $node->safe_psql('postgres', q{SELECT llm_complete('m', 'uses the only token')})
 my ($ret, $out, $err) = $node->psql('postgres',
 	q{SELECT llm_complete('m', 'no token left', '{"timeout_ms": 500}')});
 like($err, qr/timed out after 500 ms before it could be sent/, 'a throttled call ends at its deadline');
+# the same for a call waiting for a concurrency slot: it ends at its own
+# deadline, not when the slot frees
+$node->safe_psql('postgres', q{SELECT llm.alter_provider('mock', options => '{"max_concurrency": 1}')});
+my $holder = $node->background_psql('postgres');
+$holder->query_until(qr/started/, q{\echo started
+SELECT llm_complete('m', 'holds the slot [[mock:latency=2500]]');
+});
+$node->poll_query_until('postgres', q{SELECT in_flight = 1 FROM llm.provider_load WHERE provider = 'mock'})
+  or die 'slot holder never started';
+$t0 = time;
+($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT llm_complete('m', 'waits for the slot', '{"timeout_ms": 400}')});
+my $waited = time - $t0;
+like($err, qr/timed out after 400 ms before it could be sent/, 'a call queued for a slot times out');
+cmp_ok($waited, '<', 1.5, "at its deadline, not when the slot frees ($waited s)");
+$holder->quit;
 $node->safe_psql('postgres', q{SELECT llm.alter_provider('mock', options => '{}')});
 is($node->safe_psql('postgres', q{SELECT llm_complete('m', 'unlimited again')}), 'mock reply to: unlimited again',
 	'removing the limit applies at once');
