@@ -264,6 +264,21 @@ write_tool_result(Translation *t, JsonbContainer *block, LlmError *err)
 	return true;
 }
 
+/* A message whose content is a plain string goes across as it is. */
+static bool
+string_message(Translation *t, const char *role, JsonbValue *content)
+{
+	bool		first = false;
+
+	if (content == NULL || content->type != jbvString)
+		return false;
+	begin_message(t, role);
+	json_append_key(t->buf, &first, "content");
+	json_append_value(t->buf, content);
+	appendStringInfoChar(t->buf, '}');
+	return true;
+}
+
 static bool
 write_user(Translation *t, JsonbValue *content, LlmError *err)
 {
@@ -275,14 +290,8 @@ write_user(Translation *t, JsonbValue *content, LlmError *err)
 	bool		all_text = true;
 	bool		first = false;
 
-	if (content != NULL && content->type == jbvString)
-	{
-		begin_message(t, "user");
-		json_append_key(t->buf, &first, "content");
-		json_append_value(t->buf, content);
-		appendStringInfoChar(t->buf, '}');
+	if (string_message(t, "user", content))
 		return true;
-	}
 	blocks = json_value_container(content, true);
 	if (blocks == NULL)
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
@@ -393,14 +402,8 @@ write_assistant(Translation *t, JsonbValue *content, LlmError *err)
 	int			n;
 	bool		first = false;
 
-	if (content != NULL && content->type == jbvString)
-	{
-		begin_message(t, "assistant");
-		json_append_key(t->buf, &first, "content");
-		json_append_value(t->buf, content);
-		appendStringInfoChar(t->buf, '}');
+	if (string_message(t, "assistant", content))
 		return true;
-	}
 	blocks = json_value_container(content, true);
 	if (blocks == NULL)
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
