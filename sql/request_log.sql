@@ -7,7 +7,7 @@ TRUNCATE llm.requests;
 BEGIN;
 SELECT llm_complete('claude', 'in a transaction that rolls back');
 ROLLBACK;
-SELECT status, alias, provider, upstream_model, role_name, attempts, http_status,
+SELECT status, alias, provider, upstream_model, role_name = current_user AS role_is_caller, attempts, http_status,
        input_tokens, output_tokens, stop_reason, error_code,
        request_body->'messages' AS messages, response_body IS NOT NULL AS has_response,
        latency_ms > 0 AS has_latency, finished_at >= created_at AS finished
