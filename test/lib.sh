@@ -92,9 +92,11 @@ start_mock() {
     local logfile=$1; shift
     local portfile="$LLM_TMP/mock.$$.port"
     rm -f "$portfile"
-    # exec, so $! is the mock itself and stop_mock really stops it
+    # setpriv execs the mock in this process (runuser would fork and keep
+    # the mock alive when killed), so $! is the mock and stop_mock stops it
     if [ "$(id -u)" = 0 ]; then
-        ( exec runuser -u "$RUN_USER" -- env PATH="$PATH" HOME="$LLM_TMP" \
+        ( exec setpriv --reuid="$RUN_USER" --regid="$RUN_USER" --init-groups \
+              env PATH="$PATH" HOME="$LLM_TMP" \
               python3 "$LLM_ROOT/test/mock/mock_provider.py" --port 0 \
               --port-file "$portfile" --quiet "$@" >"$logfile" 2>&1 ) &
     else
