@@ -39,8 +39,64 @@
 #include "llm_gateway.h"
 #include "route_cache.h"
 
-/* bumped whenever a transfer frees a provider slot: waiting calls may go */
-uint64		provider_slots_released = 0;
+/*
+ * Provider slots freed since the worker last looked, per provider: that
+ * many calls queued for that provider may try again (not every queued call,
+ * which would make each release cost O(queued)).
+ */
+typedef struct FreedSlots
+{
+	char		provider[NAMEDATALEN];
+	int			count;
+} FreedSlots;
+
+static FreedSlots *freed = NULL;
+static int	nfreed = 0;
+static int	freed_cap = 0;
+
+static void
+note_freed_slot(const char *provider)
+{
+	int			i;
+
+	for (i = 0; i < nfreed; i++)
+		if (strcmp(freed[i].provider, provider) == 0)
+		{
+			freed[i].count++;
+			return;
+		}
+	if (nfreed == freed_cap)
+	{
+		freed_cap = Max(freed_cap * 2, 8);
+		freed = freed ? repalloc(freed, sizeof(FreedSlots) * freed_cap)
+			: MemoryContextAlloc(TopMemoryContext, sizeof(FreedSlots) * freed_cap);
+	}
+	strlcpy(freed[nfreed].provider, provider, NAMEDATALEN);
+	freed[nfreed].count = 1;
+	nfreed++;
+}
+
+/* May one call queued for this provider's slot try again? (consumes it) */
+bool
+take_freed_slot(const char *provider)
+{
+	int			i;
+
+	for (i = 0; i < nfreed; i++)
+		if (freed[i].count > 0 && strcmp(freed[i].provider, provider) == 0)
+		{
+			freed[i].count--;
+			return true;
+		}
+	return false;
+}
+
+/* Slots nobody was waiting for are simply free: forget them. */
+void
+forget_freed_slots(void)
+{
+	nfreed = 0;
+}
 
 static void release_provider_slot(LlmWorkItem *item);
 static void abandon_health(LlmWorkItem *item);
@@ -378,7 +434,7 @@ release_provider_slot(LlmWorkItem *item)
 	{
 		provider_limits_release(item->target.provider_name);
 		item->holds_provider_slot = false;
-		provider_slots_released++;
+		note_freed_slot(item->target.provider_name);
 	}
 }
 

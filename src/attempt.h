@@ -91,7 +91,8 @@ extern LlmWorkItem *item_create(int slot);
 extern void item_resolve(LlmWorkItem *item);
 extern void item_send(LlmWorkItem *item);
 extern void item_retry(LlmWorkItem *item);
-extern uint64 provider_slots_released;
+extern bool take_freed_slot(const char *provider);
+extern void forget_freed_slots(void);
 extern void item_transfer_done(LlmWorkItem *item);
 extern void item_cancel(LlmWorkItem *item);
 extern void item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,

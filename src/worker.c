@@ -265,14 +265,10 @@ handle_finished_transfers(void)
 static long
 handle_due_retries(void)
 {
-	static uint64 released_seen = 0;
 	dlist_mutable_iter it;
 	dlist_head	due;
 	TimestampTz now = GetCurrentTimestamp();
 	long		next = -1;
-	bool		slots_freed = (provider_slots_released != released_seen);
-
-	released_seen = provider_slots_released;
 
 	/* take the due ones out first: sending may put them back in `waiting` */
 	dlist_init(&due);
@@ -280,12 +276,14 @@ handle_due_retries(void)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
-		if (item->retry_at <= now || (slots_freed && item->waiting_for_slot))
+		if (item->retry_at <= now ||
+			(item->waiting_for_slot && take_freed_slot(item->target.provider_name)))
 		{
 			dlist_delete(&item->node);
 			dlist_push_tail(&due, &item->node);
 		}
 	}
+	forget_freed_slots();
 	dlist_foreach_modify(it, &due)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
