@@ -130,11 +130,9 @@ empty_object(void)
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 }
 
-/*
- * llm_messages(model text, history jsonb, options jsonb DEFAULT '{}') -> jsonb
- */
-Datum
-llm_messages(PG_FUNCTION_ARGS)
+/* The model alias (argument 0) and the input (argument 1) must not be NULL. */
+static void
+require_args(FunctionCallInfo fcinfo, const char *input, const char *hint)
 {
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -144,8 +142,17 @@ llm_messages(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("history must not be NULL"),
-				 errhint("Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.")));
+				 errmsg("%s must not be NULL", input),
+				 errhint("%s", hint)));
+}
+
+/*
+ * llm_messages(model text, history jsonb, options jsonb DEFAULT '{}') -> jsonb
+ */
+Datum
+llm_messages(PG_FUNCTION_ARGS)
+{
+	require_args(fcinfo, "history", "Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.");
 	PG_RETURN_JSONB_P(call_model(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1),
 								 PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2)));
 }
@@ -166,16 +173,7 @@ llm_complete(PG_FUNCTION_ARGS)
 	StringInfoData out;
 	int			i;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("model alias must not be NULL"),
-				 errhint("Pass the alias of a route defined with llm.add_route().")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("prompt must not be NULL"),
-				 errhint("Filter out NULL rows, or coalesce() the prompt.")));
+	require_args(fcinfo, "prompt", "Filter out NULL rows, or coalesce() the prompt.");
 
 	initStringInfo(&hist);
 	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
