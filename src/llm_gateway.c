@@ -31,6 +31,7 @@
 #include "channel.h"
 #include "credentials.h"
 #include "health.h"
+#include "log_flusher.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;
@@ -51,6 +52,8 @@ int			llm_retry_base_ms = 250;
 int			llm_retry_max_ms = 8000;
 int			llm_breaker_failures = 5;
 int			llm_breaker_cooldown_ms = 30000;
+bool		llm_durable_before_send = false;
+int			llm_worker_poll_us = 500;
 
 bool		llm_preloaded = false;
 
@@ -100,6 +103,7 @@ _PG_init(void)
 	shmem_startup_hook = llm_shmem_startup;
 
 	register_worker();
+	logflush_register_worker();
 	llm_preloaded = true;
 }
 
@@ -110,6 +114,7 @@ llm_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(channel_shmem_size());
 	RequestAddinShmemSpace(health_shmem_size());
+	RequestAddinShmemSpace(logflush_shmem_size());
 	RequestNamedLWLockTranche("llm_gateway", 1);
 }
 
@@ -121,6 +126,7 @@ llm_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	channel_shmem_init();
 	health_shmem_init();
+	logflush_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -326,6 +332,25 @@ define_gucs(void)
 							30000, 1, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("llm.durable_before_send",
+							 "Wait for each call's pending log row to reach disk before the provider is contacted.",
+							 "Off: the row is committed before the provider is contacted and flushed to disk "
+							 "by the log flusher while the request travels, so the flush adds no latency.",
+							 &llm_durable_before_send,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.worker_poll_us",
+							"How long the worker polls for new calls and answers before it sleeps, while few calls are in flight.",
+							"Polling saves a process wake-up on each hand-off at the cost of CPU time; 0 turns it off.",
+							&llm_worker_poll_us,
+							500, 0, 100000,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 
 	credentials_define_gucs();

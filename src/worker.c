@@ -25,7 +25,10 @@
  */
 #include "postgres.h"
 
+#include <sched.h>
+
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "lib/ilist.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -41,10 +44,19 @@
 #include "channel.h"
 #include "http.h"
 #include "llm_gateway.h"
+#include "log_flusher.h"
 #include "request_log.h"
 #include "route_cache.h"
 
 #define TAKE_BATCH 256
+
+/*
+ * The worker polls (llm.worker_poll_us) only while at most this many
+ * transfers are in flight: then each call's hand-offs are what its latency
+ * is made of.  With more, turns come often and serve many calls each, and
+ * polling would only take CPU from the backends and the provider.
+ */
+#define POLL_MAX_IN_FLIGHT 4
 
 PGDLLEXPORT void llm_worker_main(Datum main_arg);
 
@@ -52,6 +64,7 @@ static LlmWorkItem **items_by_slot;	/* the item holding each slot, or NULL */
 static dlist_head finished = DLIST_STATIC_INIT(finished);	/* rows to complete */
 static dlist_head waiting = DLIST_STATIC_INIT(waiting);	/* backing off */
 static MemoryContext loop_cxt;
+static XLogRecPtr unflushed_lsn = InvalidXLogRecPtr;	/* pending rows to flush */
 
 /* Run fn over a batch transaction; on ERROR log it, roll back, return false. */
 static bool
@@ -117,6 +130,15 @@ log_pending(void *arg)
 	dlist_head *fresh = arg;
 	dlist_iter	it;
 
+	/*
+	 * The rows are committed before any of these calls is sent.  Unless
+	 * llm.durable_before_send asks to wait for the disk here, the log
+	 * flusher makes them durable while the requests travel.
+	 */
+	if (!llm_durable_before_send)
+		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+
 	dlist_foreach(it, fresh)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
@@ -133,9 +155,9 @@ log_finished(void *arg)
 	dlist_iter	it;
 
 	/*
-	 * The pending row was committed durably before the provider was
-	 * contacted; losing this update in a crash only leaves that row to be
-	 * marked "unknown", so it need not wait for the WAL flush.
+	 * Losing this update in a crash only leaves the pending row to be
+	 * marked "unknown", so it need not wait for the WAL flush: the next
+	 * flush of pending rows, or the WAL writer, takes it to disk.
 	 */
 	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);
@@ -207,6 +229,7 @@ take_new_calls(void)
 		}
 		return;
 	}
+	unflushed_lsn = Max(unflushed_lsn, XactLastCommitEnd);
 
 	dlist_foreach_modify(it, &fresh)
 	{
@@ -337,6 +360,39 @@ complete_log_rows(void)
 	}
 }
 
+/*
+ * Wait for the next event.  While few calls are in flight, poll for up to
+ * llm.worker_poll_us first: a worker that is still awake when a backend
+ * submits or a provider answers saves a process wake-up, which on some
+ * machines (virtual CPUs that halt when idle) costs more than the rest of
+ * the hand-off.  The poll yields the CPU to anything else runnable.
+ */
+static int
+wait_for_events(WaitEventSet *wes, long timeout_ms, WaitEvent *events, int nevents)
+{
+	if (llm_worker_poll_us > 0 && timeout_ms != 0 && http_active() <= POLL_MAX_IN_FLIGHT)
+	{
+		TimestampTz start = GetCurrentTimestamp();
+		TimestampTz until = start + llm_worker_poll_us;
+		TimestampTz now;
+		int			n;
+
+		if (timeout_ms > 0)
+			until = Min(until, start + (TimestampTz) timeout_ms * 1000);
+		do
+		{
+			n = WaitEventSetWait(wes, 0, events, nevents, PG_WAIT_EXTENSION);
+			if (n > 0)
+				return n;
+			sched_yield();
+			now = GetCurrentTimestamp();
+		} while (now < until);
+		if (timeout_ms > 0)
+			timeout_ms = Max(timeout_ms - (now - start) / 1000, 0);
+	}
+	return WaitEventSetWait(wes, timeout_ms, events, nevents, PG_WAIT_EXTENSION);
+}
+
 static void
 mark_unknown(void *arg)
 {
@@ -386,8 +442,7 @@ llm_worker_main(Datum main_arg)
 		bool		sockets_ready = false;
 
 		pgstat_report_activity(STATE_IDLE, NULL);
-		nevents = WaitEventSetWait(wes, wait_timeout(retry_ms), events, lengthof(events),
-								   PG_WAIT_EXTENSION);
+		nevents = wait_for_events(wes, wait_timeout(retry_ms), events, lengthof(events));
 		for (i = 0; i < nevents; i++)
 		{
 			if (events[i].events & WL_LATCH_SET)
@@ -417,6 +472,13 @@ llm_worker_main(Datum main_arg)
 		retry_ms = handle_due_retries();
 		if (retry_ms >= 0)
 			http_drive(false);
+
+		/* this turn's requests are on their way: now make its log durable */
+		if (!XLogRecPtrIsInvalid(unflushed_lsn))
+		{
+			logflush_request(unflushed_lsn);
+			unflushed_lsn = InvalidXLogRecPtr;
+		}
 
 		MemoryContextReset(loop_cxt);
 	}

@@ -105,6 +105,19 @@ main(int argc, char **argv)
 		}
 		lat[i] = now_us() - t0;
 	}
+	if (getenv("LAT_FILE"))
+	{
+		FILE	   *out = fopen(getenv("LAT_FILE"), "a");
+
+		if (out == NULL)
+		{
+			perror(getenv("LAT_FILE"));
+			return 2;
+		}
+		for (i = 0; i < n; i++)
+			fprintf(out, "%.1f\n", lat[i]);
+		fclose(out);
+	}
 	qsort(lat, n, sizeof(double), cmp_double);
 	printf("%.1f %.1f\n", lat[n / 2], lat[(int) (n * 0.99)]);
 	curl_slist_free_all(headers);

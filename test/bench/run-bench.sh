@@ -4,13 +4,17 @@
 #  1. Per-call overhead: sequential llm_messages() calls against the mock at
 #     zero latency, timed inside the server around each call, against a
 #     direct keep-alive libcurl client sending the same body to the same
-#     mock.  Overhead = gateway - direct (median and p99).
+#     mock, in alternating rounds.  Overhead = gateway - direct (median and
+#     p99 of the pooled rounds, and the median of the per-round medians'
+#     differences), for the default settings and for the two settings that
+#     trade latency away (llm.durable_before_send = on, llm.worker_poll_us = 0).
 #  2. Concurrency: pgbench, 64 clients calling llm_complete() against the
 #     mock with 50 ms latency, for a fixed time; ratio to the ideal
 #     64 / 0.05 s = 1,280 calls/s, and the error count.
 #
 # Results go to stdout and tmp/bench/results.txt.  Sizes can be changed
-# with BENCH_CALLS (default 3000) and BENCH_SECONDS (default 15).
+# with BENCH_CALLS (default 3000 per configuration), BENCH_ROUNDS (default
+# 10) and BENCH_SECONDS (default 15).
 
 source "$(dirname "$0")/../lib.sh"
 
@@ -50,39 +54,81 @@ SQL
 as_run_user "${PSQL[@]}" -c "SELECT (llm.adapter_build_request('anthropic',
     '{\"messages\": [{\"role\": \"user\", \"content\": \"benchmark call\"}]}', 'claude-mock'))->'body'" \
     >"$B/body.json"
+as_run_user "${PSQL[@]}" -c "CREATE TABLE bench_lat (config text, round int, kind text, us float8)"
 
 log "warming up"
 "$B/curl_client" "http://127.0.0.1:$MOCK_PORT/v1/messages" "$B/body.json" 300 \
     "x-api-key: bench-key" "anthropic-version: 2023-06-01" >/dev/null
 as_run_user "${PSQL[@]}" -c "SELECT count(llm_messages('bench', '[{\"role\": \"user\", \"content\": \"benchmark call\"}]')) FROM generate_series(1, 300)" >/dev/null
 
-gateway_run() {
+# set_config SETTING...: ALTER SYSTEM each "name = value" (or RESET all), reload,
+# and let the worker take it before the next round is timed
+set_config() {
+    local args=(-c "ALTER SYSTEM RESET ALL") kv
+    for kv in "$@"; do args+=(-c "ALTER SYSTEM SET ${kv%% = *} = '${kv#* = }'"); done
+    as_run_user "${PSQL[@]}" "${args[@]}" -c "SELECT pg_reload_conf()" >/dev/null
+    as_run_user "${PSQL[@]}" -c "SELECT count(llm_messages('bench', '[{\"role\": \"user\", \"content\": \"warm-up\"}]')) FROM generate_series(1, 100)" >/dev/null
+}
+gateway_round() {	# gateway_round CONFIG ROUND
     as_run_user "${PSQL[@]}" <<SQL
-CREATE TEMP TABLE lat (us float8);
 DO \$\$
 DECLARE t0 timestamptz; r jsonb;
 BEGIN
-    FOR i IN 1..$CALLS LOOP
+    FOR i IN 1..$PER_ROUND LOOP
         t0 := clock_timestamp();
         r := llm_messages('bench', '[{"role": "user", "content": "benchmark call"}]');
-        INSERT INTO lat VALUES (extract(epoch FROM clock_timestamp() - t0) * 1e6);
+        INSERT INTO bench_lat VALUES ('$1', $2, 'gateway', extract(epoch FROM clock_timestamp() - t0) * 1e6);
     END LOOP;
 END \$\$;
-SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY us)::numeric, 1) || ' ' ||
-       round(percentile_cont(0.99) WITHIN GROUP (ORDER BY us)::numeric, 1) FROM lat;
 SQL
 }
-direct_run() {
-    "$B/curl_client" "http://127.0.0.1:$MOCK_PORT/v1/messages" "$B/body.json" "$CALLS" \
-        "x-api-key: bench-key" "anthropic-version: 2023-06-01"
+direct_round() {	# direct_round CONFIG ROUND
+    rm -f "$B/direct.lat"
+    LAT_FILE="$B/direct.lat" "$B/curl_client" "http://127.0.0.1:$MOCK_PORT/v1/messages" "$B/body.json" \
+        "$PER_ROUND" "x-api-key: bench-key" "anthropic-version: 2023-06-01" >/dev/null
+    [ "$(id -u)" = 0 ] && chown "$RUN_USER" "$B/direct.lat"
+    as_run_user "${PSQL[@]}" -c "\\copy bench_lat (us) FROM '$B/direct.lat'" \
+        -c "UPDATE bench_lat SET config = '$1', round = $2, kind = 'direct' WHERE config IS NULL" >/dev/null
 }
 
-log "overhead: $CALLS sequential calls each way"
-read -r d1_med d1_p99 < <(direct_run)
-read -r g_med g_p99 < <(gateway_run)
-read -r d2_med d2_p99 < <(direct_run)
-d_med=$(echo "($d1_med + $d2_med) / 2" | bc -l)
-d_p99=$(echo "($d1_p99 + $d2_p99) / 2" | bc -l)
+# Direct and gateway rounds alternate, so a drift of the machine (virtual
+# CPUs here wake at very different speeds from one minute to the next)
+# touches both sides alike.  The default configuration is measured, then
+# the two settings that trade latency for something else.
+ROUNDS=${BENCH_ROUNDS:-10}
+PER_ROUND=$(( (CALLS + ROUNDS - 1) / ROUNDS ))
+CONFIGS=("default" "llm.durable_before_send = on" "llm.worker_poll_us = 0")
+log "overhead: ${#CONFIGS[@]} configurations, $ROUNDS rounds of $PER_ROUND sequential calls each way"
+for config in "${CONFIGS[@]}"; do
+    if [ "$config" = default ]; then set_config; else set_config "$config"; fi
+    for r in $(seq 1 "$ROUNDS"); do
+        direct_round "$config" "$r"
+        gateway_round "$config" "$r"
+    done
+done
+set_config
+overhead_report() {
+    as_run_user "${PSQL[@]}" -F '|' <<'SQL'
+WITH p AS (
+    SELECT config, kind,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY us) AS med,
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY us) AS p99
+      FROM bench_lat GROUP BY config, kind),
+r AS (
+    SELECT config, round, kind, percentile_cont(0.5) WITHIN GROUP (ORDER BY us) AS med
+      FROM bench_lat GROUP BY config, round, kind),
+rd AS (
+    SELECT g.config, percentile_cont(0.5) WITHIN GROUP (ORDER BY g.med - d.med) AS round_med
+      FROM r g JOIN r d ON d.config = g.config AND d.round = g.round AND d.kind = 'direct'
+     WHERE g.kind = 'gateway' GROUP BY g.config)
+SELECT g.config, round(d.med::numeric, 1), round(d.p99::numeric, 1), round(g.med::numeric, 1),
+       round(g.p99::numeric, 1), round((g.med - d.med)::numeric, 1), round((g.p99 - d.p99)::numeric, 1),
+       round(rd.round_med::numeric, 1)
+  FROM p g JOIN p d ON d.config = g.config AND d.kind = 'direct' JOIN rd ON rd.config = g.config
+ WHERE g.kind = 'gateway'
+ ORDER BY g.config = 'default' DESC, g.config;
+SQL
+}
 
 log "concurrency: $CLIENTS clients, ${LATENCY_MS} ms provider latency, ${SECONDS_RUN} s"
 python3 - "$MOCK_PORT" "$LATENCY_MS" <<'PY'
@@ -105,10 +151,12 @@ errors=$(as_run_user "${PSQL[@]}" -c "SELECT count(*) FROM llm.requests WHERE st
 
 {
     echo "llm_gateway benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores)"
-    printf 'overhead   direct libcurl keep-alive: median %8.1f us  p99 %8.1f us\n' "$d_med" "$d_p99"
-    printf '           llm_messages():            median %8.1f us  p99 %8.1f us\n' "$g_med" "$g_p99"
-    printf '           gateway overhead:          median %8.1f us  p99 %8.1f us  (target: median <= 100 us)\n' \
-        "$(echo "$g_med - $d_med" | bc -l)" "$(echo "$g_p99 - $d_p99" | bc -l)"
+    echo "overhead: sequential llm_messages() minus a direct keep-alive libcurl client, same mock, $ROUNDS interleaved rounds of $PER_ROUND calls each way"
+    printf '  %-30s %19s %19s %19s %10s\n' configuration "direct med / p99" "gateway med / p99" "overhead med / p99" "per-round"
+    overhead_report | while IFS='|' read -r cfg dmed dp99 gmed gp99 omed op99 rmed; do
+        printf '  %-30s %8s / %8s %8s / %8s %8s / %8s %10s\n' "$cfg" "$dmed" "$dp99" "$gmed" "$gp99" "$omed" "$op99" "$rmed"
+    done
+    echo "  (us; target: default median overhead <= 100 us)"
     printf 'throughput %d clients, %d ms latency: %.1f calls/s = %.1f%% of ideal %.0f/s (target >= 85%%)\n' \
         "$CLIENTS" "$LATENCY_MS" "${tps:-0}" "$(echo "${tps:-0} * 100 / $ideal" | bc -l)" "$ideal"
     echo "           processed ${processed:-0}, pgbench failures ${failed:-?}, non-ok log rows $errors, provider max in flight $maxin"

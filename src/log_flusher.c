@@ -1,0 +1,186 @@
+/*-------------------------------------------------------------------------
+ *
+ * log_flusher.c
+ *	  The log flusher: makes the request log durable without putting a WAL
+ *	  flush on the path of a call.
+ *
+ * runs in: the flusher background worker (llm_flusher_main) and the
+ * gateway worker (logflush_request).
+ *
+ * The gateway worker commits its llm.requests transactions asynchronously
+ * (unless llm.durable_before_send is on), starts the provider transfers,
+ * then asks the flusher to flush the WAL up to those commits.  The flusher
+ * does nothing but XLogFlush(), so the disk's flush latency overlaps the
+ * provider's answer instead of adding to it, and one flush covers every
+ * commit requested while the previous one ran.
+ *
+ * Without a flusher attached (it is starting, or restarting after an
+ * error) the gateway worker flushes itself, so durability never silently
+ * falls back to the WAL writer's schedule.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "port/atomics.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+
+#include "log_flusher.h"
+
+typedef struct LlmLogFlusher
+{
+	slock_t		mutex;			/* protects latch and pid */
+	Latch	   *latch;			/* the flusher's, NULL while none runs */
+	pid_t		pid;
+	pg_atomic_uint64 requested; /* flush the WAL at least this far */
+} LlmLogFlusher;
+
+static LlmLogFlusher *flusher = NULL;
+
+PGDLLEXPORT void llm_flusher_main(Datum main_arg);
+
+Size
+logflush_shmem_size(void)
+{
+	return MAXALIGN(sizeof(LlmLogFlusher));
+}
+
+/* Called from the shmem startup hook with AddinShmemInitLock held. */
+void
+logflush_shmem_init(void)
+{
+	bool		found;
+
+	flusher = ShmemInitStruct("llm_gateway log flusher", logflush_shmem_size(), &found);
+	if (found)
+		return;
+	SpinLockInit(&flusher->mutex);
+	flusher->latch = NULL;
+	flusher->pid = 0;
+	pg_atomic_init_u64(&flusher->requested, InvalidXLogRecPtr);
+}
+
+static LlmLogFlusher *
+get_flusher(void)
+{
+	bool		found;
+
+	if (flusher == NULL)
+	{
+		LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+		flusher = ShmemInitStruct("llm_gateway log flusher", logflush_shmem_size(), &found);
+		LWLockRelease(AddinShmemInitLock);
+		if (!found)
+			elog(ERROR, "llm_gateway shared memory is not initialised");
+	}
+	return flusher;
+}
+
+/*
+ * One flusher for the cluster, started once recovery is over (there is no
+ * WAL to flush before).  Restarted after 1 s if it exits with an error.
+ */
+void
+logflush_register_worker(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 1;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "llm_gateway");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "llm_flusher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "llm_gateway log flusher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "llm_gateway log flusher");
+	RegisterBackgroundWorker(&worker);
+}
+
+/*
+ * Gateway worker: have the WAL up to lsn flushed soon.  Cheap when the
+ * flusher is busy (its latch is only marked); flushes here when no flusher
+ * is attached.
+ */
+void
+logflush_request(XLogRecPtr lsn)
+{
+	LlmLogFlusher *f = get_flusher();
+	uint64		cur = pg_atomic_read_u64(&f->requested);
+	Latch	   *latch;
+
+	if (XLogRecPtrIsInvalid(lsn))
+		return;
+	while (cur < lsn)
+	{
+		if (pg_atomic_compare_exchange_u64(&f->requested, &cur, lsn))
+			break;
+	}
+
+	SpinLockAcquire(&f->mutex);
+	latch = f->latch;
+	SpinLockRelease(&f->mutex);
+	if (latch)
+		SetLatch(latch);
+	else
+		XLogFlush(lsn);
+}
+
+static void
+flusher_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&flusher->mutex);
+	if (flusher->pid == MyProcPid)
+	{
+		flusher->latch = NULL;
+		flusher->pid = 0;
+	}
+	SpinLockRelease(&flusher->mutex);
+}
+
+void
+llm_flusher_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	get_flusher();
+	SpinLockAcquire(&flusher->mutex);
+	flusher->latch = MyLatch;
+	flusher->pid = MyProcPid;
+	SpinLockRelease(&flusher->mutex);
+	on_shmem_exit(flusher_detach, (Datum) 0);
+
+	for (;;)
+	{
+		XLogRecPtr	target;
+
+		/* reset before reading: a request made after the read sets it again */
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		target = pg_atomic_read_u64(&flusher->requested);
+		if (target > GetFlushRecPtr(NULL))
+		{
+			XLogFlush(target);
+			continue;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1, PG_WAIT_EXTENSION);
+	}
+}
