@@ -46,7 +46,7 @@ COMMENT ON TABLE llm.routes IS 'route aliases: each alias names one or more (pro
 -----------------------------------------------------------------------------
 
 CREATE TABLE llm.requests (
-    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                  bigint GENERATED ALWAYS AS IDENTITY (CACHE 32) PRIMARY KEY,
     created_at          timestamptz NOT NULL DEFAULT now(),
     finished_at         timestamptz,
     status              text NOT NULL CHECK (status IN

@@ -257,9 +257,10 @@ answer_payload(StringInfo buf, LlmWorkItem *item)
 
 /*
  * The call is over: compute what the backend will get and release curl's
- * resources.  The answer is delivered (item_deliver) only after the log row
- * is completed, so a caller that reads llm.requests right after its call
- * sees the finished row.
+ * resources.  The backend takes the answer (item_deliver) while the log
+ * row is completed, and returns only once it is (item_row_done), so a
+ * caller that reads llm.requests right after its call sees the finished
+ * row.
  */
 static void
 item_finish(LlmWorkItem *item)
@@ -290,18 +291,28 @@ item_finish(LlmWorkItem *item)
 	MemoryContextSwitchTo(old);
 }
 
-/* Hand the outcome to the waiting backend (or free an abandoned slot). */
+/*
+ * Hand the outcome to the waiting backend (or free an abandoned slot).  A
+ * call with a log row is only ANSWERED until item_row_done().
+ */
 void
 item_deliver(LlmWorkItem *item)
 {
 	if (item->delivered)
 		return;
 	item->delivered = true;
-	if (item->ok)
-		channel_finish(item->slot, LLM_OUTCOME_OK, 0, item->payload.data, item->payload.len);
-	else
-		channel_finish(item->slot, LLM_OUTCOME_ERROR, item->error.sqlerrcode,
-					   item->payload.data, item->payload.len);
+	item->row_owed = channel_finish(item->slot, item->ok ? LLM_OUTCOME_OK : LLM_OUTCOME_ERROR,
+									item->ok ? 0 : item->error.sqlerrcode,
+									item->payload.data, item->payload.len, item->logged);
+}
+
+/* The call's log row is written (or will not be): let its backend return. */
+void
+item_row_done(LlmWorkItem *item)
+{
+	if (item->row_owed)
+		channel_row_done(item->slot);
+	item->row_owed = false;
 }
 
 void
@@ -899,7 +910,9 @@ item_transfer_done(LlmWorkItem *item)
 	res.status = t->status;
 	res.body = t->buf ? t->buf : "";
 	res.body_len = t->len;
-	res.headers = http_response_headers(t);
+	res.headers = NIL;
+	res.header_lookup = http_response_header;
+	res.header_arg = t;
 	item->response_body = pnstrdup(res.body, res.body_len);
 
 	if (t->status >= 200 && t->status < 300)

@@ -16,6 +16,8 @@
  */
 #include "postgres.h"
 
+#include <sched.h>
+
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
@@ -34,6 +36,9 @@
 
 /* how often a waiting backend checks that the worker holding its call lives */
 #define LLM_LIVENESS_CHECK_MS	500
+
+/* how long a backend polls for its row to be completed once it has the answer */
+#define LLM_ROW_DONE_POLL_US	500
 
 /* the backend waits this long past the call's deadline for the worker's verdict */
 #define LLM_DEADLINE_GRACE_MS	2000
@@ -257,7 +262,7 @@ abandon_slot(int i)
 	{
 		uint32		st = pg_atomic_read_u32(&slot->state);
 
-		if (st == LLM_SLOT_SUBMITTED || st == LLM_SLOT_RUNNING)
+		if (st == LLM_SLOT_SUBMITTED || st == LLM_SLOT_RUNNING || st == LLM_SLOT_ANSWERED)
 		{
 			if (pg_atomic_compare_exchange_u32(&slot->state, &st, LLM_SLOT_ABANDONED))
 			{
@@ -317,9 +322,48 @@ raise_worker_failure(LlmSlot *slot)
 			 errhint("The worker restarts by itself; retry the call.")));
 }
 
+/* Copy the slot's answer into result; false if the worker left none. */
+static bool
+take_response(LlmSlot *slot, LlmCallResult *result)
+{
+	LlmResponseMsg *resp;
+
+	if (!DsaPointerIsValid(slot->response))
+		return false;
+	resp = dsa_get_address(area, slot->response);
+	result->outcome = resp->outcome;
+	result->sqlerrcode = resp->sqlerrcode;
+	result->len = resp->len;
+	result->text = palloc(resp->len + 1);
+	memcpy(result->text, resp->text, resp->len);
+	result->text[resp->len] = '\0';
+	return true;
+}
+
+/*
+ * ANSWERED: the worker is completing the row, which takes about as long as
+ * a transaction.  Poll for DONE that long rather than sleep and pay for a
+ * second wake-up; true once DONE.
+ */
+static bool
+wait_row_done(LlmSlot *slot)
+{
+	TimestampTz until = GetCurrentTimestamp() + LLM_ROW_DONE_POLL_US;
+
+	do
+	{
+		if (pg_atomic_read_u32(&slot->state) == LLM_SLOT_DONE)
+			return true;
+		sched_yield();
+	} while (GetCurrentTimestamp() < until);
+	return false;
+}
+
 /*
  * Hand one call to the worker and wait for its answer.
  *
+ * on_answer (if not NULL) runs once on the answer, as soon as it has been
+ * taken: while the worker completes the call's log row when it can.
  * hdr is the fixed part of the message; data (data_len bytes) follows it.
  * Waits on the process latch; cancel, statement_timeout and termination
  * abandon the call (the worker aborts the transfer).  On return result
@@ -327,13 +371,14 @@ raise_worker_failure(LlmSlot *slot)
  */
 void
 channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
-			 int timeout_ms, LlmCallResult *result)
+			 int timeout_ms, LlmCallResult *result, LlmAnswerHook on_answer, void *arg)
 {
 	LlmSlot    *slot;
 	dsa_pointer dp;
 	int			i;
 	Size		size = offsetof(LlmRequestMsg, data) + data_len;
 	TimestampTz deadline;
+	volatile bool answered = false; /* result holds the answer */
 
 	channel_dsa();
 	if (!exit_callback_registered)
@@ -391,7 +436,21 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 			if (st == LLM_SLOT_DONE)
 				break;
 
-			if (st == LLM_SLOT_RUNNING)
+			if (st == LLM_SLOT_ANSWERED)
+			{
+				/* take the answer now; the row is being completed meanwhile */
+				if (!answered)
+				{
+					pg_read_barrier();
+					answered = take_response(slot, result);
+					if (answered && on_answer)
+						on_answer(result, arg);
+				}
+				if (wait_row_done(slot))
+					break;
+			}
+
+			if (st == LLM_SLOT_RUNNING || st == LLM_SLOT_ANSWERED)
 			{
 				uint32		incarnation;
 				pid_t		pid;
@@ -403,12 +462,11 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 				if (pid == 0 || incarnation != slot->worker_incarnation)
 				{
 					/* re-read: the exit callback may have just finished it */
-					if (pg_atomic_read_u32(&slot->state) != LLM_SLOT_DONE)
-					{
-						slot->failure = LLM_FAILURE_WORKER_EXITED;
-						raise_worker_failure(slot);
-					}
-					continue;
+					st = pg_atomic_read_u32(&slot->state);
+					if (st == LLM_SLOT_DONE || (st == LLM_SLOT_ANSWERED && answered))
+						break;
+					slot->failure = LLM_FAILURE_WORKER_EXITED;
+					raise_worker_failure(slot);
 				}
 			}
 
@@ -436,24 +494,21 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 
 	my_slot = -1;
 	pg_read_barrier();
-	if (!DsaPointerIsValid(slot->response))
+	if (answered)
+	{
+		release_slot(i);
+		return;
+	}
+	if (!take_response(slot, result))
 	{
 		LlmSlot		copy = *slot;
 
 		release_slot(i);
 		raise_worker_failure(&copy);
 	}
-	{
-		LlmResponseMsg *resp = dsa_get_address(area, slot->response);
-
-		result->outcome = resp->outcome;
-		result->sqlerrcode = resp->sqlerrcode;
-		result->len = resp->len;
-		result->text = palloc(resp->len + 1);
-		memcpy(result->text, resp->text, resp->len);
-		result->text[resp->len] = '\0';
-	}
 	release_slot(i);
+	if (on_answer)
+		on_answer(result, arg);
 }
 
 /* ---------------------------------------------------------------------
@@ -470,6 +525,13 @@ fail_running_slot(int i, uint32 incarnation)
 
 	if (slot->worker_incarnation != incarnation || incarnation == 0)
 		return;
+	/* answered: the backend takes the answer; the row stays for "unknown" */
+	if (st == LLM_SLOT_ANSWERED &&
+		pg_atomic_compare_exchange_u32(&slot->state, &st, LLM_SLOT_DONE))
+	{
+		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		return;
+	}
 	if (st == LLM_SLOT_RUNNING)
 	{
 		slot->failure = LLM_FAILURE_WORKER_EXITED;
@@ -621,11 +683,14 @@ channel_request(int i)
 }
 
 /*
- * Deliver the outcome of a RUNNING slot and wake its backend; if the
- * backend has gone, free everything instead.
+ * Deliver the outcome of a RUNNING slot and wake its backend: ANSWERED when
+ * the call's log row is still to be completed (channel_row_done follows),
+ * DONE otherwise.  If the backend has gone, free everything instead.
+ * Returns whether channel_row_done is owed.
  */
-void
-channel_finish(int i, LlmOutcome outcome, int sqlerrcode, const char *text, Size len)
+bool
+channel_finish(int i, LlmOutcome outcome, int sqlerrcode, const char *text, Size len,
+			   bool row_pending)
 {
 	LlmSlot    *slot = &channel->slots[i];
 	dsa_pointer dp;
@@ -634,7 +699,7 @@ channel_finish(int i, LlmOutcome outcome, int sqlerrcode, const char *text, Size
 	if (pg_atomic_read_u32(&slot->state) == LLM_SLOT_ABANDONED)
 	{
 		release_slot(i);
-		return;
+		return false;
 	}
 
 	dp = dsa_allocate_extended(area, offsetof(LlmResponseMsg, text) + len,
@@ -649,15 +714,33 @@ channel_finish(int i, LlmOutcome outcome, int sqlerrcode, const char *text, Size
 		memcpy(resp->text, text, len);
 	}
 	else
+	{
 		slot->failure = LLM_FAILURE_NO_MEMORY;
+		row_pending = false;	/* nothing to take early */
+	}
 	slot->response = dp;
 	pg_write_barrier();
 
-	if (pg_atomic_compare_exchange_u32(&slot->state, &expected, LLM_SLOT_DONE))
+	if (pg_atomic_compare_exchange_u32(&slot->state, &expected,
+									   row_pending ? LLM_SLOT_ANSWERED : LLM_SLOT_DONE))
 	{
 		pg_atomic_fetch_add_u64(&channel->stats.completed, 1);
 		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		return row_pending;
 	}
-	else
-		release_slot(i);		/* abandoned meanwhile */
+	release_slot(i);			/* abandoned meanwhile */
+	return false;
+}
+
+/* The call's log row is complete: ANSWERED -> DONE, or free an abandoned slot. */
+void
+channel_row_done(int i)
+{
+	LlmSlot    *slot = &channel->slots[i];
+	uint32		expected = LLM_SLOT_ANSWERED;
+
+	if (pg_atomic_compare_exchange_u32(&slot->state, &expected, LLM_SLOT_DONE))
+		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+	else if (expected == LLM_SLOT_ABANDONED)
+		release_slot(i);
 }

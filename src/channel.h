@@ -8,11 +8,19 @@
  *
  * A *slot* is one call in flight.  Its state moves
  *
- *	 FREE -> SUBMITTED (backend) -> RUNNING (worker) -> DONE (worker) -> FREE (backend)
+ *	 FREE -> SUBMITTED (backend) -> RUNNING (worker) -> ANSWERED (worker)
+ *		  -> DONE (worker) -> FREE (backend)
  *
- * and a backend that gives up (cancel, timeout, exit) moves SUBMITTED or
- * RUNNING to ABANDONED; the worker then stops the transfer and frees the
- * slot.  State changes are compare-and-swap on slot->state, so a backend
+ * ANSWERED means the answer is in place while the worker completes the
+ * call's log row; DONE, that the row is complete too.  The backend wakes
+ * at ANSWERED and takes (and parses) the answer while the row is written,
+ * but returns only at DONE, so a caller always finds its finished row.  A
+ * call without a row (the log could not be written) goes from RUNNING
+ * straight to DONE.
+ *
+ * A backend that gives up (cancel, timeout, exit) moves SUBMITTED, RUNNING
+ * or ANSWERED to ABANDONED; the worker then stops the transfer and frees
+ * the slot.  State changes are compare-and-swap on slot->state, so a backend
  * abandoning and the worker finishing race safely: exactly one of them
  * wins and that one frees the payloads.
  *
@@ -38,6 +46,7 @@
 #define LLM_SLOT_RUNNING	2
 #define LLM_SLOT_DONE		3
 #define LLM_SLOT_ABANDONED	4
+#define LLM_SLOT_ANSWERED	5
 
 /* Why a slot is DONE without a response. */
 typedef enum LlmSlotFailure
@@ -151,8 +160,12 @@ typedef struct LlmCallResult
 	uint32		len;
 } LlmCallResult;
 
+/* Runs on the answer as soon as it is taken, while the worker logs the call. */
+typedef void (*LlmAnswerHook) (const LlmCallResult *result, void *arg);
+
 extern void channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
-						 int timeout_ms, LlmCallResult *result);
+						 int timeout_ms, LlmCallResult *result,
+						 LlmAnswerHook on_answer, void *arg);
 
 /* worker side */
 extern void channel_worker_attach(void);
@@ -161,8 +174,9 @@ extern int	channel_take_submitted(int *slots, int max);
 extern int	channel_take_cancels(LlmCancelEntry *out, int max);
 extern bool channel_start(int slot);
 extern LlmRequestMsg *channel_request(int slot);
-extern void channel_finish(int slot, LlmOutcome outcome, int sqlerrcode,
-						   const char *text, Size len);
+extern bool channel_finish(int slot, LlmOutcome outcome, int sqlerrcode,
+						   const char *text, Size len, bool row_pending);
+extern void channel_row_done(int slot);
 extern void channel_release_abandoned(int slot);
 extern uint32 channel_slot_generation(int slot);
 extern bool channel_slot_abandoned(int slot);

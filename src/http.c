@@ -39,6 +39,14 @@ static long curl_timeout = -1;	/* ms from curl_timer_set, -1 = none */
 static TimestampTz curl_timer_set = 0;
 static int	active_transfers = 0;
 
+/*
+ * Easy handles of finished transfers, reset and kept for the next ones:
+ * creating a handle per call costs more than the rest of starting it.
+ */
+#define MAX_IDLE_HANDLES 64
+static CURL *idle_handles[MAX_IDLE_HANDLES];
+static int	n_idle_handles = 0;
+
 /* finished transfers waiting for the worker, in completion order */
 static LlmHttpTransfer **done_queue = NULL;
 static int	done_count = 0;
@@ -138,6 +146,17 @@ http_socket_fd(void)
 	return epoll_fd;
 }
 
+/* Does a socket have an event, or curl's timer expire, now?  Never waits. */
+bool
+http_ready(void)
+{
+	struct epoll_event ev;
+
+	if (curl_timeout >= 0 && http_timeout_ms() == 0)
+		return true;
+	return epoll_wait(epoll_fd, &ev, 1, 0) > 0;
+}
+
 /* ms until curl wants to be called back; -1 when it has no timer */
 long
 http_timeout_ms(void)
@@ -168,7 +187,7 @@ http_start(LlmHttpTransfer *t, LlmHttpRequest *req, long timeout_ms, void *owner
 
 	memset(t, 0, sizeof(*t));
 	t->owner = owner;
-	e = curl_easy_init();
+	e = n_idle_handles > 0 ? idle_handles[--n_idle_handles] : curl_easy_init();
 	if (e == NULL)
 	{
 		t->done = true;
@@ -324,29 +343,17 @@ http_next_done(void)
 	return NULL;
 }
 
-/* Response headers of a finished transfer, names lower-cased. */
-List *
-http_response_headers(LlmHttpTransfer *t)
+/* First response header of that name (case-insensitive), or NULL. */
+const char *
+http_response_header(void *transfer, const char *name)
 {
-	List	   *result = NIL;
+	LlmHttpTransfer *t = transfer;
 	struct curl_header *h;
-	struct curl_header *prev = NULL;
 
-	if (t->easy == NULL)
-		return NIL;
-	while ((h = curl_easy_nextheader(t->easy, CURLH_HEADER, -1, prev)) != NULL)
-	{
-		LlmHttpHeader *hdr = palloc(sizeof(LlmHttpHeader));
-		char	   *p;
-
-		hdr->name = pstrdup(h->name);
-		for (p = hdr->name; *p; p++)
-			*p = pg_tolower((unsigned char) *p);
-		hdr->value = pstrdup(h->value);
-		result = lappend(result, hdr);
-		prev = h;
-	}
-	return result;
+	if (t->easy == NULL ||
+		curl_easy_header(t->easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+		return NULL;
+	return pstrdup(h->value);
 }
 
 /* Free everything curl and the body buffer hold for t.  Idempotent. */
@@ -354,7 +361,12 @@ void
 http_release(LlmHttpTransfer *t)
 {
 	http_abort(t);
-	if (t->easy)
+	if (t->easy && n_idle_handles < MAX_IDLE_HANDLES)
+	{
+		curl_easy_reset(t->easy);
+		idle_handles[n_idle_handles++] = t->easy;
+	}
+	else if (t->easy)
 		curl_easy_cleanup(t->easy);
 	t->easy = NULL;
 	if (t->headers)

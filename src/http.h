@@ -41,7 +41,8 @@ extern void http_start(LlmHttpTransfer *t, LlmHttpRequest *req, long timeout_ms,
 extern void http_abort(LlmHttpTransfer *t);
 extern void http_drive(bool sockets_ready);
 extern LlmHttpTransfer *http_next_done(void);
-extern List *http_response_headers(LlmHttpTransfer *t);
+extern const char *http_response_header(void *transfer, const char *name);
+extern bool http_ready(void);
 extern void http_release(LlmHttpTransfer *t);
 extern int	http_active(void);
 

@@ -22,6 +22,8 @@
  */
 #include "postgres.h"
 
+#include <sys/resource.h>
+
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -47,6 +49,9 @@ typedef struct LlmLogFlusher
 } LlmLogFlusher;
 
 static LlmLogFlusher *flusher = NULL;
+
+/* the flusher's nice value (see llm_flusher_main) */
+#define LLM_FLUSHER_NICE 10
 
 PGDLLEXPORT void llm_flusher_main(Datum main_arg);
 
@@ -154,6 +159,15 @@ llm_flusher_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+
+	/*
+	 * No call waits for a flush, so a flush may wait for a CPU: at a lower
+	 * priority the flusher's share of the kernel's I/O work gives way to
+	 * the backends, the worker and whatever serves the provider.
+	 */
+	if (setpriority(PRIO_PROCESS, 0, LLM_FLUSHER_NICE) != 0)
+		ereport(LOG,
+				(errmsg("llm_gateway log flusher could not lower its priority: %m")));
 
 	get_flusher();
 	SpinLockAcquire(&flusher->mutex);

@@ -97,6 +97,8 @@ provider_header(const LlmHttpResult *res, const char *name)
 
 	if (res == NULL)
 		return NULL;
+	if (res->header_lookup)
+		return res->header_lookup(res->header_arg, name);
 	foreach(lc, res->headers)
 	{
 		LlmHttpHeader *h = (LlmHttpHeader *) lfirst(lc);

@@ -76,7 +76,10 @@ typedef struct LlmHttpResult
 	long		status;			/* HTTP status */
 	const char *body;
 	size_t		body_len;
-	List	   *headers;		/* of LlmHttpHeader * */
+	List	   *headers;		/* of LlmHttpHeader *, or NIL and ... */
+	/* ... looked up on demand: only errors read headers, so answers skip them */
+	const char *(*header_lookup) (void *arg, const char *name);
+	void	   *header_arg;
 } LlmHttpResult;
 
 struct LlmProvider;

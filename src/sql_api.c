@@ -77,6 +77,14 @@ llm_raise(const LlmCallResult *r)
 			 hint[0] ? errhint("%s", hint) : 0));
 }
 
+/* channel_call's answer hook: the answer as jsonb, built while the row is logged. */
+static void
+parse_answer(const LlmCallResult *result, void *arg)
+{
+	if (result->outcome == LLM_OUTCOME_OK)
+		*(Jsonb **) arg = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result->text)));
+}
+
 /* Validate, submit, wait; returns the answer as jsonb. */
 static Jsonb *
 call_model(text *model, Jsonb *history, Jsonb *options)
@@ -87,6 +95,7 @@ call_model(text *model, Jsonb *history, Jsonb *options)
 	LlmRequestMsg hdr;
 	StringInfoData data;
 	LlmCallResult result;
+	Jsonb	   *answer = NULL;
 
 	llm_check_preloaded();
 	check_database();
@@ -116,12 +125,12 @@ call_model(text *model, Jsonb *history, Jsonb *options)
 						data.len, llm_max_request_bytes),
 				 errhint("Send a shorter history, or ask an administrator to raise llm.max_request_bytes.")));
 
-	channel_call(&hdr, data.data, data.len, spec.timeout_ms, &result);
+	channel_call(&hdr, data.data, data.len, spec.timeout_ms, &result, parse_answer, &answer);
 	pfree(data.data);
 
 	if (result.outcome != LLM_OUTCOME_OK)
 		llm_raise(&result);
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result.text)));
+	return answer;
 }
 
 static Jsonb *

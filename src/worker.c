@@ -132,12 +132,15 @@ log_pending(void *arg)
 
 	/*
 	 * The rows are committed before any of these calls is sent.  Unless
-	 * llm.durable_before_send asks to wait for the disk here, the log
-	 * flusher makes them durable while the requests travel.
+	 * llm.durable_before_send asks to wait for the disk (and any synchronous
+	 * standby) here, with the server's synchronous_commit, the commit is
+	 * asynchronous and the log flusher makes it durable while the requests
+	 * travel.
 	 */
-	if (!llm_durable_before_send)
-		(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
+	if (llm_durable_before_send)
+		(void) set_config_option("synchronous_commit",
+								 GetConfigOptionResetString("synchronous_commit"),
+								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 
 	dlist_foreach(it, fresh)
 	{
@@ -155,13 +158,10 @@ log_finished(void *arg)
 	dlist_iter	it;
 
 	/*
-	 * Losing this update in a crash only leaves the pending row to be
-	 * marked "unknown", so it need not wait for the WAL flush: the next
-	 * flush of pending rows, or the WAL writer, takes it to disk.
+	 * Committed asynchronously: losing this update in a crash only leaves
+	 * the pending row to be marked "unknown".  The next flush of pending
+	 * rows, or the WAL writer, takes it to disk.
 	 */
-	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
-							 GUC_ACTION_LOCAL, true, 0, false);
-
 	dlist_foreach(it, &finished)
 		reqlog_complete(dlist_container(LlmWorkItem, node, it.cur));
 }
@@ -217,6 +217,7 @@ take_new_calls(void)
 			LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
 			dlist_delete(&item->node);
+			item->logged = false;	/* the batch's rows were rolled back */
 			if (item->state != LLM_ITEM_FINISHED)
 				item_fail(item, "error", ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 						  unavailable ? unavailable : "the gateway could not write its request log",
@@ -229,7 +230,8 @@ take_new_calls(void)
 		}
 		return;
 	}
-	unflushed_lsn = Max(unflushed_lsn, XactLastCommitEnd);
+	if (!llm_durable_before_send)
+		unflushed_lsn = Max(unflushed_lsn, XactLastCommitEnd);
 
 	dlist_foreach_modify(it, &fresh)
 	{
@@ -343,11 +345,15 @@ wait_timeout(long retry_ms)
 static void
 complete_log_rows(void)
 {
+	dlist_iter	iter;
 	dlist_mutable_iter it;
 	char	   *unavailable;
 
 	if (dlist_is_empty(&finished))
 		return;
+	/* backends wake and take their answers while the rows are written */
+	dlist_foreach(iter, &finished)
+		item_deliver(dlist_container(LlmWorkItem, node, iter.cur));
 	(void) run_batch(log_finished, NULL, &unavailable);
 	/* rows that could not be completed stay pending and become "unknown" */
 	dlist_foreach_modify(it, &finished)
@@ -355,7 +361,7 @@ complete_log_rows(void)
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
 		dlist_delete(&item->node);
-		item_deliver(item);
+		item_row_done(item);
 		item_free(item);
 	}
 }
@@ -375,15 +381,19 @@ wait_for_events(WaitEventSet *wes, long timeout_ms, WaitEvent *events, int neven
 		TimestampTz start = GetCurrentTimestamp();
 		TimestampTz until = start + llm_worker_poll_us;
 		TimestampTz now;
-		int			n;
 
 		if (timeout_ms > 0)
 			until = Min(until, start + (TimestampTz) timeout_ms * 1000);
+
+		/*
+		 * Read the latch rather than wait on it: a backend setting a latch
+		 * whose owner is not waiting only writes a flag, no signal.  A
+		 * signal for us (SIGTERM, SIGHUP) sets the latch too.
+		 */
 		do
 		{
-			n = WaitEventSetWait(wes, 0, events, nevents, PG_WAIT_EXTENSION);
-			if (n > 0)
-				return n;
+			if (MyLatch->is_set || http_ready())
+				return WaitEventSetWait(wes, 0, events, nevents, PG_WAIT_EXTENSION);
 			sched_yield();
 			now = GetCurrentTimestamp();
 		} while (now < until);
@@ -413,6 +423,9 @@ llm_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(llm_database, NULL, 0);
 	pgstat_report_appname("llm_gateway worker");
+
+	/* the log's transactions commit asynchronously; see log_pending() */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION);
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "llm worker loop",
 									 ALLOCSET_DEFAULT_SIZES);
