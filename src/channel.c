@@ -50,6 +50,9 @@ static dsa_area *area = NULL;
 static int	my_slot = -1;
 static bool exit_callback_registered = false;
 
+/* backend: how long its recent calls took to be answered (moving average) */
+static double recent_answer_us = 0;
+
 static inline int *
 free_next(void)
 {
@@ -359,6 +362,43 @@ wait_row_done(LlmSlot *slot)
 	return false;
 }
 
+static uint64
+calls_in_flight(void)
+{
+	return pg_atomic_read_u64(&channel->stats.submitted) -
+		pg_atomic_read_u64(&channel->stats.completed) -
+		pg_atomic_read_u64(&channel->stats.abandoned);
+}
+
+/*
+ * Poll for the answer rather than sleep, while it is still in state st,
+ * when this session's recent answers came within llm.poll_us and few calls
+ * are in flight: a backend that is awake when its answer lands saves a
+ * wake-up.  Bounded by llm.poll_us from the submission; false if it did
+ * not poll.
+ */
+static bool
+poll_for_answer(LlmSlot *slot, uint32 st, TimestampTz submitted)
+{
+	TimestampTz until = submitted + llm_poll_us;
+
+	if (llm_poll_us <= 0 || recent_answer_us <= 0 || recent_answer_us > llm_poll_us ||
+		calls_in_flight() > LLM_POLL_MAX_IN_FLIGHT || GetCurrentTimestamp() >= until)
+		return false;
+	while (pg_atomic_read_u32(&slot->state) == st && !InterruptPending &&
+		   GetCurrentTimestamp() < until)
+		sched_yield();
+	return true;
+}
+
+static void
+note_answer_time(TimestampTz submitted)
+{
+	double		us = (double) (GetCurrentTimestamp() - submitted);
+
+	recent_answer_us = recent_answer_us > 0 ? recent_answer_us * 0.875 + us * 0.125 : us;
+}
+
 /*
  * Hand one call to the worker and wait for its answer.
  *
@@ -379,6 +419,7 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 	Size		size = offsetof(LlmRequestMsg, data) + data_len;
 	TimestampTz deadline;
 	volatile bool answered = false; /* result holds the answer */
+	TimestampTz submitted;
 
 	channel_dsa();
 	if (!exit_callback_registered)
@@ -421,6 +462,7 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 	SpinLockRelease(&channel->mutex);
 	pg_atomic_fetch_add_u64(&channel->stats.submitted, 1);
 	my_slot = i;
+	submitted = GetCurrentTimestamp();
 	wake_worker();
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
@@ -441,6 +483,7 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 				/* take the answer now; the row is being completed meanwhile */
 				if (!answered)
 				{
+					note_answer_time(submitted);
 					pg_read_barrier();
 					answered = take_response(slot, result);
 					if (answered && on_answer)
@@ -478,6 +521,12 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 						 errmsg("no answer from the llm_gateway worker within %d ms", timeout_ms),
 						 errhint("Check that the worker runs (llm.gateway_status()) and the server log.")));
 
+			if ((st == LLM_SLOT_SUBMITTED || st == LLM_SLOT_RUNNING) &&
+				poll_for_answer(slot, st, submitted))
+			{
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 Min(wait_ms, LLM_LIVENESS_CHECK_MS), PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);

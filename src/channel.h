@@ -48,6 +48,15 @@
 #define LLM_SLOT_ABANDONED	4
 #define LLM_SLOT_ANSWERED	5
 
+/*
+ * The worker and waiting backends poll (llm.poll_us) only while at most
+ * this many calls are in flight: then each call's hand-offs are what its
+ * latency is made of.  With more, the worker's turns come often and serve
+ * many calls each, and polling would only take CPU from the backends and
+ * the provider.
+ */
+#define LLM_POLL_MAX_IN_FLIGHT 4
+
 /* Why a slot is DONE without a response. */
 typedef enum LlmSlotFailure
 {

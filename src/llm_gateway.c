@@ -53,7 +53,7 @@ int			llm_retry_max_ms = 8000;
 int			llm_breaker_failures = 5;
 int			llm_breaker_cooldown_ms = 30000;
 bool		llm_durable_before_send = false;
-int			llm_worker_poll_us = 500;
+int			llm_poll_us = 1000;
 
 bool		llm_preloaded = false;
 
@@ -344,11 +344,13 @@ define_gucs(void)
 							 0,
 							 NULL, NULL, NULL);
 
-	DefineCustomIntVariable("llm.worker_poll_us",
-							"How long the worker polls for new calls and answers before it sleeps, while few calls are in flight.",
-							"Polling saves a process wake-up on each hand-off at the cost of CPU time; 0 turns it off.",
-							&llm_worker_poll_us,
-							500, 0, 100000,
+	DefineCustomIntVariable("llm.poll_us",
+							"How long the worker and a waiting backend poll, instead of sleeping, while few calls are in flight.",
+							"The worker polls that long after each turn; a backend polls for an answer when its "
+							"recent answers came within that time.  Polling saves a process wake-up per hand-off "
+							"at the cost of CPU time; 0 turns it off.",
+							&llm_poll_us,
+							1000, 0, 100000,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);

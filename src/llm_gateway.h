@@ -43,7 +43,7 @@ extern int	llm_retry_max_ms;
 extern int	llm_breaker_failures;
 extern int	llm_breaker_cooldown_ms;
 extern bool llm_durable_before_send;
-extern int	llm_worker_poll_us;
+extern int	llm_poll_us;
 
 /* true once _PG_init ran inside shared_preload_libraries */
 extern bool llm_preloaded;

@@ -50,13 +50,6 @@
 
 #define TAKE_BATCH 256
 
-/*
- * The worker polls (llm.worker_poll_us) only while at most this many
- * transfers are in flight: then each call's hand-offs are what its latency
- * is made of.  With more, turns come often and serve many calls each, and
- * polling would only take CPU from the backends and the provider.
- */
-#define POLL_MAX_IN_FLIGHT 4
 
 PGDLLEXPORT void llm_worker_main(Datum main_arg);
 
@@ -368,7 +361,7 @@ complete_log_rows(void)
 
 /*
  * Wait for the next event.  While few calls are in flight, poll for up to
- * llm.worker_poll_us first: a worker that is still awake when a backend
+ * llm.poll_us first: a worker that is still awake when a backend
  * submits or a provider answers saves a process wake-up, which on some
  * machines (virtual CPUs that halt when idle) costs more than the rest of
  * the hand-off.  The poll yields the CPU to anything else runnable.
@@ -376,10 +369,10 @@ complete_log_rows(void)
 static int
 wait_for_events(WaitEventSet *wes, long timeout_ms, WaitEvent *events, int nevents)
 {
-	if (llm_worker_poll_us > 0 && timeout_ms != 0 && http_active() <= POLL_MAX_IN_FLIGHT)
+	if (llm_poll_us > 0 && timeout_ms != 0 && http_active() <= LLM_POLL_MAX_IN_FLIGHT)
 	{
 		TimestampTz start = GetCurrentTimestamp();
-		TimestampTz until = start + llm_worker_poll_us;
+		TimestampTz until = start + llm_poll_us;
 		TimestampTz now;
 
 		if (timeout_ms > 0)

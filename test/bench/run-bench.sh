@@ -7,7 +7,7 @@
 #     mock, in alternating rounds.  Overhead = gateway - direct (median and
 #     p99 of the pooled rounds, and the median of the per-round medians'
 #     differences), for the default settings and for the two settings that
-#     trade latency away (llm.durable_before_send = on, llm.worker_poll_us = 0).
+#     trade latency away (llm.durable_before_send = on, llm.poll_us = 0).
 #  2. Concurrency: pgbench, 64 clients calling llm_complete() against the
 #     mock with 50 ms latency, for a fixed time; ratio to the ideal
 #     64 / 0.05 s = 1,280 calls/s, and the error count.
@@ -97,7 +97,7 @@ direct_round() {	# direct_round CONFIG ROUND
 # the two settings that trade latency for something else.
 ROUNDS=${BENCH_ROUNDS:-10}
 PER_ROUND=$(( (CALLS + ROUNDS - 1) / ROUNDS ))
-CONFIGS=("default" "llm.durable_before_send = on" "llm.worker_poll_us = 0")
+CONFIGS=("default" "llm.durable_before_send = on" "llm.poll_us = 0")
 log "overhead: ${#CONFIGS[@]} configurations, $ROUNDS rounds of $PER_ROUND sequential calls each way"
 for config in "${CONFIGS[@]}"; do
     if [ "$config" = default ]; then set_config; else set_config "$config"; fi
