@@ -283,10 +283,11 @@ COMMENT ON FUNCTION llm_complete(text, text, jsonb) IS 'one call to the model al
 
 CREATE FUNCTION llm.gateway_status(OUT worker_pid int, OUT slots int, OUT slots_in_use int,
                                    OUT submitted bigint, OUT completed bigint,
-                                   OUT abandoned bigint, OUT waited_for_slot bigint)
+                                   OUT abandoned bigint, OUT waited_for_slot bigint,
+                                   OUT flusher_pid int)
     AS 'MODULE_PATHNAME', 'llm_gateway_status'
     LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
-COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down) and the call channel''s counters';
+COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down), the call channel''s counters and the log flusher''s pid (NULL when down)';
 -----------------------------------------------------------------------------
 -- Diagnostic adapter functions (src/adapter_sql.c).  They drive a provider
 -- adapter directly, with no network and no configuration tables: what the

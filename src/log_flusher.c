@@ -112,6 +112,19 @@ logflush_register_worker(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/* The flusher's pid, 0 while none runs (llm.gateway_status()). */
+pid_t
+logflush_pid(void)
+{
+	LlmLogFlusher *f = get_flusher();
+	pid_t		pid;
+
+	SpinLockAcquire(&f->mutex);
+	pid = f->pid;
+	SpinLockRelease(&f->mutex);
+	return pid;
+}
+
 /*
  * Gateway worker: have the WAL up to lsn flushed soon.  Cheap when the
  * flusher is busy (its latch is only marked); flushes here when no flusher

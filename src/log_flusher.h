@@ -17,6 +17,8 @@ extern Size logflush_shmem_size(void);
 extern void logflush_shmem_init(void);
 extern void logflush_register_worker(void);
 
+extern pid_t logflush_pid(void);
+
 /* gateway worker: have WAL up to lsn flushed soon, without waiting for it */
 extern void logflush_request(XLogRecPtr lsn);
 

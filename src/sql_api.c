@@ -34,6 +34,7 @@
 #include "json_util.h"
 #include "llm_errors.h"
 #include "llm_gateway.h"
+#include "log_flusher.h"
 #include "provider.h"
 #include "validate.h"
 
@@ -217,8 +218,8 @@ Datum
 llm_gateway_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[7];
-	bool		nulls[7] = {0};
+	Datum		values[8];
+	bool		nulls[8] = {0};
 	LlmChannel *ch;
 	pid_t		pid;
 	int			in_use = 0;
@@ -244,6 +245,9 @@ llm_gateway_status(PG_FUNCTION_ARGS)
 	values[4] = Int64GetDatum((int64) pg_atomic_read_u64(&ch->stats.completed));
 	values[5] = Int64GetDatum((int64) pg_atomic_read_u64(&ch->stats.abandoned));
 	values[6] = Int64GetDatum((int64) pg_atomic_read_u64(&ch->stats.waited_for_slot));
+	pid = logflush_pid();
+	values[7] = Int32GetDatum(pid);
+	nulls[7] = (pid == 0);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

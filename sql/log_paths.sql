@@ -1,0 +1,60 @@
+--
+-- log_paths: how llm.requests is written.  While it is the table the
+-- extension created, the worker writes heap and index entries directly;
+-- once an administrator adds a trigger or a column, it goes through the
+-- executor, so triggers fire and defaults apply.  Either way a caller
+-- finds its own finished row as soon as the call returns.
+--
+TRUNCATE llm.requests;
+
+-- every row read right after its call is finished (200 calls, no exception)
+DO $$
+DECLARE a jsonb; s text; bad int := 0;
+BEGIN
+    FOR i IN 1..200 LOOP
+        a := llm_messages('claude', '[{"role": "user", "content": "read my row"}]');
+        SELECT status INTO s FROM llm.requests WHERE id = (a->'gateway'->>'request_id')::bigint;
+        IF s IS DISTINCT FROM 'ok' THEN bad := bad + 1; END IF;
+    END LOOP;
+    RAISE NOTICE 'calls whose row was not finished when read: %', bad;
+END $$;
+
+-- an index an administrator adds is maintained by the direct writes, and
+-- every index holds exactly the table's rows (amcheck with heapallindexed
+-- raises an error otherwise)
+CREATE INDEX requests_alias_idx ON llm.requests (alias);
+SELECT llm_complete('claude', 'indexed call');
+CREATE EXTENSION amcheck;
+SELECT c.relname AS index, bt_index_check(c.oid, true)::text = '' AS consistent
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'llm.requests'::regclass ORDER BY 1;
+SET enable_seqscan = off;
+SELECT count(*) AS rows_by_alias FROM llm.requests WHERE alias = 'claude';
+RESET enable_seqscan;
+DROP INDEX llm.requests_alias_idx;
+
+-- a trigger on the log: writes go through the executor and it fires
+CREATE TABLE public.audit_copy (id bigint, status text);
+CREATE FUNCTION public.copy_request() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.audit_copy VALUES (NEW.id, NEW.status);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER copy_request AFTER INSERT OR UPDATE ON llm.requests
+    FOR EACH ROW EXECUTE FUNCTION public.copy_request();
+SELECT (llm_messages('claude', '[{"role": "user", "content": "through a trigger"}]')->'gateway'->>'request_id')::bigint AS id \gset
+SELECT status, request_body->'messages'->0->>'content' AS content FROM llm.requests WHERE id = :id;
+SELECT status FROM public.audit_copy WHERE id = :id ORDER BY status DESC;
+
+-- a column with a default: the executor fills it in
+ALTER TABLE llm.requests ADD COLUMN note text DEFAULT 'set by default';
+SELECT (llm_messages('claude', '[{"role": "user", "content": "with a new column"}]')->'gateway'->>'request_id')::bigint AS id \gset
+SELECT status, note FROM llm.requests WHERE id = :id;
+
+DROP TRIGGER copy_request ON llm.requests;
+ALTER TABLE llm.requests DROP COLUMN note;
+DROP FUNCTION public.copy_request();
+DROP TABLE public.audit_copy;
+DROP EXTENSION amcheck;
+SELECT llm_complete('claude', 'after the changes');
+SELECT count(*) FILTER (WHERE status = 'ok') AS ok, count(*) AS calls FROM llm.requests;
