@@ -72,7 +72,7 @@ static void define_gucs(void);
 static bool check_allowed_regions(char **newval, void **extra, GucSource source);
 static void llm_shmem_request(void);
 static void llm_shmem_startup(void);
-static void register_worker(void);
+static void register_workers(void);
 
 PG_FUNCTION_INFO_V1(llm_version);
 
@@ -102,8 +102,7 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = llm_shmem_startup;
 
-	register_worker();
-	logflush_register_worker();
+	register_workers();
 	llm_preloaded = true;
 }
 
@@ -131,23 +130,34 @@ llm_shmem_startup(void)
 }
 
 /*
- * One worker for the cluster.  Restart after 1 s when it exits with an
- * error (code 1); a crash restarts the whole cluster as usual.
+ * A background worker started once recovery is over (the log flusher has
+ * no WAL to flush before, the worker no tables to write), restarted after
+ * 1 s when it exits with an error (code 1); a crash restarts the whole
+ * cluster as usual.
  */
 static void
-register_worker(void)
+register_one(int flags, const char *function, const char *name)
 {
 	BackgroundWorker worker;
 
 	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_flags = flags;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = 1;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "llm_gateway");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "llm_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "llm_gateway worker");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "llm_gateway worker");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", name);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "%s", name);
 	RegisterBackgroundWorker(&worker);
+}
+
+/* The gateway worker and the log flusher, one of each for the cluster. */
+static void
+register_workers(void)
+{
+	register_one(BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION,
+				 "llm_worker_main", "llm_gateway worker");
+	register_one(BGWORKER_SHMEM_ACCESS, "llm_flusher_main", "llm_gateway log flusher");
 }
 
 /*

@@ -92,26 +92,6 @@ get_flusher(void)
 	return flusher;
 }
 
-/*
- * One flusher for the cluster, started once recovery is over (there is no
- * WAL to flush before).  Restarted after 1 s if it exits with an error.
- */
-void
-logflush_register_worker(void)
-{
-	BackgroundWorker worker;
-
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "llm_gateway");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "llm_flusher_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "llm_gateway log flusher");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "llm_gateway log flusher");
-	RegisterBackgroundWorker(&worker);
-}
-
 /* The flusher's pid, 0 while none runs (llm.gateway_status()). */
 pid_t
 logflush_pid(void)

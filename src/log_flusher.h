@@ -15,7 +15,6 @@
 
 extern Size logflush_shmem_size(void);
 extern void logflush_shmem_init(void);
-extern void logflush_register_worker(void);
 
 extern pid_t logflush_pid(void);
 

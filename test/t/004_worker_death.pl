@@ -68,11 +68,7 @@ SELECT llm_complete('m', 'across crash [[mock:hang]]');
 });
 $node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM llm.requests WHERE status = 'pending'})
   or die 'call never became pending';
-$node->stop('immediate');
-eval { $bg->quit };
-$node->start;
-$node->poll_query_until('postgres',
-	q{SELECT status = 'unknown' FROM llm.requests WHERE request_body::text LIKE '%across crash%'})
+crash_marks_unknown($node, $bg, '%across crash%')
   or die 'pending row not marked unknown after crash';
 ok(1, 'a committed pending row survives a crash and is marked unknown');
 

@@ -55,11 +55,7 @@ ok(flushed_past($lsn), 'the log flusher took the row to disk');
 cmp_ok($took, '<', 3, "well before the WAL writer would have ($took s; wal_writer_delay is 10 s)");
 
 # a crash now keeps the row: the next worker marks it unknown
-$node->stop('immediate');
-eval { $bg->quit };
-$node->start;
-$node->poll_query_until('postgres',
-	q{SELECT status = 'unknown' FROM llm.requests WHERE request_body::text LIKE '%flusher [[%'})
+crash_marks_unknown($node, $bg, '%flusher [[%')
   or die 'pending row lost or not marked unknown after the crash';
 ok(1, 'after a crash the row is there, marked unknown');
 

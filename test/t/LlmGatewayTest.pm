@@ -19,10 +19,23 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(new_node start_mock gateway_node master_key_file);
+our @EXPORT = qw(new_node start_mock gateway_node master_key_file crash_marks_unknown);
 
 my $mock_script =
   File::Spec->rel2abs(File::Spec->catfile(dirname(__FILE__), '..', 'mock', 'mock_provider.py'));
+
+# crash_marks_unknown(NODE, BG, LIKE): an immediate shutdown (a crash) while
+# the background session BG's call hangs, a restart, then true once that
+# call's row (request body LIKE the pattern) is marked unknown.
+sub crash_marks_unknown
+{
+	my ($node, $bg, $like) = @_;
+	$node->stop('immediate');
+	eval { $bg->quit };
+	$node->start;
+	return $node->poll_query_until('postgres',
+		"SELECT status = 'unknown' FROM llm.requests WHERE request_body::text LIKE '$like'");
+}
 
 # A cluster with the library preloaded and the worker serving 'postgres'.
 sub new_node
