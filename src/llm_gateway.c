@@ -54,6 +54,7 @@ int			llm_breaker_failures = 5;
 int			llm_breaker_cooldown_ms = 30000;
 bool		llm_durable_before_send = false;
 int			llm_poll_us = 1000;
+int			llm_flush_interval_ms = 5;
 
 bool		llm_preloaded = false;
 
@@ -353,6 +354,16 @@ define_gucs(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm.flush_interval_ms",
+							"The log flusher flushes at most this often; one flush covers every pending row committed since the last.",
+							"Under a stream of calls a flush costs the machine more than a call's own work; "
+							"0 flushes after every turn that sent calls.  Ignored with llm.durable_before_send.",
+							&llm_flush_interval_ms,
+							5, 0, 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("llm.poll_us",
 							"How long the worker and a waiting backend poll, instead of sleeping, while few calls are in flight.",

@@ -44,6 +44,7 @@ extern int	llm_breaker_failures;
 extern int	llm_breaker_cooldown_ms;
 extern bool llm_durable_before_send;
 extern int	llm_poll_us;
+extern int	llm_flush_interval_ms;
 
 /* true once _PG_init ran inside shared_preload_libraries */
 extern bool llm_preloaded;

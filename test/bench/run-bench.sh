@@ -6,8 +6,9 @@
 #     direct keep-alive libcurl client sending the same body to the same
 #     mock, in alternating rounds.  Overhead = gateway - direct (median and
 #     p99 of the pooled rounds, and the median of the per-round medians'
-#     differences), for the default settings and for the two settings that
-#     trade latency away (llm.durable_before_send = on, llm.poll_us = 0).
+#     differences), for the default settings and for the settings that
+#     trade latency away (llm.durable_before_send = on, a flush per call
+#     with llm.flush_interval_ms = 0, no polling with llm.poll_us = 0).
 #  2. Concurrency: pgbench, 64 clients calling llm_complete() against the
 #     mock with 50 ms latency, for a fixed time; ratio to the ideal
 #     64 / 0.05 s = 1,280 calls/s, and the error count.
@@ -94,10 +95,10 @@ direct_round() {	# direct_round CONFIG ROUND
 # Direct and gateway rounds alternate, so a drift of the machine (virtual
 # CPUs here wake at very different speeds from one minute to the next)
 # touches both sides alike.  The default configuration is measured, then
-# the two settings that trade latency for something else.
+# the settings that trade latency for something else.
 ROUNDS=${BENCH_ROUNDS:-10}
 PER_ROUND=$(( (CALLS + ROUNDS - 1) / ROUNDS ))
-CONFIGS=("default" "llm.durable_before_send = on" "llm.poll_us = 0")
+CONFIGS=("default" "llm.durable_before_send = on" "llm.flush_interval_ms = 0" "llm.poll_us = 0")
 log "overhead: ${#CONFIGS[@]} configurations, $ROUNDS rounds of $PER_ROUND sequential calls each way"
 for config in "${CONFIGS[@]}"; do
     if [ "$config" = default ]; then set_config; else set_config "$config"; fi
