@@ -68,7 +68,7 @@ set_config() {
     local args=(-c "ALTER SYSTEM RESET ALL") kv
     for kv in "$@"; do args+=(-c "ALTER SYSTEM SET ${kv%% = *} = '${kv#* = }'"); done
     as_run_user "${PSQL[@]}" "${args[@]}" -c "SELECT pg_reload_conf()" >/dev/null
-    as_run_user "${PSQL[@]}" -c "SELECT count(llm_messages('bench', '[{\"role\": \"user\", \"content\": \"warm-up\"}]')) FROM generate_series(1, 100)" >/dev/null
+    as_run_user "${PSQL[@]}" -c "SELECT count(llm_messages('bench', '[{\"role\": \"user\", \"content\": \"warm-up\"}]')) FROM generate_series(1, 50)" >/dev/null
 }
 gateway_round() {	# gateway_round CONFIG ROUND
     as_run_user "${PSQL[@]}" <<SQL
@@ -92,17 +92,17 @@ direct_round() {	# direct_round CONFIG ROUND
         -c "UPDATE bench_lat SET config = '$1', round = $2, kind = 'direct' WHERE config IS NULL" >/dev/null
 }
 
-# Direct and gateway rounds alternate, so a drift of the machine (virtual
-# CPUs here wake at very different speeds from one minute to the next)
-# touches both sides alike.  The default configuration is measured, then
+# Each round measures every configuration, direct then gateway, so a drift
+# of the machine (virtual CPUs here wake at very different speeds from one
+# minute to the next) touches all sides alike: the default settings, and
 # the settings that trade latency for something else.
 ROUNDS=${BENCH_ROUNDS:-10}
 PER_ROUND=$(( (CALLS + ROUNDS - 1) / ROUNDS ))
 CONFIGS=("default" "llm.durable_before_send = on" "llm.flush_interval_ms = 0" "llm.poll_us = 0")
 log "overhead: ${#CONFIGS[@]} configurations, $ROUNDS rounds of $PER_ROUND sequential calls each way"
-for config in "${CONFIGS[@]}"; do
-    if [ "$config" = default ]; then set_config; else set_config "$config"; fi
-    for r in $(seq 1 "$ROUNDS"); do
+for r in $(seq 1 "$ROUNDS"); do
+    for config in "${CONFIGS[@]}"; do
+        if [ "$config" = default ]; then set_config; else set_config "$config"; fi
         direct_round "$config" "$r"
         gateway_round "$config" "$r"
     done
