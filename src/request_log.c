@@ -159,19 +159,38 @@ static bool direct_open = false;
 static Oid	cached_relid = InvalidOid;	/* llm.requests ... */
 static Oid	cached_seqid = InvalidOid;	/* ... and the sequence of its id */
 static bool in_batch = false;
+static bool spi_open = false;	/* SPI connected in this batch */
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr complete_plan = NULL;
+
+/* llm.requests, or InvalidOid when the extension is not installed. */
+static Oid
+requests_relid(void)
+{
+	Oid			nsp = get_namespace_oid("llm", true);
+
+	return OidIsValid(nsp) ? get_relname_relid("requests", nsp) : InvalidOid;
+}
 
 /* Why the log cannot be written, or NULL if it can (inside a batch). */
 char *
 reqlog_unavailable_reason(void)
 {
-	Oid			nsp = get_namespace_oid("llm", true);
-
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("requests", nsp)))
+	if (!OidIsValid(requests_relid()))
 		return psprintf("extension llm_gateway is not installed in database \"%s\"",
 						get_database_name(MyDatabaseId));
 	return NULL;
+}
+
+/* The SPI path and the start-up update connect on first use in a batch. */
+static void
+need_spi(void)
+{
+	if (spi_open)
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	spi_open = true;
 }
 
 /*
@@ -204,9 +223,8 @@ table_is_plain(Relation rel)
 
 /* Open llm.requests for direct writes; false leaves the SPI path to it. */
 static bool
-open_direct(void)
+open_direct(Oid relid)
 {
-	Oid			relid = get_relname_relid("requests", get_namespace_oid("llm", false));
 	Relation	rel = table_open(relid, RowExclusiveLock);
 	Oid			pkey_oid;
 	RangeTblEntry *rte;
@@ -266,15 +284,16 @@ close_direct(void)
 bool
 reqlog_open_batch(void)
 {
+	Oid			relid;
+
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	PushActiveSnapshot(GetTransactionSnapshot());
 	in_batch = true;
-	if (reqlog_unavailable_reason() != NULL)
+	relid = requests_relid();
+	if (!OidIsValid(relid))
 		return false;
-	(void) open_direct();
+	(void) open_direct(relid);
 	return true;
 }
 
@@ -282,7 +301,9 @@ void
 reqlog_close_batch(void)
 {
 	close_direct();
-	SPI_finish();
+	if (spi_open)
+		SPI_finish();
+	spi_open = false;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	in_batch = false;
@@ -295,6 +316,7 @@ reqlog_abort_batch(void)
 {
 	/* the abort releases the relation, its indexes and the executor memory */
 	direct_open = false;
+	spi_open = false;			/* the abort cleans SPI up too */
 	AbortCurrentTransaction();
 	in_batch = false;
 	/* the plans may refer to dropped objects; prepare them again next time */
@@ -490,6 +512,7 @@ prepare_for(const LogRow *row, bool insert)
 	int			i;
 	SPIPlanPtr	plan;
 
+	need_spi();
 	initStringInfo(&sql);
 	initStringInfo(&cols);
 	if (!insert)
@@ -554,6 +577,7 @@ spi_insert(const LogRow *row)
 	bool		isnull;
 	int			ret;
 
+	need_spi();
 	if (insert_plan == NULL)
 		insert_plan = prepare_for(row, true);
 	(void) spi_args(row, values, nulls, 0);
@@ -570,6 +594,7 @@ spi_update(int64 id, const LogRow *row)
 	char		nulls[NUM_LOG_COLUMNS + 1];
 	int			ret;
 
+	need_spi();
 	if (complete_plan == NULL)
 		complete_plan = prepare_for(row, false);
 	values[0] = Int64GetDatum(id);
@@ -620,6 +645,7 @@ reqlog_mark_unknown(void)
 {
 	int			ret;
 
+	need_spi();
 	ret = SPI_execute("UPDATE llm.requests SET status = 'unknown', finished_at = now(), "
 					  "       error = 'the gateway worker stopped before the call finished; "
 					  "the provider may or may not have received it' "

@@ -68,7 +68,7 @@ jsonb_copy_col(HeapTuple tup, TupleDesc desc, int col)
 	return DatumGetJsonbPCopy(d);
 }
 
-/* Load every enabled target; caller is in a transaction with SPI connected. */
+/* Load every enabled target; caller is in a transaction. */
 static void
 reload(void)
 {
@@ -77,6 +77,8 @@ reload(void)
 	uint64		i;
 	int			ret;
 
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	MemoryContextReset(cache_cxt);
 	cache = NIL;
 
@@ -148,12 +150,13 @@ reload(void)
 		}
 	}
 	MemoryContextSwitchTo(old);
+	SPI_finish();
 	cache_stale = false;
 }
 
 /*
- * The route of an alias, or NULL.  Must run inside a transaction with SPI
- * connected (it may reload the cache).  The result lives until the next
+ * The route of an alias, or NULL.  Must run inside a transaction (it may
+ * reload the cache).  The result lives until the next
  * reload: callers copy what they keep (routes_copy_target).
  */
 const LlmRoute *
