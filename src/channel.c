@@ -37,8 +37,8 @@
 /* how often a waiting backend checks that the worker holding its call lives */
 #define LLM_LIVENESS_CHECK_MS	500
 
-/* how long a backend polls for its row to be completed once it has the answer */
-#define LLM_ROW_DONE_POLL_US	500
+/* the longest a statement waits for its session's last log row */
+#define LLM_LOGGED_WAIT_MS	5000
 
 /* the backend waits this long past the call's deadline for the worker's verdict */
 #define LLM_DEADLINE_GRACE_MS	2000
@@ -48,6 +48,10 @@ static dsa_area *area = NULL;
 
 /* backend: the slot this process is waiting on, for the exit callback */
 static int	my_slot = -1;
+
+/* backend: the slot of its last call while the worker completes the row */
+static int	detached_slot = -1;
+static uint32 detached_generation = 0;
 static bool exit_callback_registered = false;
 
 /* backend: how long its recent calls took to be answered (moving average) */
@@ -343,25 +347,6 @@ take_response(LlmSlot *slot, LlmCallResult *result)
 	return true;
 }
 
-/*
- * ANSWERED: the worker is completing the row, which takes about as long as
- * a transaction.  Poll for DONE that long rather than sleep and pay for a
- * second wake-up; true once DONE.
- */
-static bool
-wait_row_done(LlmSlot *slot)
-{
-	TimestampTz until = GetCurrentTimestamp() + LLM_ROW_DONE_POLL_US;
-
-	do
-	{
-		if (pg_atomic_read_u32(&slot->state) == LLM_SLOT_DONE)
-			return true;
-		sched_yield();
-	} while (GetCurrentTimestamp() < until);
-	return false;
-}
-
 static uint64
 calls_in_flight(void)
 {
@@ -428,6 +413,7 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 		exit_callback_registered = true;
 	}
 
+	detached_slot = -1;			/* the worker logs this call after the last one */
 	i = claim_slot();
 	slot = &channel->slots[i];
 
@@ -489,8 +475,20 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 					if (answered && on_answer)
 						on_answer(result, arg);
 				}
-				if (wait_row_done(slot))
-					break;
+				if (answered)
+				{
+					/* leave the slot to the worker, which frees it once logged */
+					uint32		generation = slot->generation;
+
+					if (pg_atomic_compare_exchange_u32(&slot->state, &st, LLM_SLOT_DETACHED))
+					{
+						/* from here on the slot may be freed and reused at any time */
+						detached_slot = i;
+						detached_generation = generation;
+						break;
+					}
+					continue;	/* DONE meanwhile (the worker was quick, or exited) */
+				}
 			}
 
 			if (st == LLM_SLOT_RUNNING || st == LLM_SLOT_ANSWERED)
@@ -543,6 +541,8 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 
 	my_slot = -1;
 	pg_read_barrier();
+	if (detached_slot == i)
+		return;					/* DETACHED: the worker frees it */
 	if (answered)
 	{
 		release_slot(i);
@@ -560,6 +560,62 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 		on_answer(result, arg);
 }
 
+/* Has this session a detached call it has not yet seen logged? */
+bool
+channel_call_detached(void)
+{
+	return detached_slot >= 0;
+}
+
+/*
+ * Is this session's last call still being logged by the worker?  Once it
+ * is not, the call is forgotten: statements that start later take their
+ * snapshots after the row's commit.
+ */
+bool
+channel_call_unlogged(void)
+{
+	LlmSlot    *slot;
+
+	if (detached_slot < 0)
+		return false;
+	slot = &channel->slots[detached_slot];
+	if (pg_atomic_read_u32(&slot->state) == LLM_SLOT_DETACHED &&
+		slot->generation == detached_generation)
+		return true;
+	detached_slot = -1;
+	return false;
+}
+
+/*
+ * Wait until the worker has completed the log row of this session's last
+ * call (at once if it has), then forget the call: at most a transaction
+ * away.  A worker that exits frees the slot
+ * too, and a wait that takes implausibly long gives up rather than hold
+ * the statement (the row then still says "pending").
+ */
+void
+channel_wait_logged(void)
+{
+	TimestampTz give_up = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), LLM_LOGGED_WAIT_MS);
+
+	while (channel_call_unlogged())
+	{
+		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), give_up);
+
+		if (ms <= 0)
+		{
+			detached_slot = -1;
+			break;
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(ms, LLM_LIVENESS_CHECK_MS), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	detached_slot = -1;
+}
+
 /* ---------------------------------------------------------------------
  * Worker side
  * ---------------------------------------------------------------------
@@ -574,6 +630,13 @@ fail_running_slot(int i, uint32 incarnation)
 
 	if (slot->worker_incarnation != incarnation || incarnation == 0)
 		return;
+	/* detached: the backend has its answer; the row stays for "unknown" */
+	if (st == LLM_SLOT_DETACHED)
+	{
+		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		release_slot(i);
+		return;
+	}
 	/* answered: the backend takes the answer; the row stays for "unknown" */
 	if (st == LLM_SLOT_ANSWERED &&
 		pg_atomic_compare_exchange_u32(&slot->state, &st, LLM_SLOT_DONE))
@@ -781,7 +844,10 @@ channel_finish(int i, LlmOutcome outcome, int sqlerrcode, const char *text, Size
 	return false;
 }
 
-/* The call's log row is complete: ANSWERED -> DONE, or free an abandoned slot. */
+/*
+ * The call's log row is complete: ANSWERED -> DONE, or free the slot its
+ * backend detached from or abandoned.
+ */
 void
 channel_row_done(int i)
 {
@@ -790,6 +856,12 @@ channel_row_done(int i)
 
 	if (pg_atomic_compare_exchange_u32(&slot->state, &expected, LLM_SLOT_DONE))
 		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+	else if (expected == LLM_SLOT_DETACHED)
+	{
+		/* a statement of that session may be waiting for this row */
+		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		release_slot(i);
+	}
 	else if (expected == LLM_SLOT_ABANDONED)
 		release_slot(i);
 }

@@ -12,11 +12,13 @@
  *		  -> DONE (worker) -> FREE (backend)
  *
  * ANSWERED means the answer is in place while the worker completes the
- * call's log row; DONE, that the row is complete too.  The backend wakes
- * at ANSWERED and takes (and parses) the answer while the row is written,
- * but returns only at DONE, so a caller always finds its finished row.  A
- * call without a row (the log could not be written) goes from RUNNING
- * straight to DONE.
+ * call's log row; DONE, that the row is complete too.  The backend takes
+ * the answer at ANSWERED and returns at once, leaving the slot DETACHED:
+ * the worker frees it when the row is complete.  The backend remembers the
+ * slot, and its next statement that reads llm.requests first waits for the
+ * row and then takes a fresh snapshot (log_visibility.c), so a caller
+ * always finds its finished row.  A call without a row (the log could not
+ * be written) goes from RUNNING straight to DONE.
  *
  * A backend that gives up (cancel, timeout, exit) moves SUBMITTED, RUNNING
  * or ANSWERED to ABANDONED; the worker then stops the transfer and frees
@@ -47,6 +49,7 @@
 #define LLM_SLOT_DONE		3
 #define LLM_SLOT_ABANDONED	4
 #define LLM_SLOT_ANSWERED	5
+#define LLM_SLOT_DETACHED	6
 
 /*
  * The worker and waiting backends poll (llm.poll_us) only while at most
@@ -175,6 +178,10 @@ typedef void (*LlmAnswerHook) (const LlmCallResult *result, void *arg);
 extern void channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 						 int timeout_ms, LlmCallResult *result,
 						 LlmAnswerHook on_answer, void *arg);
+
+extern bool channel_call_detached(void);
+extern bool channel_call_unlogged(void);
+extern void channel_wait_logged(void);
 
 /* worker side */
 extern void channel_worker_attach(void);

@@ -32,6 +32,7 @@
 #include "credentials.h"
 #include "health.h"
 #include "log_flusher.h"
+#include "log_visibility.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;
@@ -104,6 +105,7 @@ _PG_init(void)
 	shmem_startup_hook = llm_shmem_startup;
 
 	register_workers();
+	logvis_install_hook();
 	llm_preloaded = true;
 }
 
