@@ -257,10 +257,9 @@ answer_payload(StringInfo buf, LlmWorkItem *item)
 
 /*
  * The call is over: compute what the backend will get and release curl's
- * resources.  The backend takes the answer (item_deliver) while the log
- * row is completed, and returns only once it is (item_row_done), so a
- * caller that reads llm.requests right after its call sees the finished
- * row.
+ * resources.  The backend takes the answer (item_deliver) and returns
+ * while the log row is completed; its next statement that reads
+ * llm.requests waits for item_row_done, so it sees the finished row.
  */
 static void
 item_finish(LlmWorkItem *item)

@@ -211,6 +211,13 @@ release_slot(int i)
 	ConditionVariableBroadcast(&channel->slot_freed);
 }
 
+/* Set the latch of the backend that holds the slot's call. */
+static void
+wake_backend(LlmSlot *slot)
+{
+	SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+}
+
 static void
 wake_worker(void)
 {
@@ -451,8 +458,7 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 	submitted = GetCurrentTimestamp();
 	wake_worker();
 
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   timeout_ms + LLM_DEADLINE_GRACE_MS);
+	deadline = TimestampTzPlusMilliseconds(submitted, timeout_ms + LLM_DEADLINE_GRACE_MS);
 	PG_TRY();
 	{
 		for (;;)
@@ -590,9 +596,9 @@ channel_call_unlogged(void)
 /*
  * Wait until the worker has completed the log row of this session's last
  * call (at once if it has), then forget the call: at most a transaction
- * away.  A worker that exits frees the slot
- * too, and a wait that takes implausibly long gives up rather than hold
- * the statement (the row then still says "pending").
+ * away.  A worker that exits frees the slot too, and a wait that takes
+ * implausibly long gives up rather than hold the statement (the row then
+ * still says "pending").
  */
 void
 channel_wait_logged(void)
@@ -604,10 +610,7 @@ channel_wait_logged(void)
 		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), give_up);
 
 		if (ms <= 0)
-		{
-			detached_slot = -1;
 			break;
-		}
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 Min(ms, LLM_LIVENESS_CHECK_MS), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
@@ -633,7 +636,7 @@ fail_running_slot(int i, uint32 incarnation)
 	/* detached: the backend has its answer; the row stays for "unknown" */
 	if (st == LLM_SLOT_DETACHED)
 	{
-		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		wake_backend(slot);
 		release_slot(i);
 		return;
 	}
@@ -641,7 +644,7 @@ fail_running_slot(int i, uint32 incarnation)
 	if (st == LLM_SLOT_ANSWERED &&
 		pg_atomic_compare_exchange_u32(&slot->state, &st, LLM_SLOT_DONE))
 	{
-		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		wake_backend(slot);
 		return;
 	}
 	if (st == LLM_SLOT_RUNNING)
@@ -650,7 +653,7 @@ fail_running_slot(int i, uint32 incarnation)
 		pg_write_barrier();
 		if (pg_atomic_compare_exchange_u32(&slot->state, &st, LLM_SLOT_DONE))
 		{
-			SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+			wake_backend(slot);
 			return;
 		}
 	}
@@ -837,7 +840,7 @@ channel_finish(int i, LlmOutcome outcome, int sqlerrcode, const char *text, Size
 									   row_pending ? LLM_SLOT_ANSWERED : LLM_SLOT_DONE))
 	{
 		pg_atomic_fetch_add_u64(&channel->stats.completed, 1);
-		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		wake_backend(slot);
 		return row_pending;
 	}
 	release_slot(i);			/* abandoned meanwhile */
@@ -855,11 +858,11 @@ channel_row_done(int i)
 	uint32		expected = LLM_SLOT_ANSWERED;
 
 	if (pg_atomic_compare_exchange_u32(&slot->state, &expected, LLM_SLOT_DONE))
-		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		wake_backend(slot);
 	else if (expected == LLM_SLOT_DETACHED)
 	{
 		/* a statement of that session may be waiting for this row */
-		SetLatch(&GetPGProcByNumber(slot->backend_procno)->procLatch);
+		wake_backend(slot);
 		release_slot(i);
 	}
 	else if (expected == LLM_SLOT_ABANDONED)
