@@ -10,7 +10,7 @@ EXTENSION   = llm_gateway
 EXTVERSION  = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 
 MODULE_big  = llm_gateway
-SRCS        = $(sort $(wildcard src/*.c src/providers/*.c))
+SRCS        = $(sort $(wildcard src/*.c src/*/*.c))
 OBJS        = $(SRCS:.c=.o)
 DATA        = $(wildcard sql/$(EXTENSION)--*.sql)
 
@@ -34,7 +34,7 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-$(OBJS): $(wildcard src/*.h src/providers/*.h)
+$(OBJS): $(wildcard src/*.h src/*/*.h)
 
 # The master key of the pg_regress instance (test/regress.conf names it):
 # 32 random bytes as hex, readable only by whoever runs the tests.

@@ -14,7 +14,7 @@
 #ifndef LLM_ADAPTER_UTIL_H
 #define LLM_ADAPTER_UTIL_H
 
-#include "provider.h"
+#include "providers/adapter.h"
 
 /* longest provider text (error message, body excerpt) we keep, in bytes */
 #define PROVIDER_TEXT_MAX	2000

@@ -22,9 +22,9 @@
  */
 #include "postgres.h"
 
-#include "json_util.h"
-#include "llm_errors.h"
-#include "provider.h"
+#include "common/json_util.h"
+#include "common/llm_errors.h"
+#include "providers/adapter.h"
 #include "providers/adapter_util.h"
 
 #define ANTHROPIC_DEFAULT_VERSION	"2023-06-01"

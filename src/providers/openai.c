@@ -48,9 +48,9 @@
 
 #include "utils/builtins.h"
 
-#include "json_util.h"
-#include "llm_errors.h"
-#include "provider.h"
+#include "common/json_util.h"
+#include "common/llm_errors.h"
+#include "providers/adapter.h"
 #include "providers/adapter_util.h"
 
 #define AZURE_DEFAULT_API_VERSION	"2024-10-21"

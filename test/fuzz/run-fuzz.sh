@@ -26,8 +26,8 @@ clang -O1 -g -fPIC -shared -fsanitize=fuzzer-no-link -Wall -Werror \
     -Wno-unused-command-line-argument -Wno-unknown-warning-option -Wno-ignored-attributes \
     -I"$LLM_ROOT/src" -I"$INC" -D_GNU_SOURCE \
     -o "$F/llm_gateway_fuzz.so" \
-    "$LLM_ROOT/test/fuzz/fuzz_adapters.c" "$LLM_ROOT/src/provider.c" \
-    "$LLM_ROOT"/src/providers/*.c "$LLM_ROOT/src/json_util.c" "$LLM_ROOT/src/llm_errors.c" \
+    "$LLM_ROOT/test/fuzz/fuzz_adapters.c" \
+    "$LLM_ROOT"/src/providers/*.c "$LLM_ROOT/src/common/json_util.c" "$LLM_ROOT/src/common/llm_errors.c" \
     -Wl,--whole-archive "$FUZZER_LIB" -Wl,--no-whole-archive -lstdc++
 
 # seeds: every fixture for every adapter and entry point (first byte)

@@ -31,8 +31,8 @@
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 
-#include "channel.h"
-#include "log_visibility.h"
+#include "channel/channel.h"
+#include "backend/log_visibility.h"
 
 static ExecutorStart_hook_type prev_executor_start = NULL;
 

@@ -40,13 +40,13 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
-#include "attempt.h"
-#include "channel.h"
-#include "http.h"
+#include "worker/attempt.h"
+#include "channel/channel.h"
+#include "worker/http.h"
 #include "llm_gateway.h"
-#include "log_flusher.h"
-#include "request_log.h"
-#include "route_cache.h"
+#include "worker/log_flusher.h"
+#include "worker/request_log.h"
+#include "worker/route_cache.h"
 
 #define TAKE_BATCH 256
 

@@ -12,7 +12,7 @@
 
 #include <curl/curl.h>
 
-#include "provider.h"
+#include "providers/adapter.h"
 
 typedef struct LlmHttpTransfer
 {

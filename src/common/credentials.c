@@ -73,7 +73,7 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 
-#include "credentials.h"
+#include "common/credentials.h"
 #include "llm_gateway.h"
 
 #define CRED_VERSION		1

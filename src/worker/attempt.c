@@ -31,13 +31,13 @@
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
-#include "attempt.h"
-#include "channel.h"
-#include "health.h"
-#include "json_util.h"
-#include "llm_errors.h"
+#include "worker/attempt.h"
+#include "channel/channel.h"
+#include "worker/health.h"
+#include "common/json_util.h"
+#include "common/llm_errors.h"
 #include "llm_gateway.h"
-#include "route_cache.h"
+#include "worker/route_cache.h"
 
 /*
  * Provider slots freed since the worker last looked, per provider: that

@@ -18,7 +18,7 @@
 
 #include "utils/elog.h"
 
-#include "provider.h"
+#include "providers/adapter.h"
 
 /* the provider refused the credential (401, 403) */
 #define ERRCODE_LLM_PROVIDER_AUTH			MAKE_SQLSTATE('L','L','0','0','1')

@@ -59,9 +59,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "attempt.h"
+#include "worker/attempt.h"
 #include "llm_gateway.h"
-#include "request_log.h"
+#include "worker/request_log.h"
 
 /* The columns of llm.requests, in table order (sql/llm_gateway--0.1.sql). */
 typedef enum LogColumn

@@ -14,9 +14,9 @@
 #include "lib/ilist.h"
 #include "utils/timestamp.h"
 
-#include "http.h"
-#include "provider.h"
-#include "route_cache.h"
+#include "worker/http.h"
+#include "providers/adapter.h"
+#include "worker/route_cache.h"
 
 typedef enum LlmItemState
 {

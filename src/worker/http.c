@@ -28,7 +28,7 @@
 #include "storage/fd.h"
 #include "utils/timestamp.h"
 
-#include "http.h"
+#include "worker/http.h"
 #include "llm_gateway.h"
 
 #define MAX_EPOLL_EVENTS 256

@@ -14,7 +14,7 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 
-#include "json_util.h"
+#include "common/json_util.h"
 
 /*
  * Parse JSON text into a Jsonb without throwing.  jsonb_in reports bad

@@ -21,10 +21,10 @@
 #include "utils/float.h"
 #include "utils/jsonb.h"
 
-#include "json_util.h"
-#include "llm_errors.h"
+#include "common/json_util.h"
+#include "common/llm_errors.h"
 #include "llm_gateway.h"
-#include "provider.h"
+#include "providers/adapter.h"
 
 PG_FUNCTION_INFO_V1(llm_adapter_build_request);
 PG_FUNCTION_INFO_V1(llm_adapter_parse_response);

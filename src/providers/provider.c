@@ -23,9 +23,9 @@
 
 #include "mb/pg_wchar.h"
 
-#include "json_util.h"
-#include "llm_errors.h"
-#include "provider.h"
+#include "common/json_util.h"
+#include "common/llm_errors.h"
+#include "providers/adapter.h"
 #include "providers/adapter_util.h"
 
 /* The registry: every kind llm.providers.kind may name. */

@@ -11,7 +11,7 @@
 #ifndef LLM_ROUTE_CACHE_H
 #define LLM_ROUTE_CACHE_H
 
-#include "provider.h"
+#include "providers/adapter.h"
 
 /* One target of an alias, as cached. */
 typedef struct LlmRouteTarget

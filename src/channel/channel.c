@@ -27,8 +27,8 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "channel.h"
-#include "llm_errors.h"
+#include "channel/channel.h"
+#include "common/llm_errors.h"
 #include "llm_gateway.h"
 
 /* first DSA segment, inside the fixed shared memory */

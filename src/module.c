@@ -28,11 +28,11 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
-#include "channel.h"
-#include "credentials.h"
-#include "health.h"
-#include "log_flusher.h"
-#include "log_visibility.h"
+#include "channel/channel.h"
+#include "common/credentials.h"
+#include "worker/health.h"
+#include "worker/log_flusher.h"
+#include "backend/log_visibility.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;

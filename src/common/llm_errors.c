@@ -15,7 +15,7 @@
  */
 #include "postgres.h"
 
-#include "llm_errors.h"
+#include "common/llm_errors.h"
 
 /*
  * Fill *err from an HTTP status alone.  Overwrites every field of *err.

@@ -22,9 +22,9 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
-#include "json_util.h"
+#include "common/json_util.h"
 #include "llm_gateway.h"
-#include "validate.h"
+#include "backend/validate.h"
 
 #define LLM_MAX_TOKENS_LIMIT	1048576
 #define LLM_MAX_STOP_SEQUENCES	64

@@ -26,8 +26,8 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "credentials.h"
-#include "route_cache.h"
+#include "common/credentials.h"
+#include "worker/route_cache.h"
 
 static MemoryContext cache_cxt = NULL;
 static List *cache = NIL;		/* of LlmRoute *, one per alias */

@@ -34,7 +34,7 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "health.h"
+#include "worker/health.h"
 #include "llm_gateway.h"
 
 #define LLM_MAX_TARGETS		4096

@@ -30,13 +30,13 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
-#include "channel.h"
-#include "json_util.h"
-#include "llm_errors.h"
+#include "channel/channel.h"
+#include "common/json_util.h"
+#include "common/llm_errors.h"
 #include "llm_gateway.h"
-#include "log_flusher.h"
-#include "provider.h"
-#include "validate.h"
+#include "worker/log_flusher.h"
+#include "providers/adapter.h"
+#include "backend/validate.h"
 
 PG_FUNCTION_INFO_V1(llm_messages);
 PG_FUNCTION_INFO_V1(llm_complete);

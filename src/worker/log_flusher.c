@@ -44,7 +44,7 @@
 #include "utils/timestamp.h"
 
 #include "llm_gateway.h"
-#include "log_flusher.h"
+#include "worker/log_flusher.h"
 
 typedef struct LlmLogFlusher
 {
