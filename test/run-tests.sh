@@ -9,8 +9,21 @@
 # with the library preloaded, the TAP suites and a short libFuzzer run over
 # the provider adapters.  Exits non-zero if
 # anything failed and ends with one line "N passed, M failed".
+#
+# While developing, arguments pick suites: "mock", "regress [TESTS]" (e.g.
+# regress setup log_paths), "tap [FILES]" (e.g. tap test/t/003_cancel.pl),
+# "fuzz".  Runs from several checkouts of this machine take turns (one lock),
+# because each installs the extension into the same PostgreSQL tree.
 
 source "$(dirname "$0")/lib.sh"
+
+SUITE=${1:-all}
+[ $# -gt 0 ] && shift
+SUITE_ARGS=("$@")
+want() { [ "$SUITE" = all ] || [ "$SUITE" = "$1" ]; }
+
+exec 9>/tmp/llm_gateway_test.lock
+flock 9
 
 ensure_packages
 build_install
@@ -33,6 +46,7 @@ record() {	# record SUITE PASSED FAILED
 }
 
 # 1. The mock provider's own tests: later suites trust its fault injection.
+if want mock; then
 log "suite: mock provider"
 if as_run_user python3 "$STAGE/test/mock/test_mock_provider.py" >"$OUT/mock.log" 2>&1; then rc=0; else rc=$?; fi
 line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/mock.log" | tail -1 || true)
@@ -44,11 +58,15 @@ else
     record mock 0 1
 fi
 [ $rc -ne 0 ] && tail -40 "$OUT/mock.log" >&2
+fi
 
 # 2. pg_regress, against one mock provider started here.
+if want regress; then
 log "suite: pg_regress"
+REGRESS_PICK=()
+[ ${#SUITE_ARGS[@]} -gt 0 ] && REGRESS_PICK=(REGRESS="${SUITE_ARGS[*]}")
 start_mock "$OUT/mock-regress.log"
-if as_run_user make -C "$STAGE" -s PG_CONFIG="$PG_BINDIR/pg_config" installcheck \
+if as_run_user make -C "$STAGE" -s PG_CONFIG="$PG_BINDIR/pg_config" installcheck "${REGRESS_PICK[@]}" \
         >"$OUT/regress.log" 2>&1; then rc=0; else rc=$?; fi
 stop_mock
 p=$(grep -cE '\.\.\. ok' "$OUT/regress.log" || true)
@@ -59,10 +77,14 @@ if [ $rc -ne 0 ]; then
     cat "$OUT/regress.log" >&2
     [ -f "$STAGE/regression.diffs" ] && head -200 "$STAGE/regression.diffs" >&2
 fi
+fi
 
 # 3. TAP suites (each starts its own clusters and mock provider).
+if want tap; then
 log "suite: TAP"
-if as_run_user make -C "$STAGE" -s PG_CONFIG="$PG_BINDIR/pg_config" tapcheck \
+TAP_PICK=()
+[ ${#SUITE_ARGS[@]} -gt 0 ] && TAP_PICK=(PROVE_TESTS="${SUITE_ARGS[*]}")
+if as_run_user make -C "$STAGE" -s PG_CONFIG="$PG_BINDIR/pg_config" tapcheck "${TAP_PICK[@]}" \
         PROVE_FLAGS="--timer" >"$OUT/tap.log" 2>&1; then rc=0; else rc=$?; fi
 total=$(sed -n "s/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p" "$OUT/tap.log" | tail -1 || true)
 total=${total:-0}
@@ -75,14 +97,17 @@ if [ $rc -ne 0 ]; then
         [ -f "$l" ] && { echo "---- $l" >&2; tail -60 "$l" >&2; }
     done
 fi
+fi
 
 # 4. Coverage-guided fuzzing of the provider adapters (libFuzzer), short run.
+if want fuzz; then
 log "suite: fuzz"
 if bash "$LLM_ROOT/test/fuzz/run-fuzz.sh" "${FUZZ_RUNS:-300000}" >"$OUT/fuzz.log" 2>&1; then
     record fuzz 1 0
 else
     record fuzz 0 1
     tail -30 "$OUT/fuzz.log" >&2
+fi
 fi
 
 echo

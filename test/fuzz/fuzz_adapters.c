@@ -27,9 +27,9 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 
-#include "json_util.h"
-#include "llm_errors.h"
-#include "provider.h"
+#include "common/json_util.h"
+#include "common/llm_errors.h"
+#include "providers/adapter.h"
 
 PG_MODULE_MAGIC;
 
