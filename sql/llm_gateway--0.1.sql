@@ -589,3 +589,31 @@ GRANT EXECUTE ON FUNCTION llm_messages(text, jsonb, jsonb), llm_complete(text, t
     TO llm_user;
 GRANT SELECT ON llm.routes TO llm_user;
 GRANT SELECT (name, kind, base_url, region, enabled, created_at) ON llm.providers TO llm_user;
+
+-- The role the gateway worker's transactions run as (it connects as the
+-- bootstrap superuser, the only role sure to exist before this script ran,
+-- then drops to this one): what the worker reads and writes, nothing more,
+-- so a trigger on llm.requests never runs with superuser rights.  A
+-- pre-existing role of that name is accepted only if nobody can use it.
+DO $$
+DECLARE
+    r pg_catalog.pg_roles;
+BEGIN
+    SELECT * INTO r FROM pg_catalog.pg_roles WHERE rolname = 'llm_gateway_worker';
+    IF NOT FOUND THEN
+        CREATE ROLE llm_gateway_worker NOLOGIN;
+        COMMENT ON ROLE llm_gateway_worker IS 'llm_gateway: the background worker''s transactions run as this role; grant it to nobody';
+    ELSIF r.rolsuper OR r.rolcanlogin OR r.rolcreaterole OR r.rolbypassrls
+          OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m WHERE m.roleid = r.oid) THEN
+        RAISE EXCEPTION 'role llm_gateway_worker exists and can be used by others'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'The gateway worker runs its transactions as this role; it must be NOLOGIN, NOSUPERUSER, NOCREATEROLE, NOBYPASSRLS, with no members.',
+                  HINT = 'Drop the role, or make it so, then create the extension again.';
+    END IF;
+END
+$$;
+
+GRANT USAGE ON SCHEMA llm TO llm_gateway_worker;
+GRANT SELECT, INSERT, UPDATE ON llm.requests TO llm_gateway_worker;
+GRANT USAGE, SELECT, UPDATE ON SEQUENCE llm.requests_id_seq TO llm_gateway_worker;
+GRANT SELECT ON llm.providers, llm.routes, llm.credentials TO llm_gateway_worker;

@@ -62,6 +62,7 @@
 #include "worker/attempt.h"
 #include "llm_gateway.h"
 #include "worker/request_log.h"
+#include "worker/worker_session.h"
 
 /* The columns of llm.requests, in table order (sql/llm_gateway--0.1.sql). */
 typedef enum LogColumn
@@ -291,7 +292,7 @@ reqlog_open_batch(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	in_batch = true;
 	relid = requests_relid();
-	if (!OidIsValid(relid))
+	if (!OidIsValid(relid) || !worker_session_enter())
 		return false;
 	(void) open_direct(relid);
 	return true;

@@ -47,6 +47,7 @@
 #include "worker/log_flusher.h"
 #include "worker/request_log.h"
 #include "worker/route_cache.h"
+#include "worker/worker_session.h"
 
 #define TAKE_BATCH 256
 
@@ -415,6 +416,8 @@ llm_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(llm_database, NULL, 0);
+	/* before any SQL: the database owner's settings must not reach us */
+	worker_session_init();
 	pgstat_report_appname("llm_gateway worker");
 
 	/* the log's transactions commit asynchronously; see log_pending() */
