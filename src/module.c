@@ -54,7 +54,7 @@ int			llm_retry_max_ms = 8000;
 int			llm_breaker_failures = 5;
 int			llm_breaker_cooldown_ms = 30000;
 bool		llm_durable_before_send = false;
-int			llm_poll_us = 1000;
+int			llm_poll_us = 0;
 int			llm_flush_interval_ms = 5;
 
 bool		llm_preloaded = false;
@@ -373,7 +373,7 @@ define_gucs(void)
 							"recent answers came within that time.  Polling saves a process wake-up per hand-off "
 							"at the cost of CPU time; 0 turns it off.",
 							&llm_poll_us,
-							1000, 0, 100000,
+							0, 0, 100000,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);

@@ -36,6 +36,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lwlock.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -90,6 +91,43 @@ run_batch(void (*fn) (void *), void *arg, char **unavailable)
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);
 	return ok;
+}
+
+/*
+ * Run one step of one call's work (send, retry, take the answer, cancel,
+ * deliver).  An ERROR inside it (an allocation, a value the numeric code
+ * cannot compute) fails that call alone, with the error's SQLSTATE, and the
+ * worker goes on with the others: nothing a call carries may take down the
+ * calls of every other session.
+ */
+static void
+guarded(void (*step) (LlmWorkItem *), LlmWorkItem *item)
+{
+	MemoryContext old = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		step(item);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(old);
+		/* no transaction is open here to release them; steps hold none between */
+		LWLockReleaseAll();
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(LOG,
+				(errmsg("llm_gateway worker: call failed while being processed: %s", edata->message)));
+		/* delivering never raises (the channel reports a failure instead) */
+		if (item->state != LLM_ITEM_FINISHED)
+			item_fail(item, "error", edata->sqlerrcode,
+					  psprintf("the gateway could not process the call: %s", edata->message),
+					  edata->detail, "The other calls were not affected; see the server log.");
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
 }
 
 static void
@@ -218,7 +256,7 @@ take_new_calls(void)
 						  "No call is sent without its audit row.",
 						  unavailable ? "Run CREATE EXTENSION llm_gateway in the database named by llm.database."
 						  : "See the server log for the error.");
-			item_deliver(item);
+			guarded(item_deliver, item);
 			forget(item);
 			item_free(item);	/* no row to complete */
 		}
@@ -235,7 +273,7 @@ take_new_calls(void)
 		if (item->state == LLM_ITEM_NEW)
 		{
 			item->state = LLM_ITEM_READY;
-			item_send(item);
+			guarded(item_send, item);
 		}
 		file_item(item);
 	}
@@ -260,7 +298,7 @@ handle_cancels(void)
 				continue;
 			if (item->state == LLM_ITEM_WAITING)
 				dlist_delete(&item->node);
-			item_cancel(item);
+			guarded(item_cancel, item);
 			to_finished(item);
 		}
 	}
@@ -275,7 +313,7 @@ handle_finished_transfers(void)
 	{
 		LlmWorkItem *item = t->owner;
 
-		item_transfer_done(item);
+		guarded(item_transfer_done, item);
 		file_item(item);
 	}
 }
@@ -308,7 +346,7 @@ handle_due_retries(void)
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
 		dlist_delete(&item->node);
-		item_retry(item);
+		guarded(item_retry, item);
 		file_item(item);
 	}
 
@@ -347,7 +385,7 @@ complete_log_rows(void)
 		return;
 	/* backends wake and take their answers while the rows are written */
 	dlist_foreach(iter, &finished)
-		item_deliver(dlist_container(LlmWorkItem, node, iter.cur));
+		guarded(item_deliver, dlist_container(LlmWorkItem, node, iter.cur));
 	(void) run_batch(log_finished, NULL, &unavailable);
 	/* rows that could not be completed stay pending and become "unknown" */
 	dlist_foreach_modify(it, &finished)
@@ -361,20 +399,32 @@ complete_log_rows(void)
 }
 
 /*
- * Wait for the next event.  While few calls are in flight, poll for up to
- * llm.poll_us first: a worker that is still awake when a backend
- * submits or a provider answers saves a process wake-up, which on some
- * machines (virtual CPUs that halt when idle) costs more than the rest of
- * the hand-off.  The poll yields the CPU to anything else runnable.
+ * How long the worker's recent waits lasted before work came (moving
+ * average, microseconds; 0 = no waits measured yet).
+ */
+static double recent_wait_us = 0;
+
+/*
+ * Wait for the next event.  With llm.poll_us > 0, while few calls are in
+ * flight and recent waits ended within llm.poll_us, poll for up to that
+ * long first: a worker that is still awake when a backend submits or a
+ * provider answers saves a process wake-up, which on some machines
+ * (virtual CPUs that halt when idle) costs more than the rest of the
+ * hand-off.  Polling adapts like the backends' (channel): when work comes
+ * less often than that, the worker sleeps at once and spends no CPU.  The
+ * poll yields the CPU to anything else runnable.
  */
 static int
 wait_for_events(WaitEventSet *wes, long timeout_ms, WaitEvent *events, int nevents)
 {
-	if (llm_poll_us > 0 && timeout_ms != 0 && http_active() <= LLM_POLL_MAX_IN_FLIGHT)
+	TimestampTz start = GetCurrentTimestamp();
+	int			n = -1;
+
+	if (llm_poll_us > 0 && timeout_ms != 0 && http_active() <= LLM_POLL_MAX_IN_FLIGHT &&
+		recent_wait_us > 0 && recent_wait_us <= llm_poll_us)
 	{
-		TimestampTz start = GetCurrentTimestamp();
 		TimestampTz until = start + llm_poll_us;
-		TimestampTz now;
+		TimestampTz now = start;
 
 		if (timeout_ms > 0)
 			until = Min(until, start + (TimestampTz) timeout_ms * 1000);
@@ -387,14 +437,25 @@ wait_for_events(WaitEventSet *wes, long timeout_ms, WaitEvent *events, int neven
 		do
 		{
 			if (MyLatch->is_set || http_ready())
-				return WaitEventSetWait(wes, 0, events, nevents, PG_WAIT_EXTENSION);
+			{
+				n = WaitEventSetWait(wes, 0, events, nevents, PG_WAIT_EXTENSION);
+				break;
+			}
 			sched_yield();
 			now = GetCurrentTimestamp();
 		} while (now < until);
-		if (timeout_ms > 0)
+		if (n < 0 && timeout_ms > 0)
 			timeout_ms = Max(timeout_ms - (now - start) / 1000, 0);
 	}
-	return WaitEventSetWait(wes, timeout_ms, events, nevents, PG_WAIT_EXTENSION);
+	if (n < 0)
+		n = WaitEventSetWait(wes, timeout_ms, events, nevents, PG_WAIT_EXTENSION);
+	if (n > 0)
+	{
+		double		us = (double) (GetCurrentTimestamp() - start);
+
+		recent_wait_us = recent_wait_us > 0 ? recent_wait_us * 0.875 + us * 0.125 : us;
+	}
+	return n;
 }
 
 static void
@@ -450,6 +511,8 @@ llm_worker_main(Datum main_arg)
 		int			i;
 		bool		sockets_ready = false;
 
+		/* a turn's scratch memory; reset at the end of the turn */
+		MemoryContextSwitchTo(loop_cxt);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		nevents = wait_for_events(wes, wait_timeout(retry_ms), events, lengthof(events));
 		for (i = 0; i < nevents; i++)
