@@ -35,6 +35,8 @@ DROP INDEX llm.requests_alias_idx;
 
 -- a trigger on the log: writes go through the executor and it fires
 CREATE TABLE public.audit_copy (id bigint, status text);
+-- the worker's writes, and so this trigger, run as llm_gateway_worker
+GRANT INSERT ON public.audit_copy TO llm_gateway_worker;
 CREATE FUNCTION public.copy_request() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO public.audit_copy VALUES (NEW.id, NEW.status);

@@ -6,12 +6,14 @@
 #     direct keep-alive libcurl client sending the same body to the same
 #     mock, in alternating rounds.  Overhead = gateway - direct (median and
 #     p99 of the pooled rounds, and the median of the per-round medians'
-#     differences), for the default settings and for the settings that
-#     trade latency away (llm.durable_before_send = on, a flush per call
-#     with llm.flush_interval_ms = 0, no polling with llm.poll_us = 0).
+#     differences), for the default settings (the pending row flushed
+#     before the request leaves, no polling) and for the opt-ins that trade
+#     a guarantee or CPU for latency (llm.durable_before_send = off: the
+#     log flusher; llm.poll_us = 1000: polling; both).
 #  2. Concurrency: pgbench, 64 clients calling llm_complete() against the
 #     mock with 50 ms latency, for a fixed time; ratio to the ideal
-#     64 / 0.05 s = 1,280 calls/s, and the error count.
+#     64 / 0.05 s = 1,280 calls/s, the error count, and the CPU time the
+#     worker (and the log flusher) used per call, from /proc.
 #
 # Results go to stdout and tmp/bench/results.txt.  Sizes can be changed
 # with BENCH_CALLS (default 3000 per configuration), BENCH_ROUNDS (default
@@ -98,11 +100,13 @@ direct_round() {	# direct_round CONFIG ROUND
 # the settings that trade latency for something else.
 ROUNDS=${BENCH_ROUNDS:-10}
 PER_ROUND=$(( (CALLS + ROUNDS - 1) / ROUNDS ))
-CONFIGS=("default" "llm.durable_before_send = on" "llm.flush_interval_ms = 0" "llm.poll_us = 0")
+CONFIGS=("default" "llm.durable_before_send = off" "llm.poll_us = 1000"
+         "llm.durable_before_send = off; llm.poll_us = 1000")
 log "overhead: ${#CONFIGS[@]} configurations, $ROUNDS rounds of $PER_ROUND sequential calls each way"
 for r in $(seq 1 "$ROUNDS"); do
     for config in "${CONFIGS[@]}"; do
-        if [ "$config" = default ]; then set_config; else set_config "$config"; fi
+        if [ "$config" = default ]; then set_config; else
+            IFS=';' read -r -a kvs <<<"$config"; set_config "${kvs[@]# }"; fi
         direct_round "$config" "$r"
         gateway_round "$config" "$r"
     done
@@ -141,8 +145,14 @@ for path, body in (("/_mock/reset", {}), ("/_mock/config", {"latency_ms": lat}))
 PY
 echo "SELECT llm_complete('bench', 'concurrent call');" >"$B/pgbench.sql"
 [ "$(id -u)" = 0 ] && chown "$RUN_USER" "$B/pgbench.sql"
+# cpu_ticks PID: user + system CPU time of a process, in clock ticks
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+read -r wpid fpid < <(as_run_user "${PSQL[@]}" -F ' ' -c "SELECT worker_pid, coalesce(flusher_pid, 0) FROM llm.gateway_status()")
+w0=$(cpu_ticks "$wpid"); f0=$(cpu_ticks "$fpid")
 as_run_user pgbench -n -h "$B" -p "$PORT" -U postgres -c "$CLIENTS" -j 4 -T "$SECONDS_RUN" \
     -f "$B/pgbench.sql" postgres >"$B/pgbench.log" 2>&1 || true
+w1=$(cpu_ticks "$wpid"); f1=$(cpu_ticks "$fpid")
+hz=$(getconf CLK_TCK)
 tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$B/pgbench.log" | head -1)
 failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$B/pgbench.log")
 processed=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$B/pgbench.log")
@@ -161,4 +171,7 @@ errors=$(as_run_user "${PSQL[@]}" -c "SELECT count(*) FROM llm.requests WHERE st
     printf 'throughput %d clients, %d ms latency: %.1f calls/s = %.1f%% of ideal %.0f/s (target >= 85%%)\n' \
         "$CLIENTS" "$LATENCY_MS" "${tps:-0}" "$(echo "${tps:-0} * 100 / $ideal" | bc -l)" "$ideal"
     echo "           processed ${processed:-0}, pgbench failures ${failed:-?}, non-ok log rows $errors, provider max in flight $maxin"
+    printf 'worker CPU per call at load: %.1f us (target <= 100 us); log flusher: %.1f us\n' \
+        "$(echo "($w1 - $w0) * 1000000 / $hz / ${processed:-1}" | bc -l)" \
+        "$(echo "($f1 - $f0) * 1000000 / $hz / ${processed:-1}" | bc -l)"
 } | tee "$B/results.txt"
