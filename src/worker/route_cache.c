@@ -26,7 +26,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "common/credentials.h"
+#include "worker/credential_loader.h"
 #include "worker/route_cache.h"
 
 static MemoryContext cache_cxt = NULL;
@@ -139,7 +139,7 @@ reload(void)
 			rt->target.provider_options = jsonb_copy_col(tup, desc, 9);
 			rt->priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 			rt->weight = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
-			rt->credentials = credentials_find(creds, rt->target.provider_name);
+			rt->credentials = credentials_find(creds, rt->target.provider_name, rt->target.base_url);
 			rt->target.provider = provider_lookup(rt->kind);
 			if (route == NULL)
 			{
