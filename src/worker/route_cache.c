@@ -176,7 +176,19 @@ routes_lookup(const char *alias)
 	return NULL;
 }
 
-/* Copy a cached target into the caller's context: the cache may reload. */
+/* Reset callback of a context holding a copy of a secret: wipe it first. */
+static void
+wipe_secret_copy(void *arg)
+{
+	char	   *secret = arg;
+
+	explicit_bzero(secret, strlen(secret));
+}
+
+/*
+ * Copy a cached target into the caller's context: the cache may reload.
+ * The copy of the secret is wiped when that context is reset or deleted.
+ */
 void
 routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 {
@@ -191,7 +203,17 @@ routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 	dst->target.upstream_model = pstrdup(src->target.upstream_model);
 	/* several enabled credentials are used in turn */
 	secret = credentials_next_secret(src->credentials);
-	dst->target.secret = secret ? pstrdup(secret) : NULL;
+	dst->target.secret = NULL;
+	if (secret)
+	{
+		char	   *copy = pstrdup(secret);
+		MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
+
+		cb->func = wipe_secret_copy;
+		cb->arg = copy;
+		MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
+		dst->target.secret = copy;
+	}
 	dst->credentials = NULL;	/* the cached list goes with the next reload */
 	dst->credential_error = NULL;
 	dst->credential_hint = NULL;
