@@ -115,6 +115,7 @@ DECLARE
     v jsonb;
     h text;
     hv jsonb;
+    lim numeric;
 BEGIN
     -- changing: NULL means "keep the current value" (alter_provider)
     IF (base_url IS NULL AND NOT changing) OR base_url !~* '^https?://[^/]' THEN
@@ -132,14 +133,11 @@ BEGIN
     END IF;
     FOR k, v IN SELECT * FROM jsonb_each(coalesce(options, '{}')) LOOP
         IF k IN ('max_concurrency', 'requests_per_minute', 'timeout_ms') THEN
+            lim := (jsonb_build_object('max_concurrency', 100000, 'requests_per_minute', 100000000,
+                                       'timeout_ms', 86400000) ->> k)::numeric;
             IF jsonb_typeof(v) <> 'number' OR v::text::numeric <> trunc(v::text::numeric)
-               OR v::text::numeric < 0
-               OR v::text::numeric > CASE k WHEN 'max_concurrency' THEN 100000
-                                            WHEN 'requests_per_minute' THEN 100000000
-                                            ELSE 86400000 END THEN
-                RAISE EXCEPTION 'provider option "%" must be an integer from 0 to %, not %', k,
-                    CASE k WHEN 'max_concurrency' THEN 100000 WHEN 'requests_per_minute' THEN 100000000
-                           ELSE 86400000 END, v
+               OR v::text::numeric < 0 OR v::text::numeric > lim THEN
+                RAISE EXCEPTION 'provider option "%" must be an integer from 0 to %, not %', k, lim, v
                     USING ERRCODE = '22023', HINT = '0 means no limit.';
             END IF;
         ELSIF k = 'headers' THEN

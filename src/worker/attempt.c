@@ -910,8 +910,6 @@ item_transfer_done(LlmWorkItem *item)
 	if (t->result != CURLE_OK)
 	{
 		transport_error(item);
-		err->message = provider_scrub(err->message, item->target.secret);
-		err->detail = provider_scrub(err->detail, item->target.secret);
 		MemoryContextSwitchTo(old);
 		settle_attempt(item);
 		return;
@@ -945,6 +943,9 @@ item_transfer_done(LlmWorkItem *item)
 		item->ok = false;
 	}
 
+	/* the provider's words, error type included, are scrubbed before use */
+	if (err->provider_type)
+		err->provider_type = provider_scrub(err->provider_type, item->target.secret);
 	if (!item->ok)
 	{
 		/* name the provider and status; the provider's own words follow */
@@ -971,10 +972,6 @@ item_transfer_done(LlmWorkItem *item)
 		if (err->hint == NULL)
 			err->hint = pstrdup(hint_for(err->sqlerrcode));
 	}
-	/* every text that reaches the caller or llm.requests, scrubbed once more */
-	err->message = provider_scrub(err->message, item->target.secret);
-	err->detail = provider_scrub(err->detail, item->target.secret);
-	err->hint = provider_scrub(err->hint, item->target.secret);
 	MemoryContextSwitchTo(old);
 	settle_attempt(item);
 }
