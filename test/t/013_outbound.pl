@@ -129,6 +129,7 @@ $node->safe_psql('postgres', q{
 	SELECT llm.add_route('decimal', 'decimal', 'claude-mock', options => '{"max_attempts": 1}');
 	SELECT llm.add_provider('byname', 'anthropic', 'http://localhost:} . $port . q{');
 	SELECT llm.add_route('byname', 'byname', 'claude-mock');});
+$node->safe_psql('postgres', qq{SELECT llm.set_credential('byname', '$secret')});
 $r = call(q{SELECT llm_complete('remote', 'plain http', '{"timeout_ms": 2000}')});
 is($r->[0], '42501', 'plain http to a non-loopback address is refused');
 like($r->[1], qr/host "192\.0\.2\.1" \(192\.0\.2\.1\) must be reached over https/, 'saying https is required');
