@@ -510,7 +510,8 @@ REVOKE ALL ON llm.circuit_breakers, llm.provider_load FROM PUBLIC;
 REVOKE ALL ON FUNCTION llm._provider_load() FROM PUBLIC;
 
 -----------------------------------------------------------------------------
--- Credentials, encrypted at rest (src/credentials.c), and the two roles.
+-- Credentials, encrypted at rest (src/common/credentials.c, src/backend/credentials_sql.c),
+-- and the two roles.
 --
 -- llm.credentials holds AES-256-GCM ciphertext under the master key named by
 -- llm.master_key_file; only the worker decrypts.  Several credentials per
@@ -535,7 +536,7 @@ CREATE TABLE llm.credentials (
 );
 COMMENT ON TABLE llm.credentials IS 'provider secrets as AES-256-GCM ciphertext under the master key (llm.master_key_file); readable only by the owner, decrypted only by the worker';
 COMMENT ON COLUMN llm.credentials.label IS 'name of this key of the provider: several enabled keys are used in turn, and a new label allows rotation without downtime';
-COMMENT ON COLUMN llm.credentials.ciphertext IS 'version 1 || key id (8) || provider id (4) || nonce (12) || AES-256-GCM ciphertext || tag (16)';
+COMMENT ON COLUMN llm.credentials.ciphertext IS 'version 2 || key id (8) || provider id (4) || origin id (4) || nonce (12) || AES-256-GCM ciphertext || tag (16); bound to the provider and to the origin of its base_url when stored';
 COMMENT ON COLUMN llm.credentials.key_id IS 'first 8 bytes (hex) of SHA-256 of the master key that encrypted the row; compare with llm.master_key_id()';
 COMMENT ON COLUMN llm.credentials.enabled IS 'false keeps the credential but the worker does not use it';
 
