@@ -211,6 +211,30 @@ ok($node->log_contains(qr/llm_gateway worker: libcurl [0-9.]+, (threaded|c-ares)
 	'the worker logs which DNS resolver libcurl uses');
 
 $node->stop;
+
+# ---- curl's sockets count against max_files_per_process --------------------------
+# With max_files_per_process = 70 a process may hold about 18 external fds
+# (AcquireExternalFD: a third of max_safe_fds): 30 slow calls at once need
+# more connections than that, and the calls beyond fail with 53000, the
+# worker unharmed.
+my $slow = start_mock('--latency-ms', '1500');
+my $fds = gateway_node('outbound_fds', $slow, 'anthropic', "max_files_per_process = 70
+max_connections = 60
+");
+my $pid = $fds->safe_psql('postgres', 'SELECT worker_pid FROM llm.gateway_status()');
+$fds->pgbench('--no-vacuum --client=30 --jobs=4 --transactions=1', 2,
+	[qr{processed: \d+/30}], [qr{no file descriptor is available for a connection to host "127\.0\.0\.1"}],
+	'more connections than the fd budget: the calls beyond it fail',
+	{ '013_fds' => q{SELECT llm_complete('m', 'fd ' || :client_id);} });
+cmp_ok($fds->safe_psql('postgres', q{SELECT count(*) FROM llm.requests WHERE error_code = '53000'}), '>', 0,
+	'with 53000');
+cmp_ok($fds->safe_psql('postgres', q{SELECT count(*) FROM llm.requests WHERE status = 'ok'}), '>=', 10,
+	'while the calls within the budget succeed');
+is($fds->safe_psql('postgres', 'SELECT worker_pid FROM llm.gateway_status()'), $pid, 'the worker is unharmed');
+is($fds->safe_psql('postgres', q{SELECT llm_complete('m', 'after')}), 'mock reply to: after', 'and serves the next call');
+$fds->stop;
+
+$slow->stop;
 $mock->stop;
 $evil->stop;
 done_testing();
