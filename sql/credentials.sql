@@ -8,7 +8,7 @@ SELECT llm.add_provider('cred_p', 'anthropic', 'http://127.0.0.1:' || :'mock_por
 SELECT llm.add_route('cred', 'cred_p', 'claude-cred') > 0 AS added;
 SELECT llm.master_key_id() ~ '^[0-9a-f]{16}$' AS key_id_is_hex;
 
--- ciphertext in the table: version 1, 25 header bytes, the secret's length, 16 tag bytes
+-- ciphertext in the table: version 2, 29 header bytes, the secret's length, 16 tag bytes
 SELECT llm.set_credential('cred_p', 'fake-cred-test-PLAINTEXT-0001');
 SELECT provider, label, enabled, key_id = llm.master_key_id() AS current_key,
        get_byte(ciphertext, 0) AS version, length(ciphertext) AS bytes,
@@ -93,16 +93,27 @@ SELECT llm.set_credential('cred_q', 'fake-cred-test-PLAINTEXT-0006');
 UPDATE llm.credentials SET ciphertext = (SELECT ciphertext FROM llm.credentials WHERE provider = 'cred_q')
  WHERE provider = 'cred_p';
 SELECT expect_error($q$SELECT llm_complete('cred', 'copied')$q$);
--- truncated, unknown version
-UPDATE llm.credentials SET ciphertext = '\x01' WHERE provider = 'cred_p';
+-- truncated, the old format 1 (not bound to an origin), unknown version
+UPDATE llm.credentials SET ciphertext = '\x02' WHERE provider = 'cred_p';
 SELECT expect_error($q$SELECT llm_complete('cred', 'truncated')$q$);
-UPDATE llm.credentials SET ciphertext = set_byte(:'good_ciphertext'::bytea, 0, 2) WHERE provider = 'cred_p';
-SELECT expect_error($q$SELECT llm_complete('cred', 'version 2')$q$);
+UPDATE llm.credentials SET ciphertext = set_byte(:'good_ciphertext'::bytea, 0, 1) WHERE provider = 'cred_p';
+SELECT expect_error($q$SELECT llm_complete('cred', 'version 1')$q$);
+UPDATE llm.credentials SET ciphertext = set_byte(:'good_ciphertext'::bytea, 0, 3) WHERE provider = 'cred_p';
+SELECT expect_error($q$SELECT llm_complete('cred', 'version 3')$q$);
+-- keys follow base_url: another origin (the same mock, named "localhost")
+-- does not get the key; nothing is sent
+UPDATE llm.credentials SET ciphertext = :'good_ciphertext' WHERE provider = 'cred_p';
+SELECT llm.alter_provider('cred_p', base_url => 'http://localhost:' || :'mock_port');
+SELECT regexp_replace(expect_error($q$SELECT llm_complete('cred', 'other origin')$q$),
+                      ':[0-9]+\)', ':PORT)') AS error;
+-- the same origin written otherwise (scheme and host case) keeps the key
+SELECT llm.alter_provider('cred_p', base_url => 'HTTP://127.0.0.1:' || :'mock_port');
 \set stats `python3 test/mock/mockctl.py stats`
 SELECT (:'stats'::jsonb->>'requests')::int - :requests_before AS requests_sent;
 -- the original ciphertext works again
 UPDATE llm.credentials SET ciphertext = :'good_ciphertext' WHERE provider = 'cred_p';
 SELECT llm_complete('cred', 'repaired');
+SELECT llm.alter_provider('cred_p', base_url => 'http://127.0.0.1:' || :'mock_port');
 
 -- roles: llm_admin manages credentials but reads no ciphertext; llm_user
 -- and others call models and see routes only

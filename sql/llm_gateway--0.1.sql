@@ -110,19 +110,72 @@ RETURNS void
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    k text;
+    v jsonb;
+    h text;
+    hv jsonb;
+    lim numeric;
 BEGIN
     -- changing: NULL means "keep the current value" (alter_provider)
     IF (base_url IS NULL AND NOT changing) OR base_url !~* '^https?://[^/]' THEN
         RAISE EXCEPTION 'base_url "%" is not an http or https URL', base_url
             USING ERRCODE = '22023', HINT = 'Give the provider''s base URL, e.g. https://api.anthropic.com.';
     END IF;
+    -- no user info, query, fragment, blanks or backslashes: the host must be the one it reads as
+    IF base_url !~* '^https?://[^/?#@\\[:space:][:cntrl:]]+(/[^?#\\[:space:][:cntrl:]]*)?$' THEN
+        RAISE EXCEPTION 'base_url "%" must be scheme://host[:port][/path], without user info, query or fragment', base_url
+            USING ERRCODE = '22023', HINT = 'Give the provider''s base URL, e.g. https://api.anthropic.com.';
+    END IF;
     IF (options IS NULL AND NOT changing) OR jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION 'options must be a JSON object'
             USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
     END IF;
+    FOR k, v IN SELECT * FROM jsonb_each(coalesce(options, '{}')) LOOP
+        IF k IN ('max_concurrency', 'requests_per_minute', 'timeout_ms') THEN
+            lim := (jsonb_build_object('max_concurrency', 100000, 'requests_per_minute', 100000000,
+                                       'timeout_ms', 86400000) ->> k)::numeric;
+            IF jsonb_typeof(v) <> 'number' OR v::text::numeric <> trunc(v::text::numeric)
+               OR v::text::numeric < 0 OR v::text::numeric > lim THEN
+                RAISE EXCEPTION 'provider option "%" must be an integer from 0 to %, not %', k, lim, v
+                    USING ERRCODE = '22023', HINT = '0 means no limit.';
+            END IF;
+        ELSIF k = 'headers' THEN
+            IF jsonb_typeof(v) <> 'object' THEN
+                RAISE EXCEPTION 'provider option "headers" must be an object of header names and string values'
+                    USING ERRCODE = '22023', HINT = 'For example {"headers": {"OpenAI-Beta": "assistants=v2"}}.';
+            END IF;
+            FOR h, hv IN SELECT * FROM jsonb_each(v) LOOP
+                IF h !~ '^[!#$%&''*+.^_`|~0-9A-Za-z-]+$' THEN
+                    RAISE EXCEPTION 'invalid header name "%" in provider option "headers"', h
+                        USING ERRCODE = '22023',
+                              HINT = 'Header names are letters, digits and the characters !#$%&''*+-.^_`|~.';
+                END IF;
+                -- the worker refuses the same names (src/providers/provider.c)
+                IF lower(h) IN ('authorization', 'x-api-key', 'api-key', 'x-goog-api-key',
+                                'proxy-authorization', 'host', 'content-length', 'transfer-encoding',
+                                'accept-encoding', 'connection', 'content-type', 'cookie', 'te',
+                                'upgrade', 'expect', 'anthropic-version') THEN
+                    RAISE EXCEPTION 'provider option "headers" cannot set reserved header "%"', lower(h)
+                        USING ERRCODE = '22023',
+                              DETAIL = 'Credential and framing headers are set by the gateway only.',
+                              HINT = 'Store keys with llm.set_credential(); anthropic_version is an option of its own.';
+                END IF;
+                IF jsonb_typeof(hv) <> 'string' OR (hv #>> '{}') ~ '[\x01-\x08\x0a-\x1f\x7f]' THEN
+                    RAISE EXCEPTION 'header "%" in provider option "headers" must be a single-line string', h
+                        USING ERRCODE = '22023';
+                END IF;
+            END LOOP;
+        ELSIF k IN ('anthropic_version', 'organization', 'project', 'max_tokens_field', 'api_version') THEN
+            IF jsonb_typeof(v) <> 'string' OR (v #>> '{}') ~ '[\x01-\x1f\x7f]' THEN
+                RAISE EXCEPTION 'provider option "%" must be a single-line string, not %', k, v
+                    USING ERRCODE = '22023';
+            END IF;
+        END IF;
+    END LOOP;
 END
 $$;
-COMMENT ON FUNCTION llm._check_provider_args(text, jsonb, bool) IS 'rejects a bad base URL or non-object options of a provider';
+COMMENT ON FUNCTION llm._check_provider_args(text, jsonb, bool) IS 'rejects a bad base URL, non-object options, reserved or malformed headers and out-of-range numeric options of a provider';
 
 CREATE FUNCTION llm._check_weight(weight int, changing bool) RETURNS void
 LANGUAGE plpgsql IMMUTABLE
@@ -457,7 +510,8 @@ REVOKE ALL ON llm.circuit_breakers, llm.provider_load FROM PUBLIC;
 REVOKE ALL ON FUNCTION llm._provider_load() FROM PUBLIC;
 
 -----------------------------------------------------------------------------
--- Credentials, encrypted at rest (src/credentials.c), and the two roles.
+-- Credentials, encrypted at rest (src/common/credentials.c, src/backend/credentials_sql.c),
+-- and the two roles.
 --
 -- llm.credentials holds AES-256-GCM ciphertext under the master key named by
 -- llm.master_key_file; only the worker decrypts.  Several credentials per
@@ -482,7 +536,7 @@ CREATE TABLE llm.credentials (
 );
 COMMENT ON TABLE llm.credentials IS 'provider secrets as AES-256-GCM ciphertext under the master key (llm.master_key_file); readable only by the owner, decrypted only by the worker';
 COMMENT ON COLUMN llm.credentials.label IS 'name of this key of the provider: several enabled keys are used in turn, and a new label allows rotation without downtime';
-COMMENT ON COLUMN llm.credentials.ciphertext IS 'version 1 || key id (8) || provider id (4) || nonce (12) || AES-256-GCM ciphertext || tag (16)';
+COMMENT ON COLUMN llm.credentials.ciphertext IS 'version 2 || key id (8) || provider id (4) || origin id (4) || nonce (12) || AES-256-GCM ciphertext || tag (16); bound to the provider and to the origin of its base_url when stored';
 COMMENT ON COLUMN llm.credentials.key_id IS 'first 8 bytes (hex) of SHA-256 of the master key that encrypted the row; compare with llm.master_key_id()';
 COMMENT ON COLUMN llm.credentials.enabled IS 'false keeps the credential but the worker does not use it';
 

@@ -30,6 +30,7 @@
 
 #include "channel/channel.h"
 #include "common/credentials.h"
+#include "worker/outbound.h"
 #include "worker/health.h"
 #include "worker/log_flusher.h"
 #include "backend/log_visibility.h"
@@ -379,6 +380,7 @@ define_gucs(void)
 							NULL, NULL, NULL);
 
 	credentials_define_gucs();
+	outbound_define_gucs();
 
 	MarkGUCPrefixReserved("llm");
 }

@@ -36,12 +36,27 @@ static const LlmProvider *const registry[] = {
 	NULL
 };
 
+/*
+ * Headers provider_options.headers may never set, whatever the adapter: the
+ * credential headers of every protocol (so an option cannot replace or
+ * duplicate the key, or send it under another name), and the ones that
+ * frame the request (a second Host or Content-Length smuggles a request).
+ * llm._check_provider_args refuses them at input with the same list; this
+ * check stands for rows written with a plain UPDATE of llm.providers.
+ */
+static const char *const always_reserved_headers[] = {
+	"authorization", "x-api-key", "api-key", "x-goog-api-key", "proxy-authorization",
+	"host", "content-length", "transfer-encoding", "accept-encoding", "connection",
+	"content-type", "cookie", "te", "upgrade", "expect", "anthropic-version", NULL
+};
+
 /* Canonical request keys the gateway owns; never forwarded to a provider. */
 static const char *const gateway_keys[] = {"model", "stream", "timeout_ms", "tags", NULL};
 
 static bool parse_seconds(const char *s, double *out);
 static bool parse_http_date(const char *s, double *epoch);
 static bool valid_header_name(const char *name);
+static bool has_control_char(const char *value);
 static size_t secret_shaped_token(const char *text, const char *p, size_t *keep);
 
 /*
@@ -397,8 +412,19 @@ provider_option_headers(LlmHttpRequest *req, const LlmTarget *target,
 				return false;
 			}
 		}
+		for (int i = 0; always_reserved_headers[i] != NULL; i++)
+		{
+			if (strcmp(always_reserved_headers[i], name) == 0)
+			{
+				provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
+							  "provider option \"headers\" cannot set reserved header \"%s\"", name);
+				err->detail = pstrdup("Credential and framing headers are set by the gateway only; nothing was sent.");
+				err->hint = pstrdup("Remove the header from the provider's options with llm.alter_provider().");
+				return false;
+			}
+		}
 		value = json_value_cstring(&v);
-		if (value == NULL || strpbrk(value, "\r\n") != NULL)
+		if (value == NULL || has_control_char(value))
 		{
 			provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
 						  "header \"%s\" in provider option \"headers\" must be a single-line string", name);
@@ -585,6 +611,18 @@ parse_http_date(const char *s, double *epoch)
 	*epoch = (double) days_from_civil(year, month, day) * 86400.0 +
 		hh * 3600.0 + mm * 60.0 + ss;
 	return true;
+}
+
+/* CR, LF and other control characters (tab aside) have no place in a header value */
+static bool
+has_control_char(const char *value)
+{
+	for (const char *p = value; *p; p++)
+	{
+		if (((unsigned char) *p < 0x20 && *p != '\t') || *p == 0x7f)
+			return true;
+	}
+	return false;
 }
 
 /* RFC 9110 token characters */

@@ -840,7 +840,17 @@ transport_error(LlmWorkItem *item)
 
 	item->ok = false;
 	err->fail_class = LLM_FAIL_RETRYABLE;
-	if (t->too_large)
+	if (t->fail_sqlstate != 0)
+	{
+		/* http.c refused or could not set it up (outbound policy, no fd): unsent */
+		item->status = "error";
+		err->sqlerrcode = t->fail_sqlstate;
+		err->message = psprintf("provider \"%s\": %s", item->target.provider_name, t->fail.message);
+		err->detail = t->fail.detail[0] ? pstrdup(t->fail.detail) : NULL;
+		err->hint = t->fail.hint[0] ? pstrdup(t->fail.hint) : NULL;
+		err->fail_class = t->fail_retryable ? LLM_FAIL_RETRYABLE : LLM_FAIL_FATAL;
+	}
+	else if (t->too_large)
 	{
 		item->status = "error";
 		err->sqlerrcode = ERRCODE_LLM_RESPONSE_TOO_LARGE;
@@ -912,7 +922,8 @@ item_transfer_done(LlmWorkItem *item)
 	res.headers = NIL;
 	res.header_lookup = http_response_header;
 	res.header_arg = t;
-	item->response_body = pnstrdup(res.body, res.body_len);
+	/* kept in llm.requests: scrubbed like every provider text (a proxy may echo the key) */
+	item->response_body = provider_scrub(pnstrdup(res.body, res.body_len), item->target.secret);
 
 	if (t->status >= 200 && t->status < 300)
 	{
@@ -932,6 +943,9 @@ item_transfer_done(LlmWorkItem *item)
 		item->ok = false;
 	}
 
+	/* the provider's words, error type included, are scrubbed before use */
+	if (err->provider_type)
+		err->provider_type = provider_scrub(err->provider_type, item->target.secret);
 	if (!item->ok)
 	{
 		/* name the provider and status; the provider's own words follow */

@@ -13,6 +13,7 @@
 #include <curl/curl.h>
 
 #include "providers/adapter.h"
+#include "worker/outbound.h"
 
 typedef struct LlmHttpTransfer
 {
@@ -26,6 +27,19 @@ typedef struct LlmHttpTransfer
 	size_t		cap;
 	bool		too_large;
 
+	/* where it goes, as the outbound policy judged the URL */
+	LlmOutboundTarget dest;
+	List	   *req_headers;	/* the request's header lines, wiped at release */
+
+	/*
+	 * A failure http.c decided itself (outbound policy, no file descriptor,
+	 * an option curl refused): when fail_sqlstate is set and the transfer
+	 * failed, this is the call's error, not curl's.  Nothing was sent.
+	 */
+	int			fail_sqlstate;
+	bool		fail_retryable;
+	LlmOutboundRefusal fail;
+
 	/* outcome */
 	bool		done;
 	CURLcode	result;
@@ -35,6 +49,7 @@ typedef struct LlmHttpTransfer
 } LlmHttpTransfer;
 
 extern void http_init(void);
+extern const char *http_resolver(void);
 extern int	http_socket_fd(void);
 extern long http_timeout_ms(void);
 extern void http_start(LlmHttpTransfer *t, LlmHttpRequest *req, long timeout_ms, void *owner);

@@ -26,7 +26,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "common/credentials.h"
+#include "worker/credential_loader.h"
 #include "worker/route_cache.h"
 
 static MemoryContext cache_cxt = NULL;
@@ -139,7 +139,7 @@ reload(void)
 			rt->target.provider_options = jsonb_copy_col(tup, desc, 9);
 			rt->priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 			rt->weight = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
-			rt->credentials = credentials_find(creds, rt->target.provider_name);
+			rt->credentials = credentials_find(creds, rt->target.provider_name, rt->target.base_url);
 			rt->target.provider = provider_lookup(rt->kind);
 			if (route == NULL)
 			{
@@ -176,7 +176,19 @@ routes_lookup(const char *alias)
 	return NULL;
 }
 
-/* Copy a cached target into the caller's context: the cache may reload. */
+/* Reset callback of a context holding a copy of a secret: wipe it first. */
+static void
+wipe_secret_copy(void *arg)
+{
+	char	   *secret = arg;
+
+	explicit_bzero(secret, strlen(secret));
+}
+
+/*
+ * Copy a cached target into the caller's context: the cache may reload.
+ * The copy of the secret is wiped when that context is reset or deleted.
+ */
 void
 routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 {
@@ -191,7 +203,17 @@ routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 	dst->target.upstream_model = pstrdup(src->target.upstream_model);
 	/* several enabled credentials are used in turn */
 	secret = credentials_next_secret(src->credentials);
-	dst->target.secret = secret ? pstrdup(secret) : NULL;
+	dst->target.secret = NULL;
+	if (secret)
+	{
+		char	   *copy = pstrdup(secret);
+		MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
+
+		cb->func = wipe_secret_copy;
+		cb->arg = copy;
+		MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
+		dst->target.secret = copy;
+	}
 	dst->credentials = NULL;	/* the cached list goes with the next reload */
 	dst->credential_error = NULL;
 	dst->credential_hint = NULL;

@@ -1112,6 +1112,14 @@ class MockState:
         err = api.check(ex)
         if err is not None:
             return err
+        if d.get("echo_auth"):
+            # a careless proxy or provider that repeats the credential headers back
+            h = ex.req.headers
+            seen = "; ".join(f"{k}: {h[k]}" for k in ("authorization", "x-api-key", "api-key",
+                                                       "x-goog-api-key") if k in h)
+            status = d.get("status", 400)
+            return api.error(ex, status if status >= 400 else 400,
+                             f"mock echo of the credential headers: {seen}")
         if not isinstance(body, dict):
             if api is self.bedrock:
                 return api.error(ex, 400, etype="SerializationException")

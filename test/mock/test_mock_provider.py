@@ -311,6 +311,17 @@ class TestAnthropic(MockTest):
         self.assertEqual((st, b["error"]["type"]), (400, "invalid_request_error"))
         self.assertEqual(b["request_id"], h["request-id"])
 
+    def test_echo_auth(self):
+        st, _, b = post("/v1/messages", anth("x [[mock:echo_auth]]"),
+                        {"x-api-key": "echo-me-123", "anthropic-version": "2023-06-01"})
+        self.assertEqual((st, b["error"]["type"]), (400, "invalid_request_error"))
+        self.assertIn("x-api-key: echo-me-123", b["error"]["message"])
+        st, _, b = post("/v1/chat/completions",
+                        {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                        {"authorization": "Bearer echo-me-456", "x-mock": "echo_auth,status=502"})
+        self.assertEqual(st, 502)
+        self.assertIn("authorization: Bearer echo-me-456", b["error"]["message"])
+
     def test_bearer_auth_accepted(self):
         st, _, _ = post("/v1/messages", anth("x"), {"authorization": "Bearer tok",
                                                      "anthropic-version": "2023-06-01"})

@@ -93,7 +93,7 @@ is($mock->get('/_mock/requests?last=1')->{requests}[0]{headers}{'x-api-key'},
 
 my $cipher_hex = $node->safe_psql('postgres',
 	q{SELECT encode(ciphertext, 'hex') FROM llm.credentials WHERE provider = 'mock'});
-is(length($cipher_hex), 2 * (25 + length($secret) + 16), 'the table holds header, ciphertext and tag');
+is(length($cipher_hex), 2 * (29 + length($secret) + 16), 'the table holds header (version 2), ciphertext and tag');
 ok(index($cipher_hex, unpack('H*', $secret)) < 0, 'the stored bytes do not contain the secret');
 is($node->safe_psql('postgres', q{SELECT key_id = llm.master_key_id() FROM llm.credentials_info}),
 	't', 'key_id records the current master key');
