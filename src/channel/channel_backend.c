@@ -19,12 +19,16 @@
 
 #include <sched.h>
 
+#include "access/htup_details.h"
 #include "access/xlog.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "channel/channel_internal.h"
@@ -47,7 +51,9 @@ static double recent_answer_us = 0;
 /*
  * Calls cannot be served here: on a standby (the worker runs only on a
  * primary, and could not write the log), or while the worker reports that
- * it cannot connect to llm.database.  Raised before a slot is taken.
+ * it cannot connect to llm.database and that database is indeed missing or
+ * closed to connections.  Raised before a slot is taken, and while a
+ * submitted call waits for a worker to take it.
  */
 LlmWorkerProblem
 channel_worker_problem(char *text, Size len)
@@ -62,6 +68,28 @@ channel_worker_problem(char *text, Size len)
 	return problem;
 }
 
+/*
+ * Does llm.database exist and accept connections?  A worker's published
+ * failure to connect may be a second old: once the database is there (the
+ * postmaster starts the worker again every second), callers wait for it.
+ */
+static bool
+database_connectable(void)
+{
+	Oid			dbid = get_database_oid(llm_database, true);
+	HeapTuple	tup;
+	bool		ok;
+
+	if (!OidIsValid(dbid))
+		return false;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dbid));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	ok = ((Form_pg_database) GETSTRUCT(tup))->datallowconn;
+	ReleaseSysCache(tup);
+	return ok;
+}
+
 void
 channel_check_serving(void)
 {
@@ -74,7 +102,8 @@ channel_check_serving(void)
 				 errdetail("The gateway's worker runs only on the primary, where each call's audit row is written."),
 				 errhint("Call the primary server.")));
 
-	if (channel_worker_problem(text, sizeof(text)) == LLM_WORKER_CANNOT_CONNECT)
+	if (channel_worker_problem(text, sizeof(text)) == LLM_WORKER_CANNOT_CONNECT &&
+		!database_connectable())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the llm_gateway worker cannot connect to database \"%s\" named by llm.database",
