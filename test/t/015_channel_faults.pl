@@ -136,7 +136,7 @@ my $s = $node->background_psql('postgres', on_error_stop => 0);
 $s->query_safe('\set VERBOSITY verbose');
 $worker = $s->query_safe('SELECT worker_pid FROM llm.gateway_status()');
 my $log_offset = -s $node->logfile;
-$s->query_safe("ALTER DATABASE postgres ALLOW_CONNECTIONS false; SELECT pg_terminate_backend($worker)");
+$node->safe_psql('template1', "ALTER DATABASE postgres ALLOW_CONNECTIONS false; SELECT pg_terminate_backend($worker)");
 $node->wait_for_log(qr/database "postgres" is not currently accepting connections/, $log_offset);
 usleep(200_000);
 $s->{stderr} = '';
@@ -147,7 +147,7 @@ like($s->{stderr}, qr/ERROR:  55000: the llm_gateway worker cannot connect to da
 	'worker cannot connect: 55000 naming llm.database');
 like($s->{stderr}, qr/DETAIL:  database "postgres" is not currently accepting connections/, 'with the reason');
 cmp_ok($took, '<', 2, "at once ($took s)");
-$s->query_safe('ALTER DATABASE postgres ALLOW_CONNECTIONS true');
+$node->safe_psql('template1', 'ALTER DATABASE postgres ALLOW_CONNECTIONS true');
 $s->quit;
 $node->poll_query_until('postgres', 'SELECT worker_pid IS NOT NULL FROM llm.gateway_status()')
   or die 'worker did not come back';
