@@ -33,7 +33,6 @@
 #include "worker/outbound.h"
 #include "worker/health.h"
 #include "worker/log_flusher.h"
-#include "backend/log_visibility.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;
@@ -106,7 +105,6 @@ _PG_init(void)
 	shmem_startup_hook = llm_shmem_startup;
 
 	register_workers();
-	logvis_install_hook();
 	llm_preloaded = true;
 }
 
@@ -207,6 +205,8 @@ check_allowed_regions(char **newval, void **extra, GucSource source)
 static void
 define_gucs(void)
 {
+	channel_define_gucs();		/* llm.debug_fail_shm_alloc (tests) */
+
 	DefineCustomStringVariable("llm.database",
 							   "Database the gateway worker connects to; calls are served only from it.",
 							   NULL,

@@ -44,22 +44,37 @@ PG_FUNCTION_INFO_V1(llm_gateway_status);
 PG_FUNCTION_INFO_V1(llm_config_changed);
 PG_FUNCTION_INFO_V1(llm_provider_kinds);
 
-/* The worker serves one database; say so before anything else. */
+/*
+ * The worker serves one database; say so before anything else.  First
+ * whether it can serve at all (a standby, a worker that cannot connect to
+ * llm.database), then whether this is that database.
+ */
 static void
 check_database(void)
 {
 	static Oid	checked_db = InvalidOid;
+	char		why[LLM_PROBLEM_TEXT_LEN];
 
+	channel_check_serving();
 	if (checked_db == MyDatabaseId)
 		return;
 	if (strcmp(get_database_name(MyDatabaseId), llm_database) != 0)
+	{
+		bool		no_extension = channel_worker_problem(why, sizeof(why)) == LLM_WORKER_NO_EXTENSION;
+
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("llm_gateway serves calls only from database \"%s\"", llm_database),
+				 errmsg("llm_gateway serves calls only from database \"%s\" (llm.database)", llm_database),
+				 no_extension ?
+				 errdetail("This session is connected to database \"%s\"; when the worker started, %s.",
+						   get_database_name(MyDatabaseId), why) :
 				 errdetail("This session is connected to database \"%s\".",
 						   get_database_name(MyDatabaseId)),
+				 no_extension ?
+				 errhint("Set llm.database in postgresql.conf to the database where CREATE EXTENSION llm_gateway was run, and restart the server.") :
 				 errhint("Connect to \"%s\", or set llm.database in postgresql.conf and restart the server.",
 						 llm_database)));
+	}
 	checked_db = MyDatabaseId;
 }
 
@@ -78,14 +93,6 @@ llm_raise(const LlmCallResult *r)
 			 hint[0] ? errhint("%s", hint) : 0));
 }
 
-/* channel_call's answer hook: the answer as jsonb, built while the row is logged. */
-static void
-parse_answer(const LlmCallResult *result, void *arg)
-{
-	if (result->outcome == LLM_OUTCOME_OK)
-		*(Jsonb **) arg = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result->text)));
-}
-
 /* Validate, submit, wait; returns the answer as jsonb. */
 static Jsonb *
 call_model(text *model, Jsonb *history, Jsonb *options)
@@ -96,7 +103,6 @@ call_model(text *model, Jsonb *history, Jsonb *options)
 	LlmRequestMsg hdr;
 	StringInfoData data;
 	LlmCallResult result;
-	Jsonb	   *answer = NULL;
 
 	llm_check_preloaded();
 	check_database();
@@ -126,12 +132,12 @@ call_model(text *model, Jsonb *history, Jsonb *options)
 						data.len, llm_max_request_bytes),
 				 errhint("Send a shorter history, or ask an administrator to raise llm.max_request_bytes.")));
 
-	channel_call(&hdr, data.data, data.len, spec.timeout_ms, &result, parse_answer, &answer);
+	channel_call(&hdr, data.data, data.len, spec.timeout_ms, &result);
 	pfree(data.data);
 
 	if (result.outcome != LLM_OUTCOME_OK)
 		llm_raise(&result);
-	return answer;
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result.text)));
 }
 
 static Jsonb *

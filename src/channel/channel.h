@@ -3,34 +3,50 @@
  * channel.h
  *	  The shared-memory channel between calling backends and the worker.
  *
- * runs in: backends (submit, wait, abandon) and the worker (take, finish).
- * This is the only module both sides include.
+ * runs in: backends (channel_backend.c: submit, wait, abandon) and the
+ * worker (channel_worker.c: attach, take, start, finish, detach); the
+ * shared part (channel_shmem.c) sizes and creates it.  This is the only
+ * module both sides include.
  *
- * A *slot* is one call in flight.  Its state moves
+ * A *slot* is one call in flight.  Its state moves by compare-and-swap:
  *
- *	 FREE -> SUBMITTED (backend) -> RUNNING (worker) -> ANSWERED (worker)
- *		  -> DONE (worker) -> FREE (backend)
+ *	 FREE -> SUBMITTED (backend) -> RUNNING (worker) -> DONE (worker)
+ *		  -> FREE (backend)
  *
- * ANSWERED means the answer is in place while the worker completes the
- * call's log row; DONE, that the row is complete too.  The backend takes
- * the answer at ANSWERED and returns at once, leaving the slot DETACHED:
- * the worker frees it when the row is complete.  The backend remembers the
- * slot, and its next statement that reads llm.requests first waits for the
- * row and then takes a fresh snapshot (log_visibility.c), so a caller
- * always finds its finished row.  A call without a row (the log could not
- * be written) goes from RUNNING straight to DONE.
+ * and a backend that gives up (cancel, timeout, exit, an ERROR while it
+ * waits) moves SUBMITTED or RUNNING to ABANDONED.
  *
- * A backend that gives up (cancel, timeout, exit) moves SUBMITTED, RUNNING
- * or ANSWERED to ABANDONED; the worker then stops the transfer and frees
- * the slot.  State changes are compare-and-swap on slot->state, so a backend
- * abandoning and the worker finishing race safely: exactly one of them
- * wins and that one frees the payloads.
+ * Invariants:
+ * - The worker moves RUNNING to DONE only after the call's llm.requests
+ *	 row is complete and committed (or known to be unwritable), so the
+ *	 caller's next statement sees the finished row.
+ * - Exactly one side frees a slot and its payloads, whoever wins the
+ *	 race: the backend frees a DONE slot; the worker frees an ABANDONED
+ *	 one (when it takes it, finishes it, or exits).  The loser frees
+ *	 nothing.
+ * - release_slot() puts the slot back on the free list *before* freeing
+ *	 its payloads, so an ERROR while freeing (a segment that cannot be
+ *	 mapped) can lose a payload's memory but never the slot.
+ * - The worker reads the backend's procno *before* its CAS to DONE:
+ *	 after the CAS the backend may free the slot and another claim it.
+ *	 Setting the latch of a process that has meanwhile moved on is a
+ *	 harmless spurious wake-up.
+ * - Wake-ups cannot be lost: each side changes the state (or the rings)
+ *	 first and sets the other's latch after; each waiter resets its latch
+ *	 and then re-reads the state before sleeping.  Backends waiting for a
+ *	 slot sleep on a condition variable, which release_slot broadcasts
+ *	 after the slot is on the free list.
  *
- * Payloads (the canonical request, the answer) live in a DSA area placed in
- * the channel's fixed shared memory and limited by llm.shared_memory_mb.
- * The submit and cancel queues are rings of slot numbers under one
- * spinlock; a cancel entry carries the slot's generation so a stale entry
- * for a recycled slot is ignored.
+ * Payloads (the canonical request, the answer) live in a DSA area placed
+ * in the channel's fixed shared memory and limited by llm.shared_memory_mb.
+ * Growing it can fail (NULL) or raise an ERROR (dsm_create: too many
+ * segments, /dev/shm full); both are caught: the caller gets 53200 and
+ * the slot goes back to the free list.  The submit and cancel queues are
+ * rings of slot numbers under one spinlock; a cancel entry carries the
+ * slot's generation so a stale entry for a recycled slot is ignored.
+ *
+ * The worker also publishes why it cannot serve (it cannot connect to
+ * llm.database), so callers fail at once rather than at their deadline.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,14 +58,13 @@
 #include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/dsa.h"
+#include "utils/timestamp.h"
 
 #define LLM_SLOT_FREE		0
 #define LLM_SLOT_SUBMITTED	1
 #define LLM_SLOT_RUNNING	2
 #define LLM_SLOT_DONE		3
 #define LLM_SLOT_ABANDONED	4
-#define LLM_SLOT_ANSWERED	5
-#define LLM_SLOT_DETACHED	6
 
 /*
  * The worker and waiting backends poll (llm.poll_us) only while at most
@@ -67,6 +82,16 @@ typedef enum LlmSlotFailure
 	LLM_FAILURE_WORKER_EXITED,	/* the worker that held the call exited */
 	LLM_FAILURE_NO_MEMORY		/* no shared memory left for the answer */
 } LlmSlotFailure;
+
+/* What the worker last said about its ability to serve. */
+typedef enum LlmWorkerProblem
+{
+	LLM_WORKER_OK = 0,
+	LLM_WORKER_CANNOT_CONNECT,	/* connecting to llm.database failed */
+	LLM_WORKER_NO_EXTENSION		/* llm.database lacks the extension (at start) */
+} LlmWorkerProblem;
+
+#define LLM_PROBLEM_TEXT_LEN 256
 
 /* The request as the backend hands it over (one DSA chunk). */
 typedef struct LlmRequestMsg
@@ -115,7 +140,11 @@ typedef struct LlmCancelEntry
 	uint32		generation;
 } LlmCancelEntry;
 
-/* Counters for llm.gateway_status(). */
+/*
+ * Counters for llm.gateway_status().  submitted is counted before a slot
+ * is published, completed and abandoned after the CAS that ends it, so
+ * submitted >= completed + abandoned at every instant.
+ */
 typedef struct LlmChannelStats
 {
 	pg_atomic_uint64 submitted;
@@ -133,6 +162,10 @@ typedef struct LlmChannel
 	pid_t		worker_pid;
 	Latch	   *worker_latch;
 	uint32		worker_incarnation;
+
+	/* why the last worker could not serve (under mutex) */
+	int			worker_problem; /* LlmWorkerProblem */
+	char		worker_problem_text[LLM_PROBLEM_TEXT_LEN];
 
 	ConditionVariable slot_freed;	/* backends waiting for a free slot */
 
@@ -155,15 +188,17 @@ typedef struct LlmChannel
 	LlmSlot		slots[FLEXIBLE_ARRAY_MEMBER];
 } LlmChannel;
 
-/* shared memory set-up (llm_gateway.c hooks) */
+/* shared memory set-up (module.c hooks); channel_shmem.c */
 extern Size channel_shmem_size(void);
 extern void channel_shmem_init(void);
+extern void channel_define_gucs(void);
 
 /* both sides */
 extern LlmChannel *channel_get(void);
 extern dsa_area *channel_dsa(void);
+extern int64 channel_calls_in_flight(void);
 
-/* backend side */
+/* backend side: channel_backend.c */
 typedef struct LlmCallResult
 {
 	LlmOutcome	outcome;
@@ -172,27 +207,23 @@ typedef struct LlmCallResult
 	uint32		len;
 } LlmCallResult;
 
-/* Runs on the answer as soon as it is taken, while the worker logs the call. */
-typedef void (*LlmAnswerHook) (const LlmCallResult *result, void *arg);
-
+extern LlmWorkerProblem channel_worker_problem(char *text, Size len);
+extern void channel_check_serving(void);
 extern void channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
-						 int timeout_ms, LlmCallResult *result,
-						 LlmAnswerHook on_answer, void *arg);
+						 int timeout_ms, LlmCallResult *result);
 
-extern bool channel_call_detached(void);
-extern bool channel_call_unlogged(void);
-extern void channel_wait_logged(void);
-
-/* worker side */
+/* worker side: channel_worker.c */
+extern void channel_worker_connecting(void);
+extern void channel_worker_connected(void);
+extern void channel_worker_log_unavailable(const char *reason);
 extern void channel_worker_attach(void);
 extern void channel_worker_detach(void);
 extern int	channel_take_submitted(int *slots, int max);
 extern int	channel_take_cancels(LlmCancelEntry *out, int max);
 extern bool channel_start(int slot);
 extern LlmRequestMsg *channel_request(int slot);
-extern bool channel_finish(int slot, LlmOutcome outcome, int sqlerrcode,
-						   const char *text, Size len, bool row_pending);
-extern void channel_row_done(int slot);
+extern void channel_finish(int slot, LlmOutcome outcome, int sqlerrcode,
+						   const char *text, Size len);
 extern void channel_release_abandoned(int slot);
 extern uint32 channel_slot_generation(int slot);
 extern bool channel_slot_abandoned(int slot);

@@ -257,9 +257,8 @@ answer_payload(StringInfo buf, LlmWorkItem *item)
 
 /*
  * The call is over: compute what the backend will get and release curl's
- * resources.  The backend takes the answer (item_deliver) and returns
- * while the log row is completed; its next statement that reads
- * llm.requests waits for item_row_done, so it sees the finished row.
+ * resources.  The worker then completes the log row and delivers the
+ * answer (item_deliver), so the caller's next statement sees the row.
  */
 static void
 item_finish(LlmWorkItem *item)
@@ -291,8 +290,9 @@ item_finish(LlmWorkItem *item)
 }
 
 /*
- * Hand the outcome to the waiting backend (or free an abandoned slot).  A
- * call with a log row is only ANSWERED until item_row_done().
+ * Hand the outcome to the waiting backend (or free an abandoned slot).
+ * Called once the call's log row is complete, or known not to be written:
+ * the backend returns at once and its next statement sees the row.
  */
 void
 item_deliver(LlmWorkItem *item)
@@ -300,18 +300,9 @@ item_deliver(LlmWorkItem *item)
 	if (item->delivered)
 		return;
 	item->delivered = true;
-	item->row_owed = channel_finish(item->slot, item->ok ? LLM_OUTCOME_OK : LLM_OUTCOME_ERROR,
-									item->ok ? 0 : item->error.sqlerrcode,
-									item->payload.data, item->payload.len, item->logged);
-}
-
-/* The call's log row is written (or will not be): let its backend return. */
-void
-item_row_done(LlmWorkItem *item)
-{
-	if (item->row_owed)
-		channel_row_done(item->slot);
-	item->row_owed = false;
+	channel_finish(item->slot, item->ok ? LLM_OUTCOME_OK : LLM_OUTCOME_ERROR,
+				   item->ok ? 0 : item->error.sqlerrcode,
+				   item->payload.data, item->payload.len);
 }
 
 void

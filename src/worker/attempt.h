@@ -85,7 +85,6 @@ typedef struct LlmWorkItem
 	/* what the backend gets, kept until the log row is completed */
 	StringInfoData payload;
 	bool		delivered;		/* channel_finish done, or the slot already released */
-	bool		row_owed;		/* delivered as ANSWERED: channel_row_done to follow */
 } LlmWorkItem;
 
 extern LlmWorkItem *item_create(int slot);
@@ -99,7 +98,6 @@ extern void item_cancel(LlmWorkItem *item);
 extern void item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,
 					  const char *message, const char *detail, const char *hint);
 extern void item_deliver(LlmWorkItem *item);
-extern void item_row_done(LlmWorkItem *item);
 extern void item_free(LlmWorkItem *item);
 
 #endif							/* LLM_ATTEMPT_H */

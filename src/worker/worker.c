@@ -383,17 +383,27 @@ complete_log_rows(void)
 
 	if (dlist_is_empty(&finished))
 		return;
-	/* backends wake and take their answers while the rows are written */
+	/* items without a row (never logged) need not wait for the batch */
 	dlist_foreach(iter, &finished)
-		guarded(item_deliver, dlist_container(LlmWorkItem, node, iter.cur));
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, iter.cur);
+
+		if (!item->logged)
+			guarded(item_deliver, item);
+	}
 	(void) run_batch(log_finished, NULL, &unavailable);
-	/* rows that could not be completed stay pending and become "unknown" */
+
+	/*
+	 * The rows are committed (or could not be completed: they stay pending
+	 * and become "unknown"): now the backends may return, and their next
+	 * statement sees the finished row.
+	 */
 	dlist_foreach_modify(it, &finished)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
 		dlist_delete(&item->node);
-		item_row_done(item);
+		guarded(item_deliver, item);
 		item_free(item);
 	}
 }
@@ -476,7 +486,10 @@ llm_worker_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
+	/* a failure to connect is published, so callers fail at once */
+	channel_worker_connecting();
 	BackgroundWorkerInitializeConnection(llm_database, NULL, 0);
+	channel_worker_connected();
 	/* before any SQL: the database owner's settings must not reach us */
 	worker_session_init();
 	pgstat_report_appname("llm_gateway worker");
@@ -492,6 +505,7 @@ llm_worker_main(Datum main_arg)
 	http_init();
 
 	(void) run_batch(mark_unknown, NULL, &unavailable);
+	channel_worker_log_unavailable(unavailable);
 	if (unavailable)
 		ereport(LOG,
 				(errmsg("llm_gateway worker: %s; calls will fail until it is", unavailable)));
