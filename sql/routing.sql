@@ -199,6 +199,37 @@ SELECT a->'gateway'->'cost_usd' AS unpriced_cost FROM llm_messages('cb_one', '[{
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_input": "3"}')$q$);
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_attempts": 0}')$q$);
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"retries": 3}')$q$);
+-- and bounded, so the worker's arithmetic on them cannot overflow
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_input": 1e131071}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_output": 1000001}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_cache_read": 0.00000000001}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_cache_write": -1}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_attempts": 101}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"breaker_failures": -1}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"breaker_cooldown_ms": 2147483648}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_tokens": 1e20}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"default_max_tokens": 1.5}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"retry_unreadable": "yes"}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"idempotency_header": "Authorization"}')$q$);
+SELECT llm.add_route('bounds', 'r_good', 'm', 0, 1,
+       '{"price_input": 1000000, "price_output": 0.0000000001, "max_attempts": 100, "breaker_failures": 0,
+         "breaker_cooldown_ms": 2147483647, "max_tokens": 1048576, "retry_unreadable": true,
+         "idempotency_header": "Idempotency-Key"}') > 0 AS within_bounds;
+SELECT llm.drop_route('bounds');
+-- the same check when llm.routes is written directly (llm_admin may)
+SELECT expect_error($q$UPDATE llm.routes SET options = '{"price_input": 1e131071}' WHERE alias = 'priced'$q$);
+SELECT expect_error($q$INSERT INTO llm.routes (alias, provider, upstream_model, options) VALUES ('bad', 'r_good', 'm', '{"max_attempts": 1e9}')$q$);
+-- a price that got in anyway (a superuser disabled the check) fails that
+-- call with 22023, and the worker goes on
+SELECT worker_pid AS pid_before FROM llm.gateway_status() \gset
+ALTER TABLE llm.routes DISABLE TRIGGER check_options;
+UPDATE llm.routes SET options = '{"price_input": 1e131071}' WHERE alias = 'priced';
+ALTER TABLE llm.routes ENABLE TRIGGER check_options;
+SELECT expect_error($q$SELECT llm_complete('priced', 'overpriced')$q$);
+SELECT status, error_code, response_body LIKE '%overpriced%' AS answer_kept FROM llm.requests ORDER BY id DESC LIMIT 1;
+SELECT worker_pid = :pid_before AS same_worker FROM llm.gateway_status();
+UPDATE llm.routes SET options = '{"price_input": 3}' WHERE alias = 'priced';
+SELECT llm_complete('priced', 'priced again');
 -- the region policy per role: set by an administrator, applied at login
 CREATE ROLE llm_eu_user LOGIN;
 ALTER ROLE llm_eu_user SET llm.allowed_regions = 'eu';

@@ -158,20 +158,31 @@ elapsed_ms(TimestampTz since)
 /*
  * The call's cost in USD from the answering target's prices (route options
  * price_input, price_output, price_cache_read, price_cache_write, in USD per
- * million tokens), in numeric arithmetic: money is never a float.  NULL when
- * the target has no prices.
+ * million tokens), in numeric arithmetic: money is never a float.  *cost is
+ * NULL when the target has no prices.
+ *
+ * The options are bounded when set (llm._check_route_options(), also a
+ * trigger on llm.routes), but a row written before that check, or by a
+ * superuser with the trigger disabled, must not take the worker down: a
+ * price out of range fails this call with 22023 naming the option, and any
+ * ERROR the arithmetic still raises fails it too, never the worker.
  */
-static char *
-compute_cost(LlmWorkItem *item)
+#define LLM_PRICE_MAX	1000000
+static bool
+compute_cost(LlmWorkItem *item, char **cost)
 {
 	static const char *const keys[] = {"price_input", "price_output", "price_cache_read", "price_cache_write"};
 	int64		counts[4];
 	JsonbContainer *opts = &item->target.route_options->root;
-	Datum		total = DirectFunctionCall3(numeric_in, CStringGetDatum("0"),
-											ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	Numeric		zero = int64_to_numeric(0);
+	Numeric		max_price = int64_to_numeric(LLM_PRICE_MAX);
+	volatile	Datum total = NumericGetDatum(zero);
 	bool		priced = false;
 	int			i;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool failed = false;
 
+	*cost = NULL;
 	counts[0] = item->answer.input_tokens;
 	counts[1] = item->answer.output_tokens;
 	counts[2] = item->answer.cache_read_input_tokens;
@@ -179,20 +190,58 @@ compute_cost(LlmWorkItem *item)
 	for (i = 0; i < 4; i++)
 	{
 		JsonbValue *price = json_get(opts, keys[i]);
-		Datum		part;
 
 		if (price == NULL || price->type != jbvNumeric)
 			continue;
+		if (numeric_is_nan(price->val.numeric) ||
+			DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(price->val.numeric),
+											  NumericGetDatum(zero))) < 0 ||
+			DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(price->val.numeric),
+											  NumericGetDatum(max_price))) > 0)
+		{
+			item->ok = false;
+			item->status = "error";
+			item->error.sqlerrcode = ERRCODE_INVALID_PARAMETER_VALUE;
+			item->error.message = psprintf("route option \"%s\" of route target " INT64_FORMAT " is out of range: the cost of the call cannot be computed",
+										   keys[i], item->cand[item->cur].route_id);
+			item->error.detail = pstrdup("The provider answered; its answer is in llm.requests.response_body.");
+			item->error.hint = psprintf("Set a price between 0 and %d USD per million tokens with llm.alter_route().", LLM_PRICE_MAX);
+			return false;
+		}
 		priced = true;
-		part = DirectFunctionCall2(numeric_mul, NumericGetDatum(price->val.numeric),
-								   NumericGetDatum(int64_to_numeric(counts[i])));
-		total = DirectFunctionCall2(numeric_add, total, part);
+		counts[i] = Max(counts[i], 0);
+		PG_TRY();
+		{
+			Datum		part = DirectFunctionCall2(numeric_mul, NumericGetDatum(price->val.numeric),
+												   NumericGetDatum(int64_to_numeric(counts[i])));
+
+			total = DirectFunctionCall2(numeric_add, total, part);
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			FlushErrorState();
+			failed = true;
+		}
+		PG_END_TRY();
+		if (failed)
+		{
+			item->ok = false;
+			item->status = "error";
+			item->error.sqlerrcode = ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE;
+			item->error.message = psprintf("the cost of the call cannot be computed from route option \"%s\" of route target " INT64_FORMAT,
+										   keys[i], item->cand[item->cur].route_id);
+			item->error.hint = pstrdup("Correct the target's prices with llm.alter_route().");
+			return false;
+		}
 	}
 	if (!priced)
-		return NULL;
+		return true;
+	/* bounded: at most 4 * 1e6 * 2^63 / 1e6, nothing here can overflow */
 	total = DirectFunctionCall2(numeric_div, total, NumericGetDatum(int64_to_numeric(1000000)));
 	total = DirectFunctionCall2(numeric_round, total, Int32GetDatum(10));
-	return DatumGetCString(DirectFunctionCall1(numeric_out, total));
+	*cost = DatumGetCString(DirectFunctionCall1(numeric_out, total));
+	return true;
 }
 
 /* Error text as the channel carries it: message\0detail\0hint\0 */
@@ -268,7 +317,7 @@ item_finish(LlmWorkItem *item)
 
 	item->latency_ms = elapsed_ms(item->submitted_at);
 	if (item->ok)
-		item->cost_usd = compute_cost(item);
+		(void) compute_cost(item, &item->cost_usd);
 	initStringInfo(&item->payload);
 	if (item->ok)
 		answer_payload(&item->payload, item);
