@@ -225,7 +225,7 @@ SELECT worker_pid AS pid_before FROM llm.gateway_status() \gset
 ALTER TABLE llm.routes DISABLE TRIGGER check_options;
 UPDATE llm.routes SET options = '{"price_input": 1e131071}' WHERE alias = 'priced';
 ALTER TABLE llm.routes ENABLE TRIGGER check_options;
-SELECT expect_error($q$SELECT llm_complete('priced', 'overpriced')$q$);
+SELECT expect_error($q$SELECT llm_complete('priced', 'overpriced: eleven words or more make the price 1e131071 overflow numeric')$q$);
 SELECT status, error_code, response_body LIKE '%overpriced%' AS answer_kept FROM llm.requests ORDER BY id DESC LIMIT 1;
 SELECT worker_pid = :pid_before AS same_worker FROM llm.gateway_status();
 UPDATE llm.routes SET options = '{"price_input": 3}' WHERE alias = 'priced';

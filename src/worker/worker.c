@@ -42,6 +42,7 @@
 
 #include "worker/attempt.h"
 #include "channel/channel.h"
+#include "worker/health.h"
 #include "worker/http.h"
 #include "llm_gateway.h"
 #include "worker/log_flusher.h"
@@ -426,6 +427,8 @@ llm_worker_main(Datum main_arg)
 										   sizeof(LlmWorkItem *) * channel_get()->nslots);
 	routes_init();
 	http_init();
+	/* counts and probes of the calls a previous worker died with */
+	health_worker_started();
 
 	(void) run_batch(mark_unknown, NULL, &unavailable);
 	if (unavailable)
