@@ -22,6 +22,7 @@
 #include <math.h>
 #include <time.h>
 
+#include "access/xlog.h"
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -578,6 +579,36 @@ item_resolve(LlmWorkItem *item)
 				  NULL, psprintf("Supported kinds: %s.", provider_kinds()));
 }
 
+/* A boolean route option of the current target, false when absent. */
+static bool
+route_option_true(LlmWorkItem *item, const char *key)
+{
+	JsonbValue *v = json_get(&item->target.route_options->root, key);
+
+	return v != NULL && v->type == jbvBool && v->val.boolean;
+}
+
+/*
+ * The route's idempotency_header, if any, carries one key per logical
+ * call: the same on every attempt and every target, different for every
+ * call of every cluster and database (system identifier, database OID,
+ * llm.requests id).  Neither Anthropic's Messages API nor OpenAI's Chat
+ * Completions documents such a header, so none is sent unless a route
+ * names one (an OpenAI-compatible server or proxy that honours it).
+ */
+static void
+add_idempotency_key(LlmWorkItem *item)
+{
+	JsonbValue *v = json_get(&item->target.route_options->root, "idempotency_header");
+	char	   *name = v ? json_value_cstring(v) : NULL;
+
+	if (name == NULL || name[0] == '\0')
+		return;
+	provider_add_header(&item->http_request, name,
+						psprintf("llmgw-" UINT64_FORMAT "-%u-" INT64_FORMAT,
+								 GetSystemIdentifier(), MyDatabaseId, item->request_id));
+}
+
 /* Attempts a target gets before the call falls over (route option, else GUC). */
 static int
 max_attempts(LlmWorkItem *item)
@@ -638,6 +669,21 @@ after_failure(LlmWorkItem *item)
 	/* the request's own fault says nothing about the target's health */
 	if (err->fail_class == LLM_FAIL_FATAL || err->fail_class == LLM_FAIL_NONE)
 		return false;			/* item_finish abandons the verdict */
+
+	/*
+	 * The provider answered 2xx and did the work (and billed it), but the
+	 * answer could not be read: sending the request again, here or to
+	 * another target, pays twice.  Only a route that says so retries.
+	 */
+	if (item->unreadable && !route_option_true(item, "retry_unreadable"))
+	{
+		report_health(item, false);
+		if (err->sqlerrcode == ERRCODE_LLM_PROVIDER_MALFORMED)
+			err->hint = MemoryContextStrdup(item->cxt,
+											"The provider answered, and may have billed the call, so it was not sent again; "
+											"route option retry_unreadable allows retries. llm.requests.response_body keeps what came back.");
+		return false;
+	}
 	if (err->fail_class == LLM_FAIL_RETRYABLE && item->tries_on_cur < max_attempts(item))
 	{
 		double		cap = Min((double) llm_retry_max_ms,
@@ -678,6 +724,7 @@ item_retry(LlmWorkItem *item)
 	item->error.retry_after_s = -1;
 	item->http_status = 0;
 	item->response_body = NULL;
+	item->unreadable = false;
 	provider_init_answer(&item->answer);
 	MemoryContextSwitchTo(old);
 	item_send(item);
@@ -760,6 +807,7 @@ item_send(LlmWorkItem *item)
 		item_finish(item);
 		return;
 	}
+	add_idempotency_key(item);
 	if (item->http_request.body.len > llm_max_request_bytes)
 	{
 		MemoryContextSwitchTo(old);
@@ -915,6 +963,9 @@ transport_error(LlmWorkItem *item)
 		err->detail = provider_scrub(why, item->target.secret);
 		err->hint = pstrdup("Check the provider's base_url and that the server can reach it.");
 	}
+	if (!t->too_large && t->status >= 200 && t->status < 300)
+		err->message = psprintf("provider \"%s\" answered HTTP %ld but its answer was cut short",
+								item->target.provider_name, t->status);
 }
 
 /* Log the attempt just ended, then finish the call or go on with it. */
@@ -949,6 +1000,12 @@ item_transfer_done(LlmWorkItem *item)
 	if (t->result != CURLE_OK)
 	{
 		transport_error(item);
+		/* a 2xx whose body was cut short: the provider did the work */
+		if (t->status >= 200 && t->status < 300 && !t->too_large)
+		{
+			item->http_status = t->status;
+			item->unreadable = true;
+		}
 		MemoryContextSwitchTo(old);
 		settle_attempt(item);
 		return;
@@ -969,6 +1026,8 @@ item_transfer_done(LlmWorkItem *item)
 														 &item->answer, err);
 		if (item->ok)
 			item->status = "ok";
+		else
+			item->unreadable = (err->sqlerrcode == ERRCODE_LLM_PROVIDER_MALFORMED);
 	}
 	else
 	{
