@@ -41,11 +41,18 @@ END $$;
 SELECT format($$UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=%s"}}' WHERE name = 'r_flaky'$$, s),
        format($$SELECT pg_temp.try('status %s', 'fo', 'fall over on %s')$$, s, s)
   FROM unnest(ARRAY[408, 409, 429, 500, 502, 503, 504, 529]) AS s \gexec
--- an error inside a 200 answer, a malformed answer, a dead port: also retryable
+-- an error inside a 200 answer, a dead port: also retryable
 UPDATE llm.providers SET options = '{"headers": {"x-mock": "error200"}}' WHERE name = 'r_flaky';
 SELECT pg_temp.try('error in 200', 'fo', 'fall over on error200');
+-- a 200 answer that cannot be read was done (and billed) by the provider:
+-- no retry, no fallback, unless the route's retry_unreadable allows it
 UPDATE llm.providers SET options = '{"headers": {"x-mock": "malformed"}}' WHERE name = 'r_flaky';
-SELECT pg_temp.try('malformed', 'fo', 'fall over on malformed');
+SELECT pg_temp.try('malformed', 'fo', 'no fall over on malformed');
+SELECT llm.alter_route(id, options => '{"max_attempts": 1, "retry_unreadable": true}')
+  FROM llm.routes WHERE alias = 'fo' AND provider = 'r_flaky';
+SELECT pg_temp.try('malformed, retry_unreadable', 'fo', 'fall over on malformed');
+SELECT llm.alter_route(id, options => '{"max_attempts": 1}')
+  FROM llm.routes WHERE alias = 'fo' AND provider = 'r_flaky';
 -- a refused key falls over to another target
 UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=401"}}' WHERE name = 'r_flaky';
 SELECT pg_temp.try('status 401', 'fo', 'fall over on 401');
