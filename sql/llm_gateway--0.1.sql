@@ -174,7 +174,7 @@ END
 $$;
 COMMENT ON FUNCTION llm.drop_provider(text) IS 'removes a provider with its credential and routes';
 
-CREATE FUNCTION llm._check_route_options(options jsonb) RETURNS void
+CREATE FUNCTION llm._check_route_options(options jsonb) RETURNS bool
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -235,24 +235,15 @@ BEGIN
                       HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms, retry_unreadable, idempotency_header.';
         END IF;
     END LOOP;
+    RETURN true;
 END
 $$;
-COMMENT ON FUNCTION llm._check_route_options(jsonb) IS 'rejects unknown, ill-typed or out-of-range route target options';
+COMMENT ON FUNCTION llm._check_route_options(jsonb) IS 'rejects unknown, ill-typed or out-of-range route target options (raises 22023 naming the option; true otherwise)';
 
 -- The same check on every row written, so a direct UPDATE of llm.routes
--- (llm_admin may write the table) cannot store what the functions refuse.
-CREATE FUNCTION llm._routes_check_options() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM llm._check_route_options(NEW.options);
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION llm._routes_check_options() IS 'trigger: llm.routes.options must pass llm._check_route_options()';
-CREATE TRIGGER check_options BEFORE INSERT OR UPDATE OF options ON llm.routes
-    FOR EACH ROW EXECUTE FUNCTION llm._routes_check_options();
+-- (llm_admin may write the table) cannot store what the functions refuse;
+-- the function raises its own 22023 message rather than a bare check violation.
+ALTER TABLE llm.routes ADD CONSTRAINT routes_options_valid CHECK (llm._check_route_options(options));
 
 CREATE FUNCTION llm.add_route(alias text, provider text, upstream_model text,
                               priority int DEFAULT 0, weight int DEFAULT 1,

@@ -226,12 +226,12 @@ SELECT llm.drop_route('bounds');
 -- the same check when llm.routes is written directly (llm_admin may)
 SELECT expect_error($q$UPDATE llm.routes SET options = '{"price_input": 1e131071}' WHERE alias = 'priced'$q$);
 SELECT expect_error($q$INSERT INTO llm.routes (alias, provider, upstream_model, options) VALUES ('bad', 'r_good', 'm', '{"max_attempts": 1e9}')$q$);
--- a price that got in anyway (a superuser disabled the check) fails that
+-- a price that got in anyway (a superuser dropped the check) fails that
 -- call with 22023, and the worker goes on
 SELECT worker_pid AS pid_before FROM llm.gateway_status() \gset
-ALTER TABLE llm.routes DISABLE TRIGGER check_options;
+ALTER TABLE llm.routes DROP CONSTRAINT routes_options_valid;
 UPDATE llm.routes SET options = '{"price_input": 1e131071}' WHERE alias = 'priced';
-ALTER TABLE llm.routes ENABLE TRIGGER check_options;
+ALTER TABLE llm.routes ADD CONSTRAINT routes_options_valid CHECK (llm._check_route_options(options)) NOT VALID;
 SELECT expect_error($q$SELECT llm_complete('priced', 'overpriced: eleven words or more make the price 1e131071 overflow numeric')$q$);
 SELECT status, error_code, response_body LIKE '%overpriced%' AS answer_kept FROM llm.requests ORDER BY id DESC LIMIT 1;
 SELECT worker_pid = :pid_before AS same_worker FROM llm.gateway_status();
