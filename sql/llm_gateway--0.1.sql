@@ -227,43 +227,76 @@ END
 $$;
 COMMENT ON FUNCTION llm.drop_provider(text) IS 'removes a provider with its credential and routes';
 
-CREATE FUNCTION llm._check_route_options(options jsonb) RETURNS void
+CREATE FUNCTION llm._check_route_options(options jsonb) RETURNS bool
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     k text;
     v jsonb;
+    n numeric;
+    lo numeric;
+    hi numeric;
 BEGIN
     IF options IS NULL OR jsonb_typeof(options) <> 'object' THEN
         RAISE EXCEPTION 'options must be a JSON object'
             USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
     END IF;
+    -- every number is bounded here, so the worker's arithmetic on them
+    -- (cost, backoff, breaker) cannot overflow
     FOR k, v IN SELECT * FROM jsonb_each(options) LOOP
         IF k IN ('price_input', 'price_output', 'price_cache_read', 'price_cache_write') THEN
-            IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 0 THEN
-                RAISE EXCEPTION 'route option "%" must be a number of USD per million tokens, not %', k, v
+            IF jsonb_typeof(v) = 'number' THEN
+                n := v::text::numeric;
+            END IF;
+            IF jsonb_typeof(v) <> 'number' OR n < 0 OR n > 1000000 OR scale(n) > 10 THEN
+                RAISE EXCEPTION 'route option "%" must be a number of USD per million tokens between 0 and 1000000 with at most 10 decimal places, not %',
+                                k, left(v::text, 40)
                     USING ERRCODE = '22023', HINT = 'For example {"price_input": 3, "price_output": 15}.';
             END IF;
-        ELSIF k IN ('max_tokens', 'default_max_tokens', 'max_attempts') THEN
-            IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 1 OR v::text::numeric <> trunc(v::text::numeric) THEN
-                RAISE EXCEPTION 'route option "%" must be a positive integer, not %', k, v
-                    USING ERRCODE = '22023', HINT = 'Give a whole number of 1 or more.';
+        ELSIF k IN ('max_tokens', 'default_max_tokens', 'max_attempts', 'breaker_failures', 'breaker_cooldown_ms') THEN
+            lo := CASE WHEN k LIKE 'breaker%' THEN 0 ELSE 1 END;
+            hi := CASE k WHEN 'max_attempts' THEN 100
+                         WHEN 'breaker_failures' THEN 1000000
+                         WHEN 'breaker_cooldown_ms' THEN 2147483647
+                         ELSE 1048576 END;
+            IF jsonb_typeof(v) = 'number' THEN
+                n := v::text::numeric;
             END IF;
-        ELSIF k IN ('breaker_failures', 'breaker_cooldown_ms') THEN
-            IF jsonb_typeof(v) <> 'number' OR v::text::numeric < 0 OR v::text::numeric <> trunc(v::text::numeric) THEN
-                RAISE EXCEPTION 'route option "%" must be a non-negative integer, not %', k, v
-                    USING ERRCODE = '22023', HINT = 'breaker_failures 0 disables the breaker.';
+            IF jsonb_typeof(v) <> 'number' OR n < lo OR n > hi OR n <> trunc(n) THEN
+                RAISE EXCEPTION 'route option "%" must be an integer between % and %, not %', k, lo, hi, left(v::text, 40)
+                    USING ERRCODE = '22023',
+                          HINT = CASE WHEN k = 'breaker_failures' THEN 'breaker_failures 0 disables the breaker.'
+                                      ELSE 'Give a whole number in that range.' END;
+            END IF;
+        ELSIF k = 'retry_unreadable' THEN
+            IF jsonb_typeof(v) <> 'boolean' THEN
+                RAISE EXCEPTION 'route option "%" must be true or false, not %', k, left(v::text, 40)
+                    USING ERRCODE = '22023', HINT = 'true lets the gateway retry after an answer it could not read (the provider may bill twice).';
+            END IF;
+        ELSIF k = 'idempotency_header' THEN
+            IF jsonb_typeof(v) <> 'string' OR v #>> '{}' !~ '^[A-Za-z][A-Za-z0-9-]{0,63}$'
+               OR lower(v #>> '{}') IN ('authorization', 'x-api-key', 'api-key', 'host', 'content-length',
+                                       'content-type', 'transfer-encoding', 'accept-encoding', 'connection',
+                                       'anthropic-version', 'x-goog-api-key', 'expect', 'te', 'upgrade') THEN
+                RAISE EXCEPTION 'route option "%" must name a header that is not set by the gateway, not %', k, left(v::text, 40)
+                    USING ERRCODE = '22023', HINT = 'For example {"idempotency_header": "Idempotency-Key"}.';
             END IF;
         ELSE
             RAISE EXCEPTION 'unknown route option "%"', k
                 USING ERRCODE = '22023',
-                      HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms.';
+                      HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms, retry_unreadable, idempotency_header.';
         END IF;
     END LOOP;
+    RETURN true;
 END
 $$;
-COMMENT ON FUNCTION llm._check_route_options(jsonb) IS 'rejects unknown or ill-typed route target options';
+COMMENT ON FUNCTION llm._check_route_options(jsonb) IS 'rejects unknown, ill-typed or out-of-range route target options (raises 22023 naming the option; true otherwise)';
+
+-- The same check on every row written, so a direct UPDATE of llm.routes
+-- (llm_admin may write the table) cannot store what the functions refuse;
+-- the function raises its own 22023 message rather than a bare check violation.
+ALTER TABLE llm.routes ADD CONSTRAINT routes_options_valid CHECK (llm._check_route_options(options));
 
 CREATE FUNCTION llm.add_route(alias text, provider text, upstream_model text,
                               priority int DEFAULT 0, weight int DEFAULT 1,

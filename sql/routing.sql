@@ -41,11 +41,18 @@ END $$;
 SELECT format($$UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=%s"}}' WHERE name = 'r_flaky'$$, s),
        format($$SELECT pg_temp.try('status %s', 'fo', 'fall over on %s')$$, s, s)
   FROM unnest(ARRAY[408, 409, 429, 500, 502, 503, 504, 529]) AS s \gexec
--- an error inside a 200 answer, a malformed answer, a dead port: also retryable
+-- an error inside a 200 answer, a dead port: also retryable
 UPDATE llm.providers SET options = '{"headers": {"x-mock": "error200"}}' WHERE name = 'r_flaky';
 SELECT pg_temp.try('error in 200', 'fo', 'fall over on error200');
+-- a 200 answer that cannot be read was done (and billed) by the provider:
+-- no retry, no fallback, unless the route's retry_unreadable allows it
 UPDATE llm.providers SET options = '{"headers": {"x-mock": "malformed"}}' WHERE name = 'r_flaky';
-SELECT pg_temp.try('malformed', 'fo', 'fall over on malformed');
+SELECT pg_temp.try('malformed', 'fo', 'no fall over on malformed');
+SELECT llm.alter_route(id, options => '{"max_attempts": 1, "retry_unreadable": true}')
+  FROM llm.routes WHERE alias = 'fo' AND provider = 'r_flaky';
+SELECT pg_temp.try('malformed, retry_unreadable', 'fo', 'fall over on malformed');
+SELECT llm.alter_route(id, options => '{"max_attempts": 1}')
+  FROM llm.routes WHERE alias = 'fo' AND provider = 'r_flaky';
 -- a refused key falls over to another target
 UPDATE llm.providers SET options = '{"headers": {"x-mock": "status=401"}}' WHERE name = 'r_flaky';
 SELECT pg_temp.try('status 401', 'fo', 'fall over on 401');
@@ -199,6 +206,37 @@ SELECT a->'gateway'->'cost_usd' AS unpriced_cost FROM llm_messages('cb_one', '[{
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_input": "3"}')$q$);
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_attempts": 0}')$q$);
 SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"retries": 3}')$q$);
+-- and bounded, so the worker's arithmetic on them cannot overflow
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_input": 1e131071}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_output": 1000001}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_cache_read": 0.00000000001}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"price_cache_write": -1}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_attempts": 101}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"breaker_failures": -1}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"breaker_cooldown_ms": 2147483648}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"max_tokens": 1e20}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"default_max_tokens": 1.5}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"retry_unreadable": "yes"}')$q$);
+SELECT expect_error($q$SELECT llm.add_route('bad', 'r_good', 'm', 0, 1, '{"idempotency_header": "Authorization"}')$q$);
+SELECT llm.add_route('bounds', 'r_good', 'm', 0, 1,
+       '{"price_input": 1000000, "price_output": 0.0000000001, "max_attempts": 100, "breaker_failures": 0,
+         "breaker_cooldown_ms": 2147483647, "max_tokens": 1048576, "retry_unreadable": true,
+         "idempotency_header": "Idempotency-Key"}') > 0 AS within_bounds;
+SELECT llm.drop_route('bounds');
+-- the same check when llm.routes is written directly (llm_admin may)
+SELECT expect_error($q$UPDATE llm.routes SET options = '{"price_input": 1e131071}' WHERE alias = 'priced'$q$);
+SELECT expect_error($q$INSERT INTO llm.routes (alias, provider, upstream_model, options) VALUES ('bad', 'r_good', 'm', '{"max_attempts": 1e9}')$q$);
+-- a price that got in anyway (a superuser dropped the check) fails that
+-- call with 22023, and the worker goes on
+SELECT worker_pid AS pid_before FROM llm.gateway_status() \gset
+ALTER TABLE llm.routes DROP CONSTRAINT routes_options_valid;
+UPDATE llm.routes SET options = '{"price_input": 1e131071}' WHERE alias = 'priced';
+ALTER TABLE llm.routes ADD CONSTRAINT routes_options_valid CHECK (llm._check_route_options(options)) NOT VALID;
+SELECT expect_error($q$SELECT llm_complete('priced', 'overpriced: eleven words or more make the price 1e131071 overflow numeric')$q$);
+SELECT status, error_code, response_body LIKE '%overpriced%' AS answer_kept FROM llm.requests ORDER BY id DESC LIMIT 1;
+SELECT worker_pid = :pid_before AS same_worker FROM llm.gateway_status();
+UPDATE llm.routes SET options = '{"price_input": 3}' WHERE alias = 'priced';
+SELECT llm_complete('priced', 'priced again');
 -- the region policy per role: set by an administrator, applied at login
 CREATE ROLE llm_eu_user LOGIN;
 ALTER ROLE llm_eu_user SET llm.allowed_regions = 'eu';

@@ -1,18 +1,54 @@
 /*-------------------------------------------------------------------------
  *
- * provider.h
- *	  The adapter interface: one LlmProvider per wire protocol, and the
+ * adapter.h
+ *	  The adapter contract: one LlmProvider per wire protocol, and the
  *	  structs that carry a call to an adapter and its answer back.
  *
- * runs in: worker (and backends, for the diagnostic adapter functions).
+ * runs in: worker (and backends, for the diagnostic adapter functions
+ * llm.adapter_build_request / llm.adapter_parse_response, and the fuzz
+ * harness, which links src/providers/ without a server).
  *
- * Adapters are pure: no curl, no SPI, no shared memory, no globals and no
- * ereport(ERROR).  Everything comes in as structs and goes out as structs
- * allocated in CurrentMemoryContext (the request's context), so fixture
- * tests can drive them directly.  Status classes common to every provider
- * (429, 5xx, timeouts) are classified once in attempt.c; an adapter only
- * adds its own quirks (Anthropic 529, an error inside a 200 body, an
- * OpenAI 429 that means "out of quota").
+ * Purity.  An adapter is a translation between structs and bytes:
+ *	 - no curl (attempt.c and http.c send and receive), no SPI or catalog
+ *	   access, no shared memory, no GUCs, no static or global state that
+ *	   outlives a call (constant tables are fine);
+ *	 - no ereport(ERROR) and nothing that raises one on input it is given
+ *	   (use json_util.h readers, not jsonb casts): every failure is returned
+ *	   as false plus a filled LlmError.  Out-of-memory is the exception,
+ *	   as everywhere in PostgreSQL.
+ * So a hostile provider answer can only produce an LlmError, and the
+ * fixture and fuzz tests can drive an adapter directly.
+ *
+ * Memory.  Everything an adapter returns (url, headers, body, answer
+ * strings, error texts) is palloc'd in CurrentMemoryContext, which the
+ * caller owns: the worker's per-call context, freed with the call.  Inputs
+ * are borrowed: an adapter never frees or modifies the LlmCall, LlmTarget
+ * or LlmHttpResult it is given, and keeps no pointer to them after it
+ * returns.  target->secret is plaintext: it may be copied only into the
+ * auth header, and provider text is passed through provider_scrub() (or
+ * provider_text()) before it goes into an LlmError.
+ *
+ * What each callback must fill:
+ *	 build_request	  out->url, out->headers (including auth and
+ *					  content-type) and out->body (initialised by the
+ *					  caller); or return false with err->sqlerrcode,
+ *					  message, hint and fail_class FATAL for a request the
+ *					  protocol cannot express.
+ *	 parse_response	  (2xx only) out->content (a JSON array of Messages
+ *					  blocks), stop_reason, the token counts and, when the
+ *					  provider gives them, id and model; or return false
+ *					  with err filled: LL006 (malformed, which the router
+ *					  treats as "answered but unreadable") or an in-band
+ *					  error with its fail_class.
+ *	 parse_error	  (non-2xx) refine the err attempt.c prefilled from the
+ *					  status: message, provider_type, retry_after_s, and
+ *					  sqlerrcode/fail_class when the body says more than
+ *					  the status (quota, overloaded).  Never fails.
+ * Status classes common to every provider (429, 5xx, timeouts) are
+ * classified once in attempt.c; an adapter only adds its own quirks
+ * (Anthropic 529, an error inside a 200 body, an OpenAI 429 that means
+ * "out of quota").  Headers the router adds itself (an idempotency key)
+ * are added after build_request.
  *
  * Vocabulary:
  *	 canonical request  the Anthropic Messages request body the backend
@@ -20,7 +56,7 @@
  *						no "model" key: the target supplies it.
  *	 target				one (provider, upstream model) pair of a route.
  *	 answer				the canonical Messages "message", in parts; the
- *						worker assembles the final JSON (answer.c).
+ *						worker assembles the final JSON (attempt.c).
  *
  *-------------------------------------------------------------------------
  */

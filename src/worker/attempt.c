@@ -22,6 +22,7 @@
 #include <math.h>
 #include <time.h>
 
+#include "access/xlog.h"
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -158,20 +159,31 @@ elapsed_ms(TimestampTz since)
 /*
  * The call's cost in USD from the answering target's prices (route options
  * price_input, price_output, price_cache_read, price_cache_write, in USD per
- * million tokens), in numeric arithmetic: money is never a float.  NULL when
- * the target has no prices.
+ * million tokens), in numeric arithmetic: money is never a float.  *cost is
+ * NULL when the target has no prices.
+ *
+ * The options are bounded when set (llm._check_route_options(), also a
+ * trigger on llm.routes), but a row written before that check, or by a
+ * superuser with the trigger disabled, must not take the worker down: a
+ * price out of range fails this call with 22023 naming the option, and any
+ * ERROR the arithmetic still raises fails it too, never the worker.
  */
-static char *
-compute_cost(LlmWorkItem *item)
+#define LLM_PRICE_MAX	1000000
+static bool
+compute_cost(LlmWorkItem *item, char **cost)
 {
 	static const char *const keys[] = {"price_input", "price_output", "price_cache_read", "price_cache_write"};
 	int64		counts[4];
 	JsonbContainer *opts = &item->target.route_options->root;
-	Datum		total = DirectFunctionCall3(numeric_in, CStringGetDatum("0"),
-											ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
+	Numeric		zero = int64_to_numeric(0);
+	Numeric		max_price = int64_to_numeric(LLM_PRICE_MAX);
+	volatile	Datum total = NumericGetDatum(zero);
 	bool		priced = false;
 	int			i;
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool failed = false;
 
+	*cost = NULL;
 	counts[0] = item->answer.input_tokens;
 	counts[1] = item->answer.output_tokens;
 	counts[2] = item->answer.cache_read_input_tokens;
@@ -179,20 +191,58 @@ compute_cost(LlmWorkItem *item)
 	for (i = 0; i < 4; i++)
 	{
 		JsonbValue *price = json_get(opts, keys[i]);
-		Datum		part;
 
 		if (price == NULL || price->type != jbvNumeric)
 			continue;
+		if (numeric_is_nan(price->val.numeric) ||
+			DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(price->val.numeric),
+											  NumericGetDatum(zero))) < 0 ||
+			DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(price->val.numeric),
+											  NumericGetDatum(max_price))) > 0)
+		{
+			item->ok = false;
+			item->status = "error";
+			item->error.sqlerrcode = ERRCODE_INVALID_PARAMETER_VALUE;
+			item->error.message = psprintf("route option \"%s\" of route target " INT64_FORMAT " is out of range: the cost of the call cannot be computed",
+										   keys[i], item->cand[item->cur].route_id);
+			item->error.detail = pstrdup("The provider answered; its answer is in llm.requests.response_body.");
+			item->error.hint = psprintf("Set a price between 0 and %d USD per million tokens with llm.alter_route().", LLM_PRICE_MAX);
+			return false;
+		}
 		priced = true;
-		part = DirectFunctionCall2(numeric_mul, NumericGetDatum(price->val.numeric),
-								   NumericGetDatum(int64_to_numeric(counts[i])));
-		total = DirectFunctionCall2(numeric_add, total, part);
+		counts[i] = Max(counts[i], 0);
+		PG_TRY();
+		{
+			Datum		part = DirectFunctionCall2(numeric_mul, NumericGetDatum(price->val.numeric),
+												   NumericGetDatum(int64_to_numeric(counts[i])));
+
+			total = DirectFunctionCall2(numeric_add, total, part);
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			FlushErrorState();
+			failed = true;
+		}
+		PG_END_TRY();
+		if (failed)
+		{
+			item->ok = false;
+			item->status = "error";
+			item->error.sqlerrcode = ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE;
+			item->error.message = psprintf("the cost of the call cannot be computed from route option \"%s\" of route target " INT64_FORMAT,
+										   keys[i], item->cand[item->cur].route_id);
+			item->error.hint = pstrdup("Correct the target's prices with llm.alter_route().");
+			return false;
+		}
 	}
 	if (!priced)
-		return NULL;
+		return true;
+	/* bounded: at most 4 * 1e6 * 2^63 / 1e6, nothing here can overflow */
 	total = DirectFunctionCall2(numeric_div, total, NumericGetDatum(int64_to_numeric(1000000)));
 	total = DirectFunctionCall2(numeric_round, total, Int32GetDatum(10));
-	return DatumGetCString(DirectFunctionCall1(numeric_out, total));
+	*cost = DatumGetCString(DirectFunctionCall1(numeric_out, total));
+	return true;
 }
 
 /* Error text as the channel carries it: message\0detail\0hint\0 */
@@ -267,7 +317,7 @@ item_finish(LlmWorkItem *item)
 
 	item->latency_ms = elapsed_ms(item->submitted_at);
 	if (item->ok)
-		item->cost_usd = compute_cost(item);
+		(void) compute_cost(item, &item->cost_usd);
 	initStringInfo(&item->payload);
 	if (item->ok)
 		answer_payload(&item->payload, item);
@@ -520,6 +570,36 @@ item_resolve(LlmWorkItem *item)
 				  NULL, psprintf("Supported kinds: %s.", provider_kinds()));
 }
 
+/* A boolean route option of the current target, false when absent. */
+static bool
+route_option_true(LlmWorkItem *item, const char *key)
+{
+	JsonbValue *v = json_get(&item->target.route_options->root, key);
+
+	return v != NULL && v->type == jbvBool && v->val.boolean;
+}
+
+/*
+ * The route's idempotency_header, if any, carries one key per logical
+ * call: the same on every attempt and every target, different for every
+ * call of every cluster and database (system identifier, database OID,
+ * llm.requests id).  Neither Anthropic's Messages API nor OpenAI's Chat
+ * Completions documents such a header, so none is sent unless a route
+ * names one (an OpenAI-compatible server or proxy that honours it).
+ */
+static void
+add_idempotency_key(LlmWorkItem *item)
+{
+	JsonbValue *v = json_get(&item->target.route_options->root, "idempotency_header");
+	char	   *name = v ? json_value_cstring(v) : NULL;
+
+	if (name == NULL || name[0] == '\0')
+		return;
+	provider_add_header(&item->http_request, name,
+						psprintf("llmgw-" UINT64_FORMAT "-%u-" INT64_FORMAT,
+								 GetSystemIdentifier(), MyDatabaseId, item->request_id));
+}
+
 /* Attempts a target gets before the call falls over (route option, else GUC). */
 static int
 max_attempts(LlmWorkItem *item)
@@ -580,6 +660,21 @@ after_failure(LlmWorkItem *item)
 	/* the request's own fault says nothing about the target's health */
 	if (err->fail_class == LLM_FAIL_FATAL || err->fail_class == LLM_FAIL_NONE)
 		return false;			/* item_finish abandons the verdict */
+
+	/*
+	 * The provider answered 2xx and did the work (and billed it), but the
+	 * answer could not be read: sending the request again, here or to
+	 * another target, pays twice.  Only a route that says so retries.
+	 */
+	if (item->unreadable && !route_option_true(item, "retry_unreadable"))
+	{
+		report_health(item, false);
+		if (err->sqlerrcode == ERRCODE_LLM_PROVIDER_MALFORMED)
+			err->hint = MemoryContextStrdup(item->cxt,
+											"The provider answered, and may have billed the call, so it was not sent again; "
+											"route option retry_unreadable allows retries. llm.requests.response_body keeps what came back.");
+		return false;
+	}
 	if (err->fail_class == LLM_FAIL_RETRYABLE && item->tries_on_cur < max_attempts(item))
 	{
 		double		cap = Min((double) llm_retry_max_ms,
@@ -620,6 +715,7 @@ item_retry(LlmWorkItem *item)
 	item->error.retry_after_s = -1;
 	item->http_status = 0;
 	item->response_body = NULL;
+	item->unreadable = false;
 	provider_init_answer(&item->answer);
 	MemoryContextSwitchTo(old);
 	item_send(item);
@@ -702,6 +798,7 @@ item_send(LlmWorkItem *item)
 		item_finish(item);
 		return;
 	}
+	add_idempotency_key(item);
 	if (item->http_request.body.len > llm_max_request_bytes)
 	{
 		MemoryContextSwitchTo(old);
@@ -867,6 +964,9 @@ transport_error(LlmWorkItem *item)
 		err->detail = provider_scrub(why, item->target.secret);
 		err->hint = pstrdup("Check the provider's base_url and that the server can reach it.");
 	}
+	if (!t->too_large && t->status >= 200 && t->status < 300)
+		err->message = psprintf("provider \"%s\" answered HTTP %ld but its answer was cut short",
+								item->target.provider_name, t->status);
 }
 
 /* Log the attempt just ended, then finish the call or go on with it. */
@@ -901,6 +1001,12 @@ item_transfer_done(LlmWorkItem *item)
 	if (t->result != CURLE_OK)
 	{
 		transport_error(item);
+		/* a 2xx whose body was cut short: the provider did the work */
+		if (t->status >= 200 && t->status < 300 && !t->too_large)
+		{
+			item->http_status = t->status;
+			item->unreadable = true;
+		}
 		MemoryContextSwitchTo(old);
 		settle_attempt(item);
 		return;
@@ -922,6 +1028,8 @@ item_transfer_done(LlmWorkItem *item)
 														 &item->answer, err);
 		if (item->ok)
 			item->status = "ok";
+		else
+			item->unreadable = (err->sqlerrcode == ERRCODE_LLM_PROVIDER_MALFORMED);
 	}
 	else
 	{

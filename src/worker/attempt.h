@@ -61,6 +61,7 @@ typedef struct LlmWorkItem
 	bool		throttled;		/* counted in the provider's queued */
 	int			skipped_open;	/* targets skipped because their circuit is open */
 	bool		health_pending; /* the breaker awaits this target's verdict */
+	bool		unreadable;		/* last attempt: answer received but unreadable */
 	StringInfoData attempt_log; /* JSON array, one object per attempt */
 
 	/* the current target (a copy of cand[cur].target) */

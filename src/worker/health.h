@@ -12,7 +12,6 @@
 #ifndef LLM_HEALTH_H
 #define LLM_HEALTH_H
 
-#include "storage/spin.h"
 #include "utils/timestamp.h"
 
 #define LLM_BREAKER_CLOSED		0
@@ -21,23 +20,29 @@
 
 #define LLM_PROVIDER_NAME_LEN	64
 
+/* Bounds of the two shared hash tables (entries are freed when idle). */
+#define LLM_MAX_TARGETS		4096
+#define LLM_MAX_PROVIDERS	512
+
+/* A target with a failure history; a healthy target has no entry. */
 typedef struct LlmTargetHealth
 {
-	int64		route_id;		/* 0 = unused entry */
+	int64		route_id;		/* hash key */
 	int			state;
 	int			consecutive_failures;
 	bool		probe_in_flight;
 	TimestampTz open_until;
-	int64		successes;
+	int64		successes;		/* since the entry was created */
 	int64		failures;
 	TimestampTz last_failure_at;
 } LlmTargetHealth;
 
+/* A provider with calls in flight or queued, or a bucket still refilling. */
 typedef struct LlmProviderLoad
 {
-	char		name[LLM_PROVIDER_NAME_LEN];	/* "" = unused entry */
-	int			in_flight;
-	int			queued;
+	char		name[LLM_PROVIDER_NAME_LEN];	/* hash key */
+	int			in_flight;		/* never below 0 */
+	int			queued;			/* never below 0 */
 	int			max_concurrency;	/* 0 = unlimited */
 	int			requests_per_minute;	/* 0 = unlimited */
 	double		tokens;			/* token bucket */
@@ -45,16 +50,11 @@ typedef struct LlmProviderLoad
 	int64		throttled;		/* attempts that had to wait */
 } LlmProviderLoad;
 
-typedef struct LlmHealth
-{
-	slock_t		mutex;
-	int			ntargets;
-	int			nproviders;
-	LlmTargetHealth *targets_unused;	/* layout marker; arrays follow */
-} LlmHealth;
-
 extern Size health_shmem_size(void);
 extern void health_shmem_init(void);
+
+/* worker start: forget what a previous worker left in flight */
+extern void health_worker_started(void);
 
 /* worker: circuit breakers */
 extern bool health_allow(int64 route_id);

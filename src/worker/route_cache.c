@@ -12,6 +12,14 @@
  * stale and the next lookup (always inside a transaction) reloads it.  So
  * changes apply to the next call, without polling and without restart.
  *
+ * The callback sees every relcache invalidation of the database (ANALYZE
+ * of any table, any DDL), and a load decrypts every key: it reloads only
+ * for llm.routes, llm.providers and llm.credentials (OIDs looked up at each
+ * load, so a re-created extension is followed: dropping the old tables
+ * invalidates their OIDs) and for a reset of the whole relcache (relid
+ * InvalidOid, e.g. after a sinval queue overflow).  Each load logs a
+ * DEBUG1 line, which tests count.
+ *
  * Secrets are held only here, in the worker's memory.
  *
  *-------------------------------------------------------------------------
@@ -32,12 +40,40 @@
 static MemoryContext cache_cxt = NULL;
 static List *cache = NIL;		/* of LlmRoute *, one per alias */
 static bool cache_stale = true;
+static uint64 inval_count = 0;	/* relevant invalidations seen */
+
+/* the tables the cache is made of; InvalidOid until the first load */
+static Oid	config_relids[3] = {InvalidOid, InvalidOid, InvalidOid};
 
 static void
 invalidate_callback(Datum arg, Oid relid)
 {
-	/* any relcache reset, or a change of one of our tables, reloads */
-	cache_stale = true;
+	int			i;
+
+	if (relid == InvalidOid)
+	{
+		cache_stale = true;
+		inval_count++;
+		return;
+	}
+	for (i = 0; i < lengthof(config_relids); i++)
+		if (relid == config_relids[i])
+		{
+			cache_stale = true;
+			inval_count++;
+		}
+}
+
+/* Remember the OIDs of the configuration tables; in a transaction. */
+static void
+lookup_config_relids(void)
+{
+	static const char *const names[] = {"routes", "providers", "credentials"};
+	Oid			nsp = get_namespace_oid("llm", true);
+	int			i;
+
+	for (i = 0; i < lengthof(config_relids); i++)
+		config_relids[i] = OidIsValid(nsp) ? get_relname_relid(names[i], nsp) : InvalidOid;
 }
 
 void
@@ -76,11 +112,14 @@ reload(void)
 	List	   *creds;
 	uint64		i;
 	int			ret;
+	uint64		inval_at_start = inval_count;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
 	MemoryContextReset(cache_cxt);
 	cache = NIL;
+	lookup_config_relids();
 
 	/* decrypted once per load; a target keeps its provider's list */
 	creds = credentials_load(cache_cxt);
@@ -150,8 +189,12 @@ reload(void)
 		}
 	}
 	MemoryContextSwitchTo(old);
+	ereport(DEBUG1,
+			(errmsg_internal("llm_gateway: route cache loaded (%d aliases, " UINT64_FORMAT " targets)",
+							 list_length(cache), SPI_processed)));
 	SPI_finish();
-	cache_stale = false;
+	/* fresh unless a change arrived while we read (or an ERROR left it stale) */
+	cache_stale = (inval_count != inval_at_start);
 }
 
 /*

@@ -43,6 +43,7 @@
 
 #include "worker/attempt.h"
 #include "channel/channel.h"
+#include "worker/health.h"
 #include "worker/http.h"
 #include "llm_gateway.h"
 #include "worker/log_flusher.h"
@@ -503,6 +504,8 @@ llm_worker_main(Datum main_arg)
 										   sizeof(LlmWorkItem *) * channel_get()->nslots);
 	routes_init();
 	http_init();
+	/* counts and probes of the calls a previous worker died with */
+	health_worker_started();
 
 	(void) run_batch(mark_unknown, NULL, &unavailable);
 	channel_worker_log_unavailable(unavailable);

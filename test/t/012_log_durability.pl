@@ -17,6 +17,9 @@ use LlmGatewayTest;
 
 my $mock = start_mock();
 my $node = gateway_node('log_durability', $mock, 'anthropic', "wal_writer_delay = '10s'\n");
+# no dead catalog tuples left for a query below to prune: that WAL would
+# lie past the row's commit, and only the WAL writer would flush it
+$node->safe_psql('postgres', 'VACUUM');
 
 # Start a call that hangs at the provider; return once the provider holds
 # the request, with the WAL insert position seen then (past the row's commit).
