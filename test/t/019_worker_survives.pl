@@ -46,8 +46,8 @@ my ($rc, $out, $err) = $node->psql('postgres',
 	q{\set VERBOSITY verbose
 SELECT llm_complete('pricey', 'cost me')});
 isnt($rc, 0, 'the call with the uncomputable price fails');
-like($err, qr/ERROR:  22003: the gateway could not process the call: value overflows numeric format/,
-	'with the error\'s own SQLSTATE and a message that says so');
+like($err, qr/ERROR:  22023: route option "price_input" of route target \d+ is out of range: the cost of the call cannot be computed/,
+	'with a clear SQLSTATE and a message naming the option');
 
 my $bg_out = $bg->query_until(qr/done/, '');
 like($bg_out, qr/mock reply to: slow neighbour/, 'the other call in flight was answered');
@@ -59,7 +59,7 @@ is($node->safe_psql('postgres', q{SELECT llm_complete('m', 'next')}), 'mock repl
 	'and the next call works');
 is($node->safe_psql('postgres',
 		q{SELECT status || ' ' || error_code FROM llm.requests WHERE request_body::text LIKE '%cost me%'}),
-	'error 22003', 'the failed call is logged with its SQLSTATE');
+	'error 22023', 'the failed call is logged with its SQLSTATE');
 unlike(slurp_file($node->logfile), qr/terminated by signal|exited with exit code 1/,
 	'no worker exit in the server log');
 
