@@ -33,6 +33,22 @@ SELECT count(*) AS rows_by_alias FROM llm.requests WHERE alias = 'claude';
 RESET enable_seqscan;
 DROP INDEX llm.requests_alias_idx;
 
+-- constraints an administrator adds are checked: a call whose row would
+-- break one is not sent and fails with 55000; the others go on.  A call
+-- that fails before it is sent (unknown alias) keeps its own error and
+-- leaves no row that breaks the constraint.
+DELETE FROM llm.requests WHERE provider IS NULL;
+ALTER TABLE llm.requests ALTER COLUMN provider SET NOT NULL;
+SELECT expect_error($q$SELECT llm_complete('no_such_alias', 'unknown alias')$q$);
+SELECT count(*) AS rows_without_provider FROM llm.requests WHERE provider IS NULL;
+ALTER TABLE llm.requests ALTER COLUMN provider DROP NOT NULL;
+ALTER TABLE llm.requests ADD CONSTRAINT tagged CHECK (tags IS NOT NULL) NOT VALID;
+SELECT expect_error($q$SELECT llm_complete('claude', 'untagged call')$q$);
+SELECT llm_complete('claude', 'tagged call', '{"tags": {"k": 1}}');
+SELECT count(*) AS rows_of_untagged_call FROM llm.requests
+ WHERE request_body::text LIKE '%untagged call%';
+ALTER TABLE llm.requests DROP CONSTRAINT tagged;
+
 -- a trigger on the log: writes go through the executor and it fires
 CREATE TABLE public.audit_copy (id bigint, status text);
 CREATE FUNCTION public.copy_request() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -51,10 +67,31 @@ ALTER TABLE llm.requests ADD COLUMN note text DEFAULT 'set by default';
 SELECT (llm_messages('claude', '[{"role": "user", "content": "with a new column"}]')->'gateway'->>'request_id')::bigint AS id \gset
 SELECT status, note FROM llm.requests WHERE id = :id;
 
+-- a generated column an administrator adds is computed on insert and update
+ALTER TABLE llm.requests ADD COLUMN total_tokens bigint
+    GENERATED ALWAYS AS (coalesce(input_tokens, 0) + coalesce(output_tokens, 0)) STORED;
+SELECT (llm_messages('claude', '[{"role": "user", "content": "four words of prompt"}]')->'gateway'->>'request_id')::bigint AS id \gset
+SELECT status, input_tokens, output_tokens, total_tokens FROM llm.requests WHERE id = :id;
+ALTER TABLE llm.requests DROP COLUMN total_tokens;
+
+-- a BEFORE trigger that changes the row: the row written is the trigger's
+CREATE FUNCTION public.tag_request() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.tags := coalesce(NEW.tags, '{}') || '{"by": "trigger"}';
+    RETURN NEW;
+END $$;
+CREATE TRIGGER tag_request BEFORE INSERT ON llm.requests
+    FOR EACH ROW EXECUTE FUNCTION public.tag_request();
+SELECT (llm_messages('claude', '[{"role": "user", "content": "tagged by a trigger"}]')->'gateway'->>'request_id')::bigint AS id \gset
+SELECT status, tags FROM llm.requests WHERE id = :id;
+DROP TRIGGER tag_request ON llm.requests;
+DROP FUNCTION public.tag_request();
+
 DROP TRIGGER copy_request ON llm.requests;
 ALTER TABLE llm.requests DROP COLUMN note;
 DROP FUNCTION public.copy_request();
 DROP TABLE public.audit_copy;
 DROP EXTENSION amcheck;
+
 SELECT llm_complete('claude', 'after the changes');
 SELECT count(*) FILTER (WHERE status = 'ok') AS ok, count(*) AS calls FROM llm.requests;

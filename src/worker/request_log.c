@@ -12,56 +12,75 @@
  * throttling throughput; being the worker's own transactions, no caller's
  * ROLLBACK can remove a row.
  *
- * A row is first built as datums over the table's columns (LogRow); it is
- * then written one of two ways:
+ * One write path, the logical-replication apply worker's: one EState and
+ * ResultRelInfo per batch, ExecSimpleRelationInsert/Update, so whatever an
+ * administrator adds to llm.requests is honoured as an INSERT or UPDATE
+ * would honour it: constraints (ExecConstraints), generated columns,
+ * BEFORE and AFTER row triggers (AfterTriggerBeginQuery/EndQuery around
+ * the batch), every index, defaults of columns we do not set (evaluated
+ * like the apply worker's slot_fill_defaults; the id comes from its
+ * identity sequence that way).  No name is resolved through search_path:
+ * the table is found by schema and name, everything else by OID.
  *
- *	- directly: heap insert or update plus the table's index entries, with
- *	  no parse, plan or executor start-up.  This is the path of every call,
- *	  taken while llm.requests is the plain table the extension created
- *	  (same columns, no triggers, rules, extra CHECK constraints or
- *	  partitions), so nothing the executor would do is skipped: the values
- *	  are the worker's own and satisfy the table's constraints by
- *	  construction, and indexes an administrator added are maintained.
- *	- through SPI, when the table has been changed in any of those ways:
- *	  the executor then runs the triggers, defaults and constraints.
+ * A row is completed through the primary key: found with a fresh snapshot,
+ * locked without waiting (a row another session holds is retried next
+ * turn, so an administrator's open transaction never stalls the worker's
+ * loop), looked up again when it was updated concurrently, skipped when it
+ * was deleted.
  *
- * A batch that fails (the extension dropped under us) is rolled back and
- * reported by the caller; it never takes the worker down.
+ * Failures: every transaction runs with lock_timeout and a statement
+ * timeout.  A batch that fails on a lock, a timeout or a deadlock writes
+ * nothing and is retried next turn (REQLOG_RETRY).  A batch that fails
+ * otherwise is redone with each row in its own subtransaction, so the one
+ * row an added constraint or trigger refuses fails alone (its item gets
+ * log_error) and the others are written.  Not on the normal path: a
+ * subtransaction per row would overflow the subxid cache under load.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/htup_details.h"
-#include "access/stratnum.h"
+#include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am_d.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_collation_d.h"
+#include "catalog/pg_operator_d.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
-#include "commands/sequence.h"
+#include "commands/trigger.h"
 #include "executor/executor.h"
-#include "executor/spi.h"
-#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
 #include "pgstat.h"
+#include "rewrite/rewriteHandler.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 
 #include "worker/attempt.h"
 #include "llm_gateway.h"
 #include "worker/request_log.h"
+
+/*
+ * Bounds on every log transaction.  The lock wait is short: while the
+ * worker waits, no call's transfer progresses.
+ */
+#define LOG_LOCK_TIMEOUT		"1s"
+#define LOG_STATEMENT_TIMEOUT_MS	10000
 
 /* The columns of llm.requests, in table order (sql/llm_gateway--0.1.sql). */
 typedef enum LogColumn
@@ -141,189 +160,6 @@ typedef struct LogRow
 	bool		isnull[NUM_LOG_COLUMNS];
 	LogChange	change[NUM_LOG_COLUMNS];
 } LogRow;
-
-/* The direct path's handles, valid inside one batch. */
-typedef struct LogTable
-{
-	Relation	rel;
-	EState	   *estate;
-	ResultRelInfo *rri;
-	Relation	pkey;			/* one of rri's index relations */
-	Oid			seqid;			/* the identity sequence of id */
-	TupleTableSlot *oldslot;
-	TupleTableSlot *newslot;
-} LogTable;
-
-static LogTable direct;
-static bool direct_open = false;
-static Oid	cached_relid = InvalidOid;	/* llm.requests ... */
-static Oid	cached_seqid = InvalidOid;	/* ... and the sequence of its id */
-static bool in_batch = false;
-static bool spi_open = false;	/* SPI connected in this batch */
-static SPIPlanPtr insert_plan = NULL;
-static SPIPlanPtr complete_plan = NULL;
-
-/* llm.requests, or InvalidOid when the extension is not installed. */
-static Oid
-requests_relid(void)
-{
-	Oid			nsp = get_namespace_oid("llm", true);
-
-	return OidIsValid(nsp) ? get_relname_relid("requests", nsp) : InvalidOid;
-}
-
-/* Why the log cannot be written, or NULL if it can (inside a batch). */
-char *
-reqlog_unavailable_reason(void)
-{
-	if (!OidIsValid(requests_relid()))
-		return psprintf("extension llm_gateway is not installed in database \"%s\"",
-						get_database_name(MyDatabaseId));
-	return NULL;
-}
-
-/* The SPI path and the start-up update connect on first use in a batch. */
-static void
-need_spi(void)
-{
-	if (spi_open)
-		return;
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	spi_open = true;
-}
-
-/*
- * Is llm.requests still the table the extension created, so that writing
- * heap and index entries directly is what the executor would do?
- */
-static bool
-table_is_plain(Relation rel)
-{
-	TupleDesc	desc = RelationGetDescr(rel);
-	int			i;
-
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
-		rel->rd_rel->relhastriggers || rel->rd_rel->relhasrules || rel->trigdesc != NULL ||
-		desc->natts != NUM_LOG_COLUMNS)
-		return false;
-	/* our NOT NULLs and the one status CHECK, nothing an administrator added */
-	if (desc->constr && (desc->constr->num_check > 1 || desc->constr->has_generated_stored))
-		return false;
-	for (i = 0; i < NUM_LOG_COLUMNS; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attisdropped || att->atttypid != log_columns[i].type ||
-			strcmp(NameStr(att->attname), log_columns[i].name) != 0)
-			return false;
-	}
-	return true;
-}
-
-/* Open llm.requests for direct writes; false leaves the SPI path to it. */
-static bool
-open_direct(Oid relid)
-{
-	Relation	rel = table_open(relid, RowExclusiveLock);
-	Oid			pkey_oid;
-	RangeTblEntry *rte;
-	int			i;
-
-	pkey_oid = RelationGetPrimaryKeyIndex(rel);
-	if (!table_is_plain(rel) || !OidIsValid(pkey_oid))
-	{
-		table_close(rel, NoLock);
-		return false;
-	}
-
-	memset(&direct, 0, sizeof(direct));
-	direct.rel = rel;
-	/* a dropped and re-created table has a new OID; an abort forgets both */
-	if (relid != cached_relid)
-	{
-		cached_seqid = getIdentitySequence(relid, COL_ID + 1, false);
-		cached_relid = relid;
-	}
-	direct.seqid = cached_seqid;
-	direct.estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = relid;
-	rte->relkind = rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(direct.estate, list_make1(rte));
-	direct.rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(direct.rri, rel, 1, NULL, 0);
-	ExecOpenIndices(direct.rri, false);
-	for (i = 0; i < direct.rri->ri_NumIndices; i++)
-		if (RelationGetRelid(direct.rri->ri_IndexRelationDescs[i]) == pkey_oid)
-			direct.pkey = direct.rri->ri_IndexRelationDescs[i];
-	if (direct.pkey == NULL)
-		elog(ERROR, "primary key index of llm.requests is not open");
-	direct.estate->es_output_cid = GetCurrentCommandId(true);
-	direct.oldslot = table_slot_create(rel, NULL);
-	direct.newslot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsVirtual);
-	direct_open = true;
-	return true;
-}
-
-static void
-close_direct(void)
-{
-	if (!direct_open)
-		return;
-	ExecDropSingleTupleTableSlot(direct.oldslot);
-	ExecDropSingleTupleTableSlot(direct.newslot);
-	ExecCloseIndices(direct.rri);
-	FreeExecutorState(direct.estate);
-	table_close(direct.rel, NoLock);	/* the lock is held to commit */
-	direct_open = false;
-}
-
-bool
-reqlog_open_batch(void)
-{
-	Oid			relid;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	in_batch = true;
-	relid = requests_relid();
-	if (!OidIsValid(relid))
-		return false;
-	(void) open_direct(relid);
-	return true;
-}
-
-void
-reqlog_close_batch(void)
-{
-	close_direct();
-	if (spi_open)
-		SPI_finish();
-	spi_open = false;
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	in_batch = false;
-	pgstat_report_stat(false);
-}
-
-/* After an ERROR inside a batch: roll back; the caller flushed the error. */
-void
-reqlog_abort_batch(void)
-{
-	/* the abort releases the relation, its indexes and the executor memory */
-	direct_open = false;
-	spi_open = false;			/* the abort cleans SPI up too */
-	AbortCurrentTransaction();
-	in_batch = false;
-	/* the plans may refer to dropped objects; prepare them again next time */
-	insert_plan = NULL;
-	complete_plan = NULL;
-	cached_relid = InvalidOid;
-}
 
 /* ---------------------------------------------------------------------
  * Building rows
@@ -431,178 +267,749 @@ complete_row(LlmWorkItem *item, LogRow *row)
 			 !item->has_target);
 }
 
-/* ---------------------------------------------------------------------
- * The direct path
- * ---------------------------------------------------------------------
- */
-
-static int64
-direct_insert(LogRow *row)
+/* A batch: what to write, and for which items. */
+typedef enum BatchKind
 {
-	TupleTableSlot *slot = direct.newslot;
-	int64		id = nextval_internal(direct.seqid, false);
+	BATCH_PENDING,				/* insert the items' pending rows */
+	BATCH_COMPLETE,				/* complete the items' rows */
+	BATCH_UNKNOWN				/* mark rows a previous worker left pending */
+} BatchKind;
 
-	row_set_int8(row, COL_ID, id, true);
-	ExecClearTuple(slot);
-	memcpy(slot->tts_values, row->values, sizeof(row->values));
-	memcpy(slot->tts_isnull, row->isnull, sizeof(row->isnull));
-	ExecStoreVirtualTuple(slot);
+typedef struct Batch
+{
+	BatchKind	kind;
+	dlist_head *items;			/* NULL for BATCH_UNKNOWN */
+	ReqlogPrepareFn prepare;
+} Batch;
 
-	table_tuple_insert(direct.rel, slot, direct.estate->es_output_cid, 0, NULL);
-	(void) ExecInsertIndexTuples(direct.rri, slot, direct.estate, false, false, NULL, NIL);
-	ResetPerTupleExprContext(direct.estate);
-	return id;
+/* The executor state of one batch (or one row, row by row). */
+typedef struct LogWriter
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	EPQState	epq;
+	AttrNumber	att[NUM_LOG_COLUMNS];	/* our columns' numbers in the table */
+	TupleTableSlot *newslot;	/* virtual: the row to write */
+	TupleTableSlot *oldslot;	/* the table's: the row as found and locked */
+	Relation	pkey;			/* primary key index (on id), once needed */
+	RegProcedure pkey_eq;
+	bool		defaults_ready;
+	int			ndefaults;		/* defaults of the columns an insert leaves out */
+	AttrNumber *def_att;
+	ExprState **def_expr;
+} LogWriter;
+
+typedef enum RowResult
+{
+	ROW_WRITTEN,
+	ROW_GONE,					/* deleted (or, for unknown-marking, no longer pending) */
+	ROW_BUSY					/* another session holds it locked */
+} RowResult;
+
+typedef enum TryResult
+{
+	TRY_OK,
+	TRY_UNAVAILABLE,
+	TRY_FAILED
+} TryResult;
+
+static bool unknown_done = false;	/* rows of previous workers marked */
+static bool retrying = false;	/* the last batch was put off (for the log) */
+
+/* llm.requests, or InvalidOid when the extension is not installed. */
+static Oid
+requests_relid(void)
+{
+	Oid			nsp = get_namespace_oid("llm", true);
+
+	return OidIsValid(nsp) ? get_relname_relid("requests", nsp) : InvalidOid;
+}
+
+/* Errors that say "not now": the same batch may well succeed next turn. */
+static bool
+is_transient(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
+}
+
+/* SET LOCAL at override level: neither the database's nor a role's settings apply. */
+static void
+set_local(const char *name, const char *value)
+{
+	(void) set_config_option(name, value, PGC_SUSET, PGC_S_OVERRIDE,
+							 GUC_ACTION_LOCAL, true, 0, false);
+}
+
+/*
+ * Start a log transaction.  synchronous: the commit waits for the WAL
+ * flush (and a synchronous standby), whatever synchronous_commit the
+ * database or a role sets; otherwise it is asynchronous.
+ */
+static void
+begin_txn(bool synchronous)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	set_local("lock_timeout", LOG_LOCK_TIMEOUT);
+	set_local("synchronous_commit", synchronous ? "on" : "off");
+	/* statement_timeout is armed by postgres.c only; arm it ourselves */
+	enable_timeout_after(STATEMENT_TIMEOUT, LOG_STATEMENT_TIMEOUT_MS);
+	PushActiveSnapshot(GetTransactionSnapshot());
 }
 
 static void
-direct_update(int64 id, LogRow *row)
+end_txn(void)
+{
+	/* a timeout that fired after the last check fails the batch, not the loop */
+	disable_timeout(STATEMENT_TIMEOUT, true);
+	CHECK_FOR_INTERRUPTS();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+/* After an error: no timeout may be left to cancel the worker's next wait. */
+static void
+stop_statement_timeout(void)
+{
+	bool		fired = get_timeout_indicator(STATEMENT_TIMEOUT, true);
+
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	if (fired)
+		QueryCancelPending = false;
+}
+
+/* Our columns by name: an administrator may have added or dropped others. */
+static void
+map_columns(LogWriter *w)
+{
+	TupleDesc	desc = RelationGetDescr(w->rel);
+	int			c;
+	int			i;
+
+	for (c = 0; c < NUM_LOG_COLUMNS; c++)
+		w->att[c] = InvalidAttrNumber;
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		for (c = 0; c < NUM_LOG_COLUMNS; c++)
+			if (strcmp(NameStr(att->attname), log_columns[c].name) == 0 &&
+				att->atttypid == log_columns[c].type)
+				w->att[c] = i + 1;
+	}
+	for (c = 0; c < NUM_LOG_COLUMNS; c++)
+		if (w->att[c] == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("llm.requests has no column \"%s\" of type %s",
+							log_columns[c].name, format_type_be(log_columns[c].type))));
+}
+
+/* Open llm.requests for one batch, as the apply worker opens a relation. */
+static void
+writer_open(LogWriter *w, Oid relid)
+{
+	Relation	rel;
+	RangeTblEntry *rte;
+	MemoryContext old;
+
+	memset(w, 0, sizeof(*w));
+	/* waits at most lock_timeout (an administrator's LOCK TABLE, CREATE INDEX) */
+	rel = table_open(relid, RowExclusiveLock);
+	w->rel = rel;
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("llm.requests is not a plain table")));
+
+	w->estate = CreateExecutorState();
+	old = MemoryContextSwitchTo(w->estate->es_query_cxt);
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(w->estate, list_make1(rte));
+	w->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(w->rri, rel, 1, NULL, 0);
+	/* where ExecGetTriggerResultRel() finds it; we close rel ourselves */
+	w->estate->es_opened_result_relations = lappend(w->estate->es_opened_result_relations, w->rri);
+	w->estate->es_output_cid = GetCurrentCommandId(true);
+	w->estate->es_snapshot = GetActiveSnapshot();
+	ExecOpenIndices(w->rri, false);
+	map_columns(w);
+	w->newslot = ExecInitExtraTupleSlot(w->estate, RelationGetDescr(rel), &TTSOpsVirtual);
+	w->oldslot = table_slot_create(rel, &w->estate->es_tupleTable);
+	EvalPlanQualInit(&w->epq, w->estate, NULL, NIL, -1);
+	/* AFTER ROW triggers queue in this level and fire in writer_close() */
+	AfterTriggerBeginQuery();
+	MemoryContextSwitchTo(old);
+}
+
+static void
+writer_close(LogWriter *w)
+{
+	MemoryContext old = MemoryContextSwitchTo(w->estate->es_query_cxt);
+
+	AfterTriggerEndQuery(w->estate);
+	EvalPlanQualEnd(&w->epq);
+	ExecCloseIndices(w->rri);
+	ExecResetTupleTable(w->estate->es_tupleTable, false);
+	MemoryContextSwitchTo(old);
+	FreeExecutorState(w->estate);
+	table_close(w->rel, NoLock);	/* the lock is held to commit */
+}
+
+/*
+ * The default expressions of the columns an insert leaves out (the id's
+ * identity sequence, columns an administrator added), as an INSERT would
+ * evaluate them.
+ */
+static void
+prepare_defaults(LogWriter *w, const LogRow *row)
+{
+	TupleDesc	desc = RelationGetDescr(w->rel);
+	bool	   *given = palloc0(sizeof(bool) * desc->natts);
+	int			c;
+	int			i;
+
+	for (c = 0; c < NUM_LOG_COLUMNS; c++)
+		if (row->change[c] != CHANGE_NONE)
+			given[w->att[c] - 1] = true;
+	w->def_att = palloc(sizeof(AttrNumber) * desc->natts);
+	w->def_expr = palloc(sizeof(ExprState *) * desc->natts);
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		Expr	   *expr;
+
+		if (att->attisdropped || att->attgenerated || given[i])
+			continue;
+		expr = (Expr *) build_column_default(w->rel, i + 1);
+		if (expr == NULL)
+			continue;
+		w->def_att[w->ndefaults] = i + 1;
+		w->def_expr[w->ndefaults] = ExecPrepareExpr(expr, w->estate);
+		w->ndefaults++;
+	}
+	w->defaults_ready = true;
+}
+
+/* Insert the item's pending row; its id is the row's. */
+static void
+insert_row(LogWriter *w, LlmWorkItem *item)
+{
+	TupleTableSlot *slot = w->newslot;
+	int			natts = slot->tts_tupleDescriptor->natts;
+	ExprContext *econtext = GetPerTupleExprContext(w->estate);
+	MemoryContext old;
+	LogRow		row;
+	Datum		id;
+	bool		isnull;
+	int			i;
+
+	old = MemoryContextSwitchTo(GetPerTupleMemoryContext(w->estate));
+	pending_row(item, &row);
+	if (!w->defaults_ready)
+	{
+		MemoryContextSwitchTo(w->estate->es_query_cxt);
+		prepare_defaults(w, &row);
+		MemoryContextSwitchTo(GetPerTupleMemoryContext(w->estate));
+	}
+	ExecClearTuple(slot);
+	for (i = 0; i < natts; i++)
+	{
+		slot->tts_values[i] = (Datum) 0;
+		slot->tts_isnull[i] = true;
+	}
+	for (i = 0; i < NUM_LOG_COLUMNS; i++)
+		if (row.change[i] != CHANGE_NONE)
+		{
+			slot->tts_values[w->att[i] - 1] = row.values[i];
+			slot->tts_isnull[w->att[i] - 1] = row.isnull[i];
+		}
+	for (i = 0; i < w->ndefaults; i++)
+		slot->tts_values[w->def_att[i] - 1] =
+			ExecEvalExpr(w->def_expr[i], econtext, &slot->tts_isnull[w->def_att[i] - 1]);
+	ExecStoreVirtualTuple(slot);
+	MemoryContextSwitchTo(old);
+
+	ExecSimpleRelationInsert(w->rri, w->estate, slot);
+	/* a BEFORE trigger that returns NULL skips the insert: no row, no call */
+	if (!ItemPointerIsValid(&slot->tts_tid))
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("a trigger on llm.requests discarded the row")));
+	id = slot_getattr(slot, w->att[COL_ID], &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("the row written to llm.requests has no id")));
+	item->request_id = DatumGetInt64(id);
+	item->logged = true;
+	ResetPerTupleExprContext(w->estate);
+}
+
+/* The primary key, which completions find their rows through. */
+static void
+open_pkey(LogWriter *w)
+{
+	Oid			pkey_oid = RelationGetPrimaryKeyIndex(w->rel);
+	Oid			op;
+	int			i;
+
+	for (i = 0; i < w->rri->ri_NumIndices; i++)
+		if (RelationGetRelid(w->rri->ri_IndexRelationDescs[i]) == pkey_oid)
+			w->pkey = w->rri->ri_IndexRelationDescs[i];
+	if (w->pkey == NULL || w->pkey->rd_rel->relam != BTREE_AM_OID ||
+		IndexRelationGetNumberOfKeyAttributes(w->pkey) != 1 ||
+		w->pkey->rd_index->indkey.values[0] != w->att[COL_ID] ||
+		w->pkey->rd_opcintype[0] != INT8OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("llm.requests has no primary key on its id column")));
+	op = get_opfamily_member(w->pkey->rd_opfamily[0], INT8OID, INT8OID, BTEqualStrategyNumber);
+	if (!OidIsValid(op))
+		elog(ERROR, "no equality operator in the primary key of llm.requests");
+	w->pkey_eq = get_opcode(op);
+}
+
+/* The version of row id that snap sees, into slot. */
+static bool
+find_by_id(LogWriter *w, int64 id, Snapshot snap, TupleTableSlot *slot)
 {
 	ScanKeyData key;
 	IndexScanDesc scan;
-	TupleTableSlot *old = direct.oldslot;
-	TupleTableSlot *new = direct.newslot;
 	bool		found;
-	bool		update_indexes;
-	int			i;
 
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(id));
-	scan = index_beginscan(direct.rel, direct.pkey, GetActiveSnapshot(), 1, 0);
+	if (w->pkey == NULL)
+		open_pkey(w);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, w->pkey_eq, Int64GetDatum(id));
+	key.sk_collation = w->pkey->rd_indcollation[0];
+	scan = index_beginscan(w->rel, w->pkey, snap, 1, 0);
 	index_rescan(scan, &key, 1, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, old);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);
-	if (!found)
-		return;					/* deleted by an administrator: nothing to complete */
-
-	slot_getallattrs(old);
-	ExecClearTuple(new);
-	for (i = 0; i < NUM_LOG_COLUMNS; i++)
-	{
-		bool		take = row->change[i] == CHANGE_SET ||
-			(row->change[i] == CHANGE_KEEP && !row->isnull[i]);
-
-		new->tts_values[i] = take ? row->values[i] : old->tts_values[i];
-		new->tts_isnull[i] = take ? row->isnull[i] : old->tts_isnull[i];
-	}
-	ExecStoreVirtualTuple(new);
-
-	simple_table_tuple_update(direct.rel, &old->tts_tid, new, GetActiveSnapshot(), &update_indexes);
-	if (update_indexes)
-		(void) ExecInsertIndexTuples(direct.rri, new, direct.estate, true, false, NULL, NIL);
-	ExecClearTuple(old);
-	ResetPerTupleExprContext(direct.estate);
+	return found;
 }
 
-/* ---------------------------------------------------------------------
- * The SPI path, for a table that is no longer the one we created
- * ---------------------------------------------------------------------
- */
+static bool
+slot_is_pending(LogWriter *w, TupleTableSlot *slot)
+{
+	bool		isnull;
+	Datum		status = slot_getattr(slot, w->att[COL_STATUS], &isnull);
+
+	return !isnull && strcmp(TextDatumGetCString(status), "pending") == 0;
+}
 
 /*
- * Prepare INSERT (RETURNING id) or UPDATE ... WHERE id = $1 over the
- * columns the row changes; the statement's parameters are those columns
- * in table order.
+ * Apply row's changes to row id: find it through the primary key, lock it
+ * without waiting, update it.  only_pending: leave it unless it is still
+ * pending once locked.
  */
-static SPIPlanPtr
-prepare_for(const LogRow *row, bool insert)
+static RowResult
+update_row(LogWriter *w, int64 id, const LogRow *row, bool only_pending)
 {
-	StringInfoData sql;
-	StringInfoData cols;
-	Oid			types[NUM_LOG_COLUMNS + 1];
-	int			nargs = 0;
-	int			i;
-	SPIPlanPtr	plan;
-
-	need_spi();
-	initStringInfo(&sql);
-	initStringInfo(&cols);
-	if (!insert)
-		types[nargs++] = INT8OID;	/* $1: the id */
-	for (i = 0; i < NUM_LOG_COLUMNS; i++)
-	{
-		const char *name = log_columns[i].name;
-
-		if (row->change[i] == CHANGE_NONE)
-			continue;
-		types[nargs++] = log_columns[i].type;
-		if (cols.len > 0)
-			appendStringInfoString(&cols, ", ");
-		if (insert)
-			appendStringInfoString(&cols, name);
-		else if (row->change[i] == CHANGE_KEEP)
-			appendStringInfo(&cols, "%s = coalesce($%d, %s)", name, nargs, name);
-		else
-			appendStringInfo(&cols, "%s = $%d", name, nargs);
-	}
-	if (insert)
-	{
-		appendStringInfo(&sql, "INSERT INTO llm.requests (%s) VALUES (", cols.data);
-		for (i = 1; i <= nargs; i++)
-			appendStringInfo(&sql, "%s$%d", i > 1 ? ", " : "", i);
-		appendStringInfoString(&sql, ") RETURNING id");
-	}
-	else
-		appendStringInfo(&sql, "UPDATE llm.requests SET %s WHERE id = $1", cols.data);
-
-	plan = SPI_prepare(sql.data, nargs, types);
-	if (plan == NULL)
-		elog(ERROR, "could not prepare llm.requests statement: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
-/* The row's changed columns as the statement's parameters, after first. */
-static int
-spi_args(const LogRow *row, Datum *values, char *nulls, int first)
-{
-	int			n = first;
+	TupleTableSlot *old = w->oldslot;
+	TupleTableSlot *new = w->newslot;
+	int			natts = new->tts_tupleDescriptor->natts;
 	int			i;
 
+	for (;;)
+	{
+		Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+		TM_FailureData tmfd;
+		TM_Result	res = TM_Ok;
+		bool		found;
+
+		CHECK_FOR_INTERRUPTS();
+		found = find_by_id(w, id, snap, old);
+		if (found)
+			res = table_tuple_lock(w->rel, &old->tts_tid, snap, old,
+								   GetCurrentCommandId(false), LockTupleNoKeyExclusive,
+								   LockWaitSkip, 0, &tmfd);
+		UnregisterSnapshot(snap);
+		if (!found)
+			return ROW_GONE;	/* deleted by an administrator: nothing to do */
+		if (res == TM_Ok)
+			break;
+		ExecClearTuple(old);
+		if (res == TM_WouldBlock)
+			return ROW_BUSY;
+		if (res != TM_Updated && res != TM_Deleted)
+			elog(ERROR, "unexpected result %d locking a row of llm.requests", (int) res);
+		/* changed since our snapshot: look it up again */
+	}
+
+	if (only_pending && !slot_is_pending(w, old))
+	{
+		ExecClearTuple(old);
+		return ROW_GONE;
+	}
+
+	/* the locked version, with our changes over it */
+	slot_getallattrs(old);
+	ExecClearTuple(new);
+	memcpy(new->tts_values, old->tts_values, sizeof(Datum) * natts);
+	memcpy(new->tts_isnull, old->tts_isnull, sizeof(bool) * natts);
 	for (i = 0; i < NUM_LOG_COLUMNS; i++)
 	{
-		if (row->change[i] == CHANGE_NONE)
-			continue;
-		values[n] = row->values[i];
-		nulls[n] = row->isnull[i] ? 'n' : ' ';
-		n++;
+		if (row->change[i] == CHANGE_SET ||
+			(row->change[i] == CHANGE_KEEP && !row->isnull[i]))
+		{
+			new->tts_values[w->att[i] - 1] = row->values[i];
+			new->tts_isnull[w->att[i] - 1] = row->isnull[i];
+		}
 	}
-	return n;
+	ExecStoreVirtualTuple(new);
+	EvalPlanQualSetSlot(&w->epq, new);
+	ExecSimpleRelationUpdate(w->rri, w->estate, &w->epq, old, new);
+	ExecClearTuple(old);
+	ExecClearTuple(new);
+	return ROW_WRITTEN;
 }
 
-static int64
-spi_insert(const LogRow *row)
+/*
+ * An index that finds every pending row: a valid btree on status whose
+ * predicate, if any, status = 'pending' implies (the extension's partial
+ * index, or one an administrator made).
+ */
+static Relation
+pending_index(LogWriter *w)
 {
-	Datum		values[NUM_LOG_COLUMNS];
-	char		nulls[NUM_LOG_COLUMNS];
-	bool		isnull;
-	int			ret;
+	Expr	   *clause;
+	int			i;
 
-	need_spi();
-	if (insert_plan == NULL)
-		insert_plan = prepare_for(row, true);
-	(void) spi_args(row, values, nulls, 0);
-	ret = SPI_execute_plan(insert_plan, values, nulls, false, 1);
-	if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-		elog(ERROR, "could not insert into llm.requests: %s", SPI_result_code_string(ret));
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	clause = make_opclause(TextEqualOperator, BOOLOID, false,
+						   (Expr *) makeVar(1, w->att[COL_STATUS], TEXTOID, -1, DEFAULT_COLLATION_OID, 0),
+						   (Expr *) makeConst(TEXTOID, -1, DEFAULT_COLLATION_OID, -1,
+											  CStringGetTextDatum("pending"), false, false),
+						   InvalidOid, DEFAULT_COLLATION_OID);
+	for (i = 0; i < w->rri->ri_NumIndices; i++)
+	{
+		Relation	idx = w->rri->ri_IndexRelationDescs[i];
+		List	   *pred;
+
+		if (idx->rd_rel->relam != BTREE_AM_OID || !idx->rd_index->indisvalid ||
+			idx->rd_index->indkey.values[0] != w->att[COL_STATUS] ||
+			idx->rd_opcintype[0] != TEXTOID)
+			continue;
+		pred = RelationGetIndexPredicate(idx);
+		if (pred == NIL || predicate_implied_by(pred, list_make1(clause), false))
+			return idx;
+	}
+	return NULL;
 }
 
 static void
-spi_update(int64 id, const LogRow *row)
+add_id(LogWriter *w, TupleTableSlot *slot, int64 **ids, int *n, int *size)
 {
-	Datum		values[NUM_LOG_COLUMNS + 1];
-	char		nulls[NUM_LOG_COLUMNS + 1];
-	int			ret;
+	bool		isnull;
+	Datum		id = slot_getattr(slot, w->att[COL_ID], &isnull);
 
-	need_spi();
-	if (complete_plan == NULL)
-		complete_plan = prepare_for(row, false);
-	values[0] = Int64GetDatum(id);
-	nulls[0] = ' ';
-	(void) spi_args(row, values, nulls, 1);
-	ret = SPI_execute_plan(complete_plan, values, nulls, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not update llm.requests: %s", SPI_result_code_string(ret));
+	if (isnull)
+		return;
+	if (*n == *size)
+	{
+		*size *= 2;
+		*ids = repalloc(*ids, sizeof(int64) * *size);
+	}
+	(*ids)[(*n)++] = DatumGetInt64(id);
+}
+
+/* The ids of the pending rows (through pending_index(), else a table scan). */
+static int64 *
+pending_ids(LogWriter *w, int *n)
+{
+	Relation	idx = pending_index(w);
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	TupleTableSlot *slot = w->oldslot;
+	int			size = 64;
+	int64	   *ids = palloc(sizeof(int64) * size);
+
+	*n = 0;
+
+	if (idx != NULL)
+	{
+		ScanKeyData key;
+		IndexScanDesc scan;
+		Oid			op = get_opfamily_member(idx->rd_opfamily[0], TEXTOID, TEXTOID,
+											 BTEqualStrategyNumber);
+
+		if (!OidIsValid(op))
+			elog(ERROR, "no text equality operator in index \"%s\"", RelationGetRelationName(idx));
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, get_opcode(op), CStringGetTextDatum("pending"));
+		key.sk_collation = idx->rd_indcollation[0];
+		scan = index_beginscan(w->rel, idx, snap, 1, 0);
+		index_rescan(scan, &key, 1, NULL, 0);
+		while (index_getnext_slot(scan, ForwardScanDirection, slot))
+			add_id(w, slot, &ids, n, &size);
+		index_endscan(scan);
+	}
+	else
+	{
+		TableScanDesc scan = table_beginscan(w->rel, snap, 0, NULL);
+
+		while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+			if (slot_is_pending(w, slot))
+				add_id(w, slot, &ids, n, &size);
+		table_endscan(scan);
+	}
+	ExecClearTuple(slot);
+	UnregisterSnapshot(snap);
+	return ids;
+}
+
+/*
+ * Rows a previous worker left pending may or may not have reached the
+ * provider: say so rather than leave them pending forever.  Runs before
+ * this worker writes its first pending row, so every pending row is a
+ * previous worker's.
+ */
+static void
+mark_unknown_rows(LogWriter *w)
+{
+	int			nids;
+	int64	   *ids = pending_ids(w, &nids);
+	LogRow		row;
+	int			i;
+	int			marked = 0;
+	int			busy = 0;
+
+	row_init(&row);
+	row_set_text(&row, COL_STATUS, "unknown");
+	row_set(&row, COL_FINISHED_AT, TimestampTzGetDatum(GetCurrentTimestamp()), false);
+	row_set_text(&row, COL_ERROR, "the gateway worker stopped before the call finished; "
+				 "the provider may or may not have received it");
+	for (i = 0; i < nids; i++)
+	{
+		RowResult	r = update_row(w, ids[i], &row, true);
+
+		if (r == ROW_WRITTEN)
+			marked++;
+		else if (r == ROW_BUSY)
+			busy++;
+	}
+	if (marked > 0)
+		ereport(LOG,
+				(errmsg("llm_gateway: marked %d calls left pending by the previous worker as unknown",
+						marked)));
+	if (busy > 0)
+		ereport(LOG,
+				(errmsg("llm_gateway: %d rows left pending by the previous worker are locked by another session and stay pending",
+						busy)));
+}
+
+/* One item's row, inside a batch (any prepare callback has run). */
+static void
+write_item(LogWriter *w, BatchKind kind, LlmWorkItem *item)
+{
+	if (kind == BATCH_PENDING)
+		insert_row(w, item);
+	else if (item->logged)
+	{
+		LogRow		row;
+		MemoryContext old = MemoryContextSwitchTo(GetPerTupleMemoryContext(w->estate));
+
+		complete_row(item, &row);
+		MemoryContextSwitchTo(old);
+		if (update_row(w, item->request_id, &row, false) == ROW_BUSY)
+			item->log_deferred = true;
+		ResetPerTupleExprContext(w->estate);
+	}
+}
+
+/*
+ * Row by row: one item in its own subtransaction (with its own executor
+ * state, which the subtransaction's abort throws away).  A transient error
+ * aborts the whole batch; any other is the item's alone.
+ */
+static void
+write_item_alone(Oid relid, Batch *b, LlmWorkItem *item)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		LogWriter	w;
+
+		if (b->kind == BATCH_PENDING && b->prepare)
+			b->prepare(item);
+		writer_open(&w, relid);
+		write_item(&w, b->kind, item);
+		writer_close(&w);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (is_transient(edata->sqlerrcode))
+			ReThrowError(edata);
+		item->log_error = MemoryContextStrdup(item->cxt, edata->message);
+		item->log_deferred = false;
+		if (b->kind == BATCH_PENDING)
+		{
+			item->logged = false;
+			item->request_id = 0;
+		}
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+}
+
+/* Forget what an attempt wrote: it was rolled back, or is about to be redone. */
+static void
+reset_items(Batch *b)
+{
+	dlist_iter	it;
+
+	if (b->items == NULL)
+		return;
+	dlist_foreach(it, b->items)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+		item->log_error = NULL;
+		item->log_deferred = false;
+		if (b->kind == BATCH_PENDING)
+		{
+			item->logged = false;
+			item->request_id = 0;
+		}
+	}
+}
+
+/* One attempt at a batch, in one transaction; an error is returned in *error. */
+static TryResult
+try_batch(Batch *b, bool row_by_row, ErrorData **error, char **unavailable)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	volatile TryResult result = TRY_OK;
+
+	reset_items(b);
+	PG_TRY();
+	{
+		Oid			relid;
+		dlist_iter	it;
+
+		begin_txn(b->kind == BATCH_PENDING && llm_durable_before_send);
+		relid = requests_relid();
+		if (!OidIsValid(relid))
+		{
+			*unavailable = MemoryContextStrdup(caller,
+											   psprintf("extension llm_gateway is not installed in database \"%s\"",
+														get_database_name(MyDatabaseId)));
+			result = TRY_UNAVAILABLE;
+		}
+		else if (row_by_row)
+		{
+			dlist_foreach(it, b->items)
+				write_item_alone(relid, b, dlist_container(LlmWorkItem, node, it.cur));
+		}
+		else
+		{
+			LogWriter	w;
+
+			/* route resolution may read tables: before the writer is open */
+			if (b->kind == BATCH_PENDING && b->prepare)
+				dlist_foreach(it, b->items)
+					b->prepare(dlist_container(LlmWorkItem, node, it.cur));
+			writer_open(&w, relid);
+			if (b->kind == BATCH_UNKNOWN)
+				mark_unknown_rows(&w);
+			else
+				dlist_foreach(it, b->items)
+					write_item(&w, b->kind, dlist_container(LlmWorkItem, node, it.cur));
+			writer_close(&w);
+		}
+		end_txn();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(caller);
+		*error = CopyErrorData();
+		FlushErrorState();
+		stop_statement_timeout();
+		AbortCurrentTransaction();
+		reset_items(b);
+		result = TRY_FAILED;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	return result;
+}
+
+/* Write a batch: at once, else row by row (see the file header). */
+static ReqlogResult
+run_batch(Batch *b, char **reason)
+{
+	ErrorData  *err = NULL;
+	TryResult	r;
+	dlist_iter	it;
+
+	*reason = NULL;
+	r = try_batch(b, false, &err, reason);
+	if (r == TRY_FAILED && !is_transient(err->sqlerrcode) && b->kind != BATCH_UNKNOWN)
+	{
+		ereport(LOG,
+				(errmsg("llm_gateway: writing a batch of llm.requests failed; writing its rows one by one"),
+				 errdetail("%s", err->message)));
+		FreeErrorData(err);
+		err = NULL;
+		r = try_batch(b, true, &err, reason);
+	}
+	if (r == TRY_UNAVAILABLE)
+		return REQLOG_UNAVAILABLE;
+	if (r == TRY_FAILED && is_transient(err->sqlerrcode))
+	{
+		if (!retrying)
+			ereport(LOG,
+					(errmsg("llm_gateway: llm.requests cannot be written now; retrying every turn"),
+					 errdetail("%s", err->message)));
+		retrying = true;
+		*reason = pstrdup(err->message);
+		FreeErrorData(err);
+		return REQLOG_RETRY;
+	}
+	if (retrying)
+		ereport(LOG, (errmsg("llm_gateway: llm.requests is written again")));
+	retrying = false;
+	if (r == TRY_FAILED)
+	{
+		/* failed outside its rows (at commit, say): every row failed */
+		ereport(LOG,
+				(errmsg("llm_gateway: could not write llm.requests"),
+				 errdetail("%s", err->message)));
+		if (b->items != NULL)
+			dlist_foreach(it, b->items)
+		{
+			LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+			item->log_error = MemoryContextStrdup(item->cxt, err->message);
+		}
+		*reason = pstrdup(err->message);
+		FreeErrorData(err);
+	}
+	return REQLOG_OK;
 }
 
 /* ---------------------------------------------------------------------
@@ -610,50 +1017,52 @@ spi_update(int64 id, const LogRow *row)
  * ---------------------------------------------------------------------
  */
 
-void
-reqlog_insert_pending(LlmWorkItem *item)
+/*
+ * Mark the rows previous workers left pending as unknown.  OK also when
+ * the marking failed for good (a trigger refusing it, say: the rows stay
+ * pending and the error is in the server log).
+ */
+ReqlogResult
+reqlog_mark_unknown(char **reason)
 {
-	LogRow		row;
+	Batch		b = {BATCH_UNKNOWN, NULL, NULL};
+	ReqlogResult r = run_batch(&b, reason);
 
-	Assert(in_batch);
-	pending_row(item, &row);
-	item->request_id = direct_open ? direct_insert(&row) : spi_insert(&row);
-	item->logged = true;
-}
-
-void
-reqlog_complete(LlmWorkItem *item)
-{
-	LogRow		row;
-
-	Assert(in_batch);
-	if (!item->logged)
-		return;
-	complete_row(item, &row);
-	if (direct_open)
-		direct_update(item->request_id, &row);
-	else
-		spi_update(item->request_id, &row);
+	if (r == REQLOG_OK)
+		unknown_done = true;
+	return r;
 }
 
 /*
- * At worker start: rows a previous worker left pending may or may not have
- * reached the provider.  Say so rather than leave them pending forever.
+ * Insert the pending rows of items, in one transaction that commits before
+ * any of them is sent: synchronously unless llm.durable_before_send is off
+ * (the log flusher then makes it durable while the requests travel).
  */
-void
-reqlog_mark_unknown(void)
+ReqlogResult
+reqlog_write_pending(dlist_head *items, ReqlogPrepareFn prepare, char **reason)
 {
-	int			ret;
+	Batch		b = {BATCH_PENDING, items, prepare};
 
-	need_spi();
-	ret = SPI_execute("UPDATE llm.requests SET status = 'unknown', finished_at = now(), "
-					  "       error = 'the gateway worker stopped before the call finished; "
-					  "the provider may or may not have received it' "
-					  " WHERE status = 'pending'", false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "could not update llm.requests: %s", SPI_result_code_string(ret));
-	if (SPI_processed > 0)
-		ereport(LOG,
-				(errmsg("llm_gateway: marked %llu calls left pending by the previous worker as unknown",
-						(unsigned long long) SPI_processed)));
+	/* first the previous workers' rows, or ours would be marked with them */
+	if (!unknown_done)
+	{
+		ReqlogResult r = reqlog_mark_unknown(reason);
+
+		if (r != REQLOG_OK)
+			return r;
+	}
+	return run_batch(&b, reason);
+}
+
+/*
+ * Complete the rows of finished items (those with a pending row), in one
+ * asynchronous transaction: losing it in a crash leaves a row the next
+ * worker marks unknown, never a missing row.
+ */
+ReqlogResult
+reqlog_write_completions(dlist_head *items, char **reason)
+{
+	Batch		b = {BATCH_COMPLETE, items, NULL};
+
+	return run_batch(&b, reason);
 }
