@@ -1,8 +1,8 @@
 --
--- log_paths: how llm.requests is written.  While it is the table the
--- extension created, the worker writes heap and index entries directly;
--- once an administrator adds a trigger or a column, it goes through the
--- executor, so triggers fire and defaults apply.  Either way a caller
+-- log_paths: how llm.requests is written.  The worker writes through the
+-- executor's simple insert/update path (the logical-replication apply
+-- worker's), so whatever an administrator adds to the table is honoured:
+-- indexes, triggers, defaults, generated columns, constraints.  A caller
 -- finds its own finished row as soon as the call returns.
 --
 TRUNCATE llm.requests;
@@ -19,7 +19,7 @@ BEGIN
     RAISE NOTICE 'calls whose row was not finished when read: %', bad;
 END $$;
 
--- an index an administrator adds is maintained by the direct writes, and
+-- an index an administrator adds is maintained by the worker's writes, and
 -- every index holds exactly the table's rows (amcheck with heapallindexed
 -- raises an error otherwise)
 CREATE INDEX requests_alias_idx ON llm.requests (alias);
@@ -49,7 +49,7 @@ SELECT count(*) AS rows_of_untagged_call FROM llm.requests
  WHERE request_body::text LIKE '%untagged call%';
 ALTER TABLE llm.requests DROP CONSTRAINT tagged;
 
--- a trigger on the log: writes go through the executor and it fires
+-- an AFTER ROW trigger on the log fires for the insert and the update
 CREATE TABLE public.audit_copy (id bigint, status text);
 CREATE FUNCTION public.copy_request() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -62,7 +62,7 @@ SELECT (llm_messages('claude', '[{"role": "user", "content": "through a trigger"
 SELECT status, request_body->'messages'->0->>'content' AS content FROM llm.requests WHERE id = :id;
 SELECT status FROM public.audit_copy WHERE id = :id ORDER BY status DESC;
 
--- a column with a default: the executor fills it in
+-- a column with a default: the worker fills it in as an INSERT would
 ALTER TABLE llm.requests ADD COLUMN note text DEFAULT 'set by default';
 SELECT (llm_messages('claude', '[{"role": "user", "content": "with a new column"}]')->'gateway'->>'request_id')::bigint AS id \gset
 SELECT status, note FROM llm.requests WHERE id = :id;
