@@ -336,11 +336,14 @@ is_transient(int sqlerrcode)
 		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
 }
 
-/* SET LOCAL at override level: neither the database's nor a role's settings apply. */
+/*
+ * SET LOCAL: the session source outranks every database, role and
+ * override-level setting, and the transaction's end restores them.
+ */
 static void
 set_local(const char *name, const char *value)
 {
-	(void) set_config_option(name, value, PGC_SUSET, PGC_S_OVERRIDE,
+	(void) set_config_option(name, value, PGC_SUSET, PGC_S_SESSION,
 							 GUC_ACTION_LOCAL, true, 0, false);
 }
 
