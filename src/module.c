@@ -53,7 +53,7 @@ int			llm_retry_base_ms = 250;
 int			llm_retry_max_ms = 8000;
 int			llm_breaker_failures = 5;
 int			llm_breaker_cooldown_ms = 30000;
-bool		llm_durable_before_send = false;
+bool		llm_durable_before_send = true;
 int			llm_poll_us = 0;
 int			llm_flush_interval_ms = 5;
 
@@ -349,11 +349,13 @@ define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("llm.durable_before_send",
-							 "Wait for each call's pending log row to reach disk before the provider is contacted.",
-							 "Off: the row is committed before the provider is contacted and flushed to disk "
-							 "by the log flusher while the request travels, so the flush adds no latency.",
+							 "Flush each turn's pending log rows to disk (and a synchronous standby) before any of its calls is sent.",
+							 "One flush covers every call the worker takes in a turn, whatever synchronous_commit "
+							 "the database or a role sets.  Off: the rows are committed before the calls are sent "
+							 "but flushed by the log flusher while the requests travel; a crash in those few "
+							 "milliseconds can lose the row of a call the provider received.",
 							 &llm_durable_before_send,
-							 false,
+							 true,
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
@@ -361,7 +363,7 @@ define_gucs(void)
 	DefineCustomIntVariable("llm.flush_interval_ms",
 							"The log flusher flushes at most this often; one flush covers every pending row committed since the last.",
 							"Under a stream of calls a flush costs the machine more than a call's own work; "
-							"0 flushes after every turn that sent calls.  Ignored with llm.durable_before_send.",
+							"0 flushes after every turn that sent calls.  Used only with llm.durable_before_send = off.",
 							&llm_flush_interval_ms,
 							5, 0, 1000,
 							PGC_SIGHUP,

@@ -46,6 +46,8 @@ typedef struct LlmWorkItem
 	TimestampTz deadline;
 	int64		request_id;		/* llm.requests.id once logged, else 0 */
 	bool		logged;			/* pending row exists */
+	char	   *log_error;		/* why its log row could not be written */
+	bool		log_deferred;	/* its row was locked by another session: retry */
 
 	/* the route: candidate targets the region policy allows */
 	char	   *allowed_regions;	/* caller's llm.allowed_regions; "" = any */

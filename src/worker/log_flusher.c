@@ -7,9 +7,11 @@
  * runs in: the flusher background worker (llm_flusher_main) and the
  * gateway worker (logflush_request).
  *
- * The gateway worker commits its llm.requests transactions asynchronously
- * (unless llm.durable_before_send is on), starts the provider transfers,
- * then asks the flusher to flush the WAL up to those commits.  The flusher
+ * With llm.durable_before_send = off (an opt-in; by default the pending
+ * rows' commit is synchronous and the flusher idles), the gateway worker
+ * commits its llm.requests transactions asynchronously, starts the
+ * provider transfers, then asks the flusher to flush the WAL up to those
+ * commits.  The flusher
  * does nothing but XLogFlush(), so the disk's flush latency overlaps the
  * provider's answer instead of adding to it.  It flushes at most every
  * llm.flush_interval_ms: a flush costs the machine more than a call's own

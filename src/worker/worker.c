@@ -11,8 +11,10 @@
  *	 let curl progress and answer the calls whose transfers finished;
  *	 stop the transfers of calls their backends abandoned;
  *	 take new calls: resolve routes and commit their pending log rows in
- *	 one transaction, then start their transfers;
- *	 complete the log rows of finished calls in one transaction.
+ *	 one transaction, then start their transfers (calls whose rows cannot
+ *	 be written yet wait, unsent, for a later turn);
+ *	 complete the log rows of finished calls in one transaction (rows that
+ *	 cannot be completed yet are retried next turn).
  * Nothing sleeps on a timer of its own: every wake-up is the latch, a
  * socket, curl's timer or postmaster death.
  *
@@ -53,46 +55,20 @@
 
 #define TAKE_BATCH 256
 
+/* the longest a caller waits for its row while the log is locked */
+#define LLM_ROW_WAIT_MS 2000
+/* while log rows wait to be written, the loop wakes at least this often */
+#define LOG_RETRY_MS 100
+
 
 PGDLLEXPORT void llm_worker_main(Datum main_arg);
 
 static LlmWorkItem **items_by_slot;	/* the item holding each slot, or NULL */
 static dlist_head finished = DLIST_STATIC_INIT(finished);	/* rows to complete */
+static dlist_head unlogged = DLIST_STATIC_INIT(unlogged);	/* pending rows to write */
 static dlist_head waiting = DLIST_STATIC_INIT(waiting);	/* backing off */
 static MemoryContext loop_cxt;
 static XLogRecPtr unflushed_lsn = InvalidXLogRecPtr;	/* pending rows to flush */
-
-/* Run fn over a batch transaction; on ERROR log it, roll back, return false. */
-static bool
-run_batch(void (*fn) (void *), void *arg, char **unavailable)
-{
-	MemoryContext old = CurrentMemoryContext;
-	volatile bool ok = true;
-
-	*unavailable = NULL;
-	PG_TRY();
-	{
-		if (!reqlog_open_batch())
-		{
-			*unavailable = MemoryContextStrdup(loop_cxt, reqlog_unavailable_reason());
-			ok = false;
-		}
-		else
-			fn(arg);
-		reqlog_close_batch();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(old);
-		EmitErrorReport();
-		FlushErrorState();
-		reqlog_abort_batch();
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(old);
-	return ok;
-}
 
 /*
  * Run one step of one call's work (send, retry, take the answer, cancel,
@@ -157,46 +133,31 @@ file_item(LlmWorkItem *item)
 	/* SENDING: curl holds it until its transfer ends */
 }
 
+/* Resolve a call's route once, inside its pending row's transaction. */
 static void
-log_pending(void *arg)
+prepare_item(LlmWorkItem *item)
 {
-	dlist_head *fresh = arg;
-	dlist_iter	it;
-
-	/*
-	 * The rows are committed before any of these calls is sent.  Unless
-	 * llm.durable_before_send asks to wait for the disk (and any synchronous
-	 * standby) here, with the server's synchronous_commit, the commit is
-	 * asynchronous and the log flusher makes it durable while the requests
-	 * travel.
-	 */
-	if (llm_durable_before_send)
-		(void) set_config_option("synchronous_commit",
-								 GetConfigOptionResetString("synchronous_commit"),
-								 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
-
-	dlist_foreach(it, fresh)
-	{
-		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
-
-		if (item->state == LLM_ITEM_NEW)
-			item_resolve(item);
-		reqlog_insert_pending(item);
-	}
+	/* a batch retried after a lock timeout calls this again */
+	if (item->state == LLM_ITEM_NEW && item->cand == NULL)
+		item_resolve(item);
 }
 
+/* A call that will have no audit row: fail it unsent (unless it already failed) and free it. */
 static void
-log_finished(void *arg)
+drop_unlogged(LlmWorkItem *item, const char *why, const char *hint)
 {
-	dlist_iter	it;
-
-	/*
-	 * Committed asynchronously: losing this update in a crash only leaves
-	 * the pending row to be marked "unknown".  The next flush of pending
-	 * rows, or the WAL writer, takes it to disk.
-	 */
-	dlist_foreach(it, &finished)
-		reqlog_complete(dlist_container(LlmWorkItem, node, it.cur));
+	item->logged = false;
+	if (item->state != LLM_ITEM_FINISHED)
+		item_fail(item, "error", ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+				  psprintf("could not write the audit row of the call: %s", why),
+				  "No call is sent without its audit row.", hint);
+	else
+		ereport(LOG,
+				(errmsg("llm_gateway: the audit row of a call that failed before it was sent could not be written: %s",
+						why)));
+	guarded(item_deliver, item);
+	forget(item);
+	item_free(item);
 }
 
 /* Take the calls backends submitted since the last turn. */
@@ -207,7 +168,8 @@ take_new_calls(void)
 	int			n;
 	dlist_head	fresh;
 	dlist_mutable_iter it;
-	char	   *unavailable;
+	ReqlogResult res;
+	char	   *reason;
 
 	dlist_init(&fresh);
 	while ((n = channel_take_submitted(slots, TAKE_BATCH)) > 0)
@@ -239,38 +201,54 @@ take_new_calls(void)
 		if (n < TAKE_BATCH)
 			break;
 	}
-	if (dlist_is_empty(&fresh))
-		return;
-
-	/* pending rows commit before any provider is contacted */
-	if (!run_batch(log_pending, &fresh, &unavailable))
-	{
-		dlist_foreach_modify(it, &fresh)
-		{
-			LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
-
-			dlist_delete(&item->node);
-			item->logged = false;	/* the batch's rows were rolled back */
-			if (item->state != LLM_ITEM_FINISHED)
-				item_fail(item, "error", ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-						  unavailable ? unavailable : "the gateway could not write its request log",
-						  "No call is sent without its audit row.",
-						  unavailable ? "Run CREATE EXTENSION llm_gateway in the database named by llm.database."
-						  : "See the server log for the error.");
-			guarded(item_deliver, item);
-			forget(item);
-			item_free(item);	/* no row to complete */
-		}
-		return;
-	}
-	if (!llm_durable_before_send)
-		unflushed_lsn = Max(unflushed_lsn, XactLastCommitEnd);
-
 	dlist_foreach_modify(it, &fresh)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
 		dlist_delete(&item->node);
+		dlist_push_tail(&unlogged, &item->node);
+	}
+	if (dlist_is_empty(&unlogged))
+		return;
+
+	/* pending rows commit before any provider is contacted */
+	res = reqlog_write_pending(&unlogged, prepare_item, &reason);
+	if (res == REQLOG_RETRY)
+	{
+		/* no row written: the calls wait, unsent, until their deadline */
+		TimestampTz now = GetCurrentTimestamp();
+
+		dlist_foreach_modify(it, &unlogged)
+		{
+			LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+			if (item->deadline > now)
+				continue;
+			dlist_delete(&item->node);
+			drop_unlogged(item, reason, NULL);
+		}
+		return;
+	}
+	if (res == REQLOG_OK && !llm_durable_before_send)
+		unflushed_lsn = Max(unflushed_lsn, XactLastCommitEnd);
+
+	dlist_foreach_modify(it, &unlogged)
+	{
+		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+		dlist_delete(&item->node);
+		if (res == REQLOG_UNAVAILABLE)
+		{
+			drop_unlogged(item, reason,
+						  "Run CREATE EXTENSION llm_gateway in the database named by llm.database.");
+			continue;
+		}
+		if (item->log_error)
+		{
+			drop_unlogged(item, item->log_error,
+						  "A constraint or trigger on llm.requests refused the row.");
+			continue;
+		}
 		if (item->state == LLM_ITEM_NEW)
 		{
 			item->state = LLM_ITEM_READY;
@@ -297,6 +275,12 @@ handle_cancels(void)
 			if (item == NULL || item->generation != entries[i].generation ||
 				item->state == LLM_ITEM_FINISHED)
 				continue;
+			if (item->state == LLM_ITEM_NEW)
+			{
+				/* its pending row is not written yet: logged as cancelled with it */
+				item_cancel(item);
+				continue;
+			}
 			if (item->state == LLM_ITEM_WAITING)
 				dlist_delete(&item->node);
 			guarded(item_cancel, item);
@@ -368,6 +352,10 @@ wait_timeout(long retry_ms)
 {
 	long		curl_ms = http_timeout_ms();
 
+	/* log rows waiting to be written (a lock held elsewhere) are retried */
+	if (!dlist_is_empty(&unlogged) || !dlist_is_empty(&finished))
+		retry_ms = retry_ms < 0 ? LOG_RETRY_MS : Min(retry_ms, LOG_RETRY_MS);
+
 	if (curl_ms < 0)
 		return retry_ms;
 	if (retry_ms < 0)
@@ -380,7 +368,8 @@ complete_log_rows(void)
 {
 	dlist_iter	iter;
 	dlist_mutable_iter it;
-	char	   *unavailable;
+	ReqlogResult res;
+	char	   *reason;
 
 	if (dlist_is_empty(&finished))
 		return;
@@ -392,7 +381,27 @@ complete_log_rows(void)
 		if (!item->logged)
 			guarded(item_deliver, item);
 	}
-	(void) run_batch(log_finished, NULL, &unavailable);
+	res = reqlog_write_completions(&finished, &reason);
+	if (res == REQLOG_RETRY)
+	{
+		/*
+		 * The log is locked: all rows again next turn.  A caller does not
+		 * wait for its row longer than LLM_ROW_WAIT_MS, though: it gets its
+		 * answer, and the row is completed as soon as the lock allows.
+		 */
+		TimestampTz now = GetCurrentTimestamp();
+
+		dlist_foreach(iter, &finished)
+		{
+			LlmWorkItem *item = dlist_container(LlmWorkItem, node, iter.cur);
+			TimestampTz done_at = TimestampTzPlusMilliseconds(item->submitted_at,
+															  (int64) item->latency_ms);
+
+			if (now >= TimestampTzPlusMilliseconds(done_at, LLM_ROW_WAIT_MS))
+				guarded(item_deliver, item);
+		}
+		return;
+	}
 
 	/*
 	 * The rows are committed (or could not be completed: they stay pending
@@ -403,6 +412,13 @@ complete_log_rows(void)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
+		if (res == REQLOG_OK && item->log_deferred)
+			continue;			/* its row is locked elsewhere: next turn */
+		/* a row that cannot be completed stays pending; the next worker marks it unknown */
+		if (item->log_error)
+			ereport(WARNING,
+					(errmsg("llm_gateway: could not complete row %lld of llm.requests: %s",
+							(long long) item->request_id, item->log_error)));
 		dlist_delete(&item->node);
 		guarded(item_deliver, item);
 		item_free(item);
@@ -469,12 +485,6 @@ wait_for_events(WaitEventSet *wes, long timeout_ms, WaitEvent *events, int neven
 	return n;
 }
 
-static void
-mark_unknown(void *arg)
-{
-	reqlog_mark_unknown();
-}
-
 void
 llm_worker_main(Datum main_arg)
 {
@@ -507,7 +517,9 @@ llm_worker_main(Datum main_arg)
 	/* counts and probes of the calls a previous worker died with */
 	health_worker_started();
 
-	(void) run_batch(mark_unknown, NULL, &unavailable);
+	unavailable = NULL;
+	if (reqlog_mark_unknown(&unavailable) != REQLOG_UNAVAILABLE)
+		unavailable = NULL;
 	channel_worker_log_unavailable(unavailable);
 	if (unavailable)
 		ereport(LOG,
