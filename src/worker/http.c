@@ -408,6 +408,23 @@ fail_unstarted(LlmHttpTransfer *t)
  * policy refuses, or an option curl refuses, ends the transfer at once
  * (t->done, with t->fail_sqlstate), before anything is sent.
  */
+/* Add one header line to the transfer's list; false (call failed) when curl cannot. */
+static bool
+append_header(LlmHttpTransfer *t, const char *line)
+{
+	struct curl_slist *nl = curl_slist_append(t->headers, line);
+
+	if (nl == NULL)
+	{
+		set_failure(t, ERRCODE_LLM_PROVIDER_CONNECTION, true, NULL,
+					"out of memory for the request's headers");
+		fail_unstarted(t);
+		return false;
+	}
+	t->headers = nl;
+	return true;
+}
+
 void
 http_start(LlmHttpTransfer *t, LlmHttpRequest *req, long timeout_ms, void *owner)
 {
@@ -436,31 +453,11 @@ http_start(LlmHttpTransfer *t, LlmHttpRequest *req, long timeout_ms, void *owner
 	}
 	t->easy = e;
 	foreach(lc, req->headers)
-	{
-		struct curl_slist *nl = curl_slist_append(t->headers, (const char *) lfirst(lc));
-
-		if (nl == NULL)
-		{
-			set_failure(t, ERRCODE_LLM_PROVIDER_CONNECTION, true, NULL,
-						"out of memory for the request's headers");
-			fail_unstarted(t);
+		if (!append_header(t, (const char *) lfirst(lc)))
 			return;
-		}
-		t->headers = nl;
-	}
 	/* curl would otherwise send "Expect: 100-continue" for large bodies */
-	{
-		struct curl_slist *nl = curl_slist_append(t->headers, "Expect:");
-
-		if (nl == NULL)
-		{
-			set_failure(t, ERRCODE_LLM_PROVIDER_CONNECTION, true, NULL,
-						"out of memory for the request's headers");
-			fail_unstarted(t);
-			return;
-		}
-		t->headers = nl;
-	}
+	if (!append_header(t, "Expect:"))
+		return;
 
 	/* the error buffer first, so that curl can describe later failures */
 	if (!SETOPT(t, CURLOPT_ERRORBUFFER, t->errbuf) ||

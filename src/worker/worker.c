@@ -382,39 +382,28 @@ complete_log_rows(void)
 			guarded(item_deliver, item);
 	}
 	res = reqlog_write_completions(&finished, &reason);
-	if (res == REQLOG_RETRY)
-	{
-		/*
-		 * The log is locked: all rows again next turn.  A caller does not
-		 * wait for its row longer than LLM_ROW_WAIT_MS, though: it gets its
-		 * answer, and the row is completed as soon as the lock allows.
-		 */
-		TimestampTz now = GetCurrentTimestamp();
-
-		dlist_foreach(iter, &finished)
-		{
-			LlmWorkItem *item = dlist_container(LlmWorkItem, node, iter.cur);
-			TimestampTz done_at = TimestampTzPlusMilliseconds(item->submitted_at,
-															  (int64) item->latency_ms);
-
-			if (now >= TimestampTzPlusMilliseconds(done_at, LLM_ROW_WAIT_MS))
-				guarded(item_deliver, item);
-		}
-		return;
-	}
 
 	/*
-	 * The rows are committed (or could not be completed: they stay pending
-	 * and become "unknown"): now the backends may return, and their next
-	 * statement sees the finished row.
+	 * Committed rows (or rows that cannot be completed: they stay pending
+	 * and the next worker marks them unknown): now their backends return,
+	 * and their next statement sees the finished row.  A row the log's
+	 * locks put off (the whole batch, or one row an administrator holds)
+	 * is tried again next turn; its caller waits for it at most
+	 * LLM_ROW_WAIT_MS, then gets its answer while the row waits.
 	 */
 	dlist_foreach_modify(it, &finished)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
-		if (res == REQLOG_OK && item->log_deferred)
-			continue;			/* its row is locked elsewhere: next turn */
-		/* a row that cannot be completed stays pending; the next worker marks it unknown */
+		if (res == REQLOG_RETRY || (res == REQLOG_OK && item->log_deferred))
+		{
+			TimestampTz done_at = TimestampTzPlusMilliseconds(item->submitted_at,
+															  (int64) item->latency_ms);
+
+			if (GetCurrentTimestamp() >= TimestampTzPlusMilliseconds(done_at, LLM_ROW_WAIT_MS))
+				guarded(item_deliver, item);
+			continue;
+		}
 		if (item->log_error)
 			ereport(WARNING,
 					(errmsg("llm_gateway: could not complete row %lld of llm.requests: %s",

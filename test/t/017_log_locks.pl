@@ -6,7 +6,8 @@
 #   (a deadlock the detector cannot see: the worker waits for the session,
 #   the session for the worker) gets a clear 55000 at its call's deadline;
 # - an administrator's row lock on one pending row: the other calls go on,
-#   and the row is completed (over the administrator's change) once released;
+#   its own caller gets its answer after 2 s, and the row is completed (over
+#   the administrator's change) once released;
 # - calls queued behind a lock and written in one batch where an added
 #   CHECK refuses two rows: those two fail with 55000, the others are sent.
 use strict;
@@ -109,6 +110,18 @@ cmp_ok($worst, '<', 0.5, "other calls are not held up by the locked row (slowest
 is( $node->safe_psql('postgres',
 		q{SELECT count(*) FROM llm.requests WHERE status = 'ok' AND request_body::text LIKE '%beside the lock%'}),
 	'5', 'and their rows are complete');
+# the caller of the locked row waits for it at most 2 s, then gets its answer
+my $answered = 0;
+for (1 .. 100)
+{
+	$slow->{h}->pump_nb;
+	if (!$slow->{h}->pumpable) { $answered = 1; last; }
+	usleep(50_000);
+}
+ok($answered, 'the caller of the locked row got its answer while the lock was still held');
+is($node->safe_psql('postgres',
+		q{SELECT status FROM llm.requests WHERE request_body::text LIKE '%locked row%'}),
+	'pending', 'its row waits for the lock');
 $admin->query_safe('COMMIT');
 $admin->quit;
 ok( $node->poll_query_until(
