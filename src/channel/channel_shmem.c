@@ -37,8 +37,8 @@ dsa_area   *channel_area = NULL;
  * the Nth payload allocation or answer mapping of this process from now
  * raises the ERROR dsm_create raises when /dev/shm is full.  In a
  * backend, 1 fails the request's allocation and 2 the taking of the
- * answer; in the worker (set in postgresql.conf), 1 fails its next
- * answer's allocation.  Tests use it; 0 (the default) never fails.
+ * answer; in the worker (set in postgresql.conf), 1 fails the mapping of
+ * its next call's request and 2 that call's answer allocation.  Tests use it; 0 (the default) never fails.
  */
 static int	debug_fail_shm_alloc = 0;
 static int	fail_countdown = 0;

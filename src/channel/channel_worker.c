@@ -260,7 +260,8 @@ channel_release_abandoned(int i)
 LlmRequestMsg *
 channel_request(int i)
 {
-	return dsa_get_address(channel_area, channel->slots[i].request);
+	/* mapping the payload's segment can raise an ERROR: the caller catches it */
+	return channel_address(channel->slots[i].request);
 }
 
 /*

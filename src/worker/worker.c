@@ -160,6 +160,65 @@ drop_unlogged(LlmWorkItem *item, const char *why, const char *hint)
 	item_free(item);
 }
 
+/*
+ * Make the work item of a submitted slot.  A call its backend abandoned
+ * before we saw it is logged as cancelled.  Copying the call out of shared
+ * memory can fail (the payload's segment cannot be mapped): that call then
+ * fails alone, before it has a row or is sent; NULL.
+ */
+static LlmWorkItem *
+take_item(int slot)
+{
+	MemoryContext old = CurrentMemoryContext;
+	bool		running = channel_start(slot);
+	LlmWorkItem *volatile item = NULL;
+
+	PG_TRY();
+	{
+		item = item_create(slot);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		StringInfoData payload;
+
+		MemoryContextSwitchTo(old);
+		LWLockReleaseAll();
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(LOG,
+				(errmsg("llm_gateway worker: could not take a call: %s", edata->message)));
+		if (running)
+		{
+			initStringInfo(&payload);
+			appendStringInfo(&payload, "the gateway could not take the call: %s", edata->message);
+			appendStringInfoChar(&payload, '\0');
+			appendStringInfoChar(&payload, '\0');
+			appendStringInfoString(&payload, "Nothing was sent; retry the call.");
+			appendStringInfoChar(&payload, '\0');
+			channel_finish(slot, LLM_OUTCOME_ERROR, edata->sqlerrcode, payload.data, payload.len);
+		}
+		else
+			channel_release_abandoned(slot);
+		FreeErrorData(edata);
+		return NULL;
+	}
+	PG_END_TRY();
+
+	if (!running)
+	{
+		item->status = "cancelled";
+		item->error.sqlerrcode = ERRCODE_QUERY_CANCELED;
+		item->error.message = MemoryContextStrdup(item->cxt, "the call was cancelled before it was sent");
+		item->state = LLM_ITEM_FINISHED;
+		item->delivered = true;
+		channel_release_abandoned(slot);
+	}
+	else
+		items_by_slot[slot] = item;
+	return item;
+}
+
 /* Take the calls backends submitted since the last turn. */
 static void
 take_new_calls(void)
@@ -178,24 +237,10 @@ take_new_calls(void)
 
 		for (i = 0; i < n; i++)
 		{
-			LlmWorkItem *item;
+			LlmWorkItem *item = take_item(slots[i]);
 
-			if (!channel_start(slots[i]))
-			{
-				/* abandoned before we saw it: log it as cancelled */
-				item = item_create(slots[i]);
-				item->status = "cancelled";
-				item->error.sqlerrcode = ERRCODE_QUERY_CANCELED;
-				item->error.message = MemoryContextStrdup(item->cxt, "the call was cancelled before it was sent");
-				item->state = LLM_ITEM_FINISHED;
-				item->delivered = true;
-				channel_release_abandoned(slots[i]);
-			}
-			else
-			{
-				item = item_create(slots[i]);
-				items_by_slot[slots[i]] = item;
-			}
+			if (item == NULL)
+				continue;
 			dlist_push_tail(&fresh, &item->node);
 		}
 		if (n < TAKE_BATCH)

@@ -73,9 +73,23 @@ is(slots_in_use($node), '0', 'no slot in use after ten failures');
 is($node->safe_psql('postgres', q{SET statement_timeout = '10s'; SELECT llm_complete('m', 'after failures')}),
 	'mock reply to: after failures', 'every slot is back: a call works');
 
-# the worker's answer allocation fails: that call fails (53200), the worker lives
+# the worker cannot map a call's request: that call fails, unsent, the worker lives
 my $worker = $node->safe_psql('postgres', 'SELECT worker_pid FROM llm.gateway_status()');
 $node->safe_psql('postgres', 'ALTER SYSTEM SET llm.debug_fail_shm_alloc = 1; SELECT pg_reload_conf()');
+my $take_err = '';
+for my $i (1 .. 50)
+{
+	my ($err) = call_err($node, "SET llm.debug_fail_shm_alloc = 0; SELECT llm_complete('m', 'worker map $i')");
+	if ($err =~ /ERROR/) { $take_err = $err; last; }
+	usleep(100_000);		# the worker has not read the new setting yet
+}
+like($take_err, qr/ERROR:  53100: the gateway could not take the call: could not resize shared memory segment/,
+	'the worker failing to map a request fails that call with the error\'s SQLSTATE');
+is($node->safe_psql('postgres', 'SELECT worker_pid FROM llm.gateway_status()'), $worker, 'the worker did not exit');
+is(slots_in_use($node), '0', 'and settled the slot');
+
+# the worker's answer allocation fails: that call fails (53200), the worker lives
+$node->safe_psql('postgres', 'ALTER SYSTEM SET llm.debug_fail_shm_alloc = 2; SELECT pg_reload_conf()');
 my $worker_err = '';
 for my $i (1 .. 50)
 {
