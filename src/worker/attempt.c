@@ -44,6 +44,9 @@ item_create(int slot)
 	LlmRequestMsg *msg;
 	char	   *p;
 
+	/* mapping the payload can fail: before anything is allocated for the call */
+	msg = channel_request(slot);
+
 	cxt = AllocSetContextCreate(TopMemoryContext, "llm call", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	item = palloc0(sizeof(LlmWorkItem));
@@ -55,7 +58,6 @@ item_create(int slot)
 	provider_init_answer(&item->answer);
 
 	/* copy the call out of shared memory: the backend frees it after DONE */
-	msg = channel_request(slot);
 	p = msg->data;
 	item->alias = pnstrdup(p, msg->alias_len);
 	p += msg->alias_len + 1;
