@@ -71,6 +71,24 @@ static MemoryContext loop_cxt;
 static XLogRecPtr unflushed_lsn = InvalidXLogRecPtr;	/* pending rows to flush */
 
 /*
+ * In a PG_CATCH of one call's work: back to the loop's memory context, the
+ * error taken off the stack (and logged) to fail that call with.  No
+ * transaction is open to release LWLocks; the loop holds none between steps.
+ */
+static ErrorData *
+call_error_caught(MemoryContext old, const char *what)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(old);
+	LWLockReleaseAll();
+	edata = CopyErrorData();
+	FlushErrorState();
+	ereport(LOG, (errmsg("llm_gateway worker: %s: %s", what, edata->message)));
+	return edata;
+}
+
+/*
  * Run one step of one call's work (send, retry, take the answer, cancel,
  * deliver).  An ERROR inside it (an allocation, a value the numeric code
  * cannot compute) fails that call alone, with the error's SQLSTATE, and the
@@ -88,15 +106,8 @@ guarded(void (*step) (LlmWorkItem *), LlmWorkItem *item)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = call_error_caught(old, "call failed while being processed");
 
-		MemoryContextSwitchTo(old);
-		/* no transaction is open here to release them; steps hold none between */
-		LWLockReleaseAll();
-		edata = CopyErrorData();
-		FlushErrorState();
-		ereport(LOG,
-				(errmsg("llm_gateway worker: call failed while being processed: %s", edata->message)));
 		/* delivering never raises (the channel reports a failure instead) */
 		if (item->state != LLM_ITEM_FINISHED)
 			item_fail(item, "error", edata->sqlerrcode,
@@ -179,15 +190,9 @@ take_item(int slot)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = call_error_caught(old, "could not take a call");
 		StringInfoData payload;
 
-		MemoryContextSwitchTo(old);
-		LWLockReleaseAll();
-		edata = CopyErrorData();
-		FlushErrorState();
-		ereport(LOG,
-				(errmsg("llm_gateway worker: could not take a call: %s", edata->message)));
 		if (running)
 		{
 			initStringInfo(&payload);
