@@ -46,6 +46,7 @@
  */
 static const char *const fixed_settings[][2] = {
 	{"search_path", "pg_catalog, pg_temp"},
+	{"role", "none"},			/* ALTER DATABASE ... SET role = <owner's role> */
 	{"statement_timeout", "30s"},
 	{"lock_timeout", "1s"},
 	{"idle_in_transaction_session_timeout", "0"},

@@ -24,6 +24,7 @@ $node->safe_psql('postgres', q{
 	ALTER ROLE tester SET search_path = pg_catalog, public;
 	ALTER ROLE tester SET statement_timeout = 0;
 	ALTER ROLE tester SET default_transaction_read_only = off;
+	ALTER ROLE tester SET role = 'none';
 	ALTER DATABASE postgres OWNER TO dbowner;
 	GRANT CREATE ON SCHEMA public TO dbowner;
 });
@@ -57,6 +58,7 @@ $node->safe_psql('postgres', q{
 	ALTER DATABASE postgres SET default_transaction_read_only = on;
 	ALTER DATABASE postgres SET lock_timeout = '1h';
 	ALTER DATABASE postgres SET synchronous_commit = off;
+	ALTER DATABASE postgres SET role = dbowner;
 });
 
 # the test's own queries run as a role whose settings override the
