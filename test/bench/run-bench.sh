@@ -26,6 +26,10 @@ SECONDS_RUN=${BENCH_SECONDS:-15}
 CLIENTS=64
 LATENCY_MS=50
 
+# takes turns with test runs from other checkouts: both install the extension
+exec 9>/tmp/llm_gateway_test.lock
+flock 9
+
 ensure_packages
 build_install
 setup_run_user
