@@ -488,8 +488,8 @@ channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int ti
  * Finishes a RUNNING call whose worker died; raises when no worker can
  * come to take a SUBMITTED one.
  */
-bool
-channel_poll(LlmHandle h)
+static bool
+call_ready(LlmHandle h, TimestampTz now)
 {
 	OpenCall   *oc = open_call(h);
 	LlmSlot    *slot = &channel->slots[h.slot];
@@ -507,8 +507,14 @@ channel_poll(LlmHandle h)
 		}
 		if (st == LLM_SLOT_SUBMITTED)
 			channel_check_serving();	/* no worker can come to take it */
-		return GetCurrentTimestamp() >= call_deadline(oc);
+		return now >= call_deadline(oc);
 	}
+}
+
+bool
+channel_poll(LlmHandle h)
+{
+	return call_ready(h, GetCurrentTimestamp());
 }
 
 /*
@@ -527,17 +533,16 @@ channel_wait(const LlmHandle *handles, int n, int timeout_ms)
 	for (;;)
 	{
 		TimestampTz wake_at = until;
-		TimestampTz now;
+		TimestampTz now = GetCurrentTimestamp();
 		long		wait_ms;
 		int			j;
 
 		for (j = 0; j < n; j++)
 		{
-			if (channel_poll(handles[j]))
+			if (call_ready(handles[j], now))
 				return j;
 			wake_at = Min(wake_at, call_deadline(&open_calls[handles[j].slot]));
 		}
-		now = GetCurrentTimestamp();
 		if (timeout_ms >= 0 && now >= until)
 			return -1;
 		wait_ms = TimestampDifferenceMilliseconds(now, wake_at);

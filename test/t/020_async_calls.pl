@@ -107,11 +107,16 @@ $mock->reset;
 ($out, $err) = session(q{
 SELECT llm_submit('m', } . hist('patience [[mock:latency=1000]]') . q{) AS h \gset
 SELECT llm_await(:h, 100);
+SET statement_timeout = '100ms';
+SELECT llm_await(:h);
+RESET statement_timeout;
 SELECT llm_await(:h)->'content'->0->>'text';
 });
 like($err, qr/ERROR:  LL009: llm_gateway handle \d+ has no answer within 100 ms\nDETAIL:  The call is still running; the handle stays valid\./,
 	'an await timeout raises LL009');
-is($out, 'mock reply to: patience', 'and a later await gets the answer');
+like($err, qr/ERROR:  57014: canceling statement due to statement timeout/,
+	'statement_timeout ends an await too');
+is($out, 'mock reply to: patience', 'and a later await still gets the answer');
 is($mock->get('/_mock/stats')->{disconnects}, 0, 'the provider never saw the call go away');
 
 # llm_cancel aborts the call at the provider; the row says cancelled
