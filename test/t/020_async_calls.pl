@@ -105,7 +105,9 @@ like($err, qr/CONTEXT:  llm_gateway handle \d+/, 'naming the handle in the conte
 # a timeout at await leaves the call running; a later await gets the answer
 $mock->reset;
 ($out, $err) = session(q{
+BEGIN;
 SELECT llm_submit('m', } . hist('patience [[mock:latency=1000]]') . q{) AS h \gset
+ROLLBACK;
 SELECT llm_await(:h, 100);
 SET statement_timeout = '100ms';
 SELECT llm_await(:h);
@@ -116,7 +118,7 @@ like($err, qr/ERROR:  LL009: llm_gateway handle \d+ has no answer within 100 ms\
 	'an await timeout raises LL009');
 like($err, qr/ERROR:  57014: canceling statement due to statement timeout/,
 	'statement_timeout ends an await too');
-is($out, 'mock reply to: patience', 'and a later await still gets the answer');
+is($out, 'mock reply to: patience', 'and a later await (after a rollback too) still gets the answer');
 is($mock->get('/_mock/stats')->{disconnects}, 0, 'the provider never saw the call go away');
 
 # llm_cancel aborts the call at the provider; the row says cancelled
