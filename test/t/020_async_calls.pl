@@ -89,6 +89,20 @@ is($out, 'mock reply to: once', 'awaited once');
 is(() = $err =~ /ERROR:  22023: llm_gateway handle \d+ is not open in this session/g, 2,
 	'a second llm_await or llm_cancel of it is 22023');
 
+# bad arguments
+($out, $err) = session(q{
+SELECT llm_await(NULL);
+SELECT llm_submit('m', } . hist('arguments') . q{) AS h \gset
+SELECT llm_await(:h, -1);
+SELECT llm_await_any('{}');
+SELECT llm_await_any(ARRAY[:h, NULL]);
+SELECT llm_submit('m', NULL);
+SELECT llm_await(:h)->'content'->0->>'text';
+});
+like($err, qr/ERROR:  22004: handle must not be NULL.*ERROR:  22023: timeout_ms must not be negative.*ERROR:  22023: handles must not be empty.*ERROR:  22004: handles must not contain NULL.*ERROR:  22004: history must not be NULL/s,
+	'NULL handle, negative timeout, empty array, NULL in the array, NULL history');
+is($out, 'mock reply to: arguments', 'and the handle survives them');
+
 # an error is raised at await, exactly as llm_messages raises it
 ($out, $err) = session(q{
 SELECT llm_submit('m', } . hist('bad [[mock:status=400]]') . q{) AS h \gset
