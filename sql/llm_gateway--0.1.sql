@@ -367,6 +367,32 @@ RETURNS text
     LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION llm_complete(text, text, jsonb) IS 'one call to the model alias with a single user prompt; returns the joined text of the answer';
 
+-- Asynchronous calls by hand: handles are session-local (1, 2, 3, ...),
+-- not llm.requests ids (docs/design.md §4).
+CREATE FUNCTION llm_submit(model text, history jsonb, options jsonb DEFAULT '{}')
+RETURNS bigint
+    AS 'MODULE_PATHNAME', 'llm_submit'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_submit(text, jsonb, jsonb) IS 'starts one call like llm_messages and returns at once with a handle of this session for llm_await, llm_await_any or llm_cancel';
+
+CREATE FUNCTION llm_await(handle bigint, timeout_ms int DEFAULT NULL)
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_await'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_await(bigint, int) IS 'waits for the call of a handle and returns its answer as llm_messages does (or raises its error); a timeout raises LL009 and keeps the call';
+
+CREATE FUNCTION llm_await_any(handles bigint[], OUT handle bigint, OUT answer jsonb)
+RETURNS record
+    AS 'MODULE_PATHNAME', 'llm_await_any'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_await_any(bigint[]) IS 'waits for the first of the handles to finish and returns that handle with its answer (or raises its error)';
+
+CREATE FUNCTION llm_cancel(handle bigint)
+RETURNS boolean
+    AS 'MODULE_PATHNAME', 'llm_cancel'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_cancel(bigint) IS 'aborts the call of a handle (logged cancelled); true if it was still in flight';
+
 CREATE FUNCTION llm.gateway_status(OUT worker_pid int, OUT slots int, OUT slots_in_use int,
                                    OUT submitted bigint, OUT completed bigint,
                                    OUT abandoned bigint, OUT waited_for_slot bigint,
@@ -672,6 +698,8 @@ GRANT SELECT ON llm.requests, llm.credentials_info, llm.circuit_breakers, llm.pr
 -- PUBLIC), and providers without options (which may hold provider-specific
 -- settings an admin keeps private).
 GRANT EXECUTE ON FUNCTION llm_messages(text, jsonb, jsonb), llm_complete(text, text, jsonb),
+                          llm_submit(text, jsonb, jsonb), llm_await(bigint, int),
+                          llm_await_any(bigint[]), llm_cancel(bigint),
                           llm.version(), llm.provider_kinds(), llm.gateway_status()
     TO llm_user;
 GRANT SELECT ON llm.routes TO llm_user;

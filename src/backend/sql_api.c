@@ -37,6 +37,7 @@
 #include "worker/log_flusher.h"
 #include "providers/adapter.h"
 #include "backend/validate.h"
+#include "backend/sql_api.h"
 
 PG_FUNCTION_INFO_V1(llm_messages);
 PG_FUNCTION_INFO_V1(llm_complete);
@@ -79,7 +80,7 @@ check_database(void)
 }
 
 /* Raise the error the worker reported. */
-static void
+void
 llm_raise(const LlmCallResult *r)
 {
 	const char *message = r->text;
@@ -93,16 +94,29 @@ llm_raise(const LlmCallResult *r)
 			 hint[0] ? errhint("%s", hint) : 0));
 }
 
-/* Validate, submit, wait; returns the answer as jsonb. */
-static Jsonb *
-call_model(text *model, Jsonb *history, Jsonb *options)
+/* The answer as jsonb, or raise the call's error. */
+Jsonb *
+llm_answer(const LlmCallResult *result)
+{
+	if (result->outcome != LLM_OUTCOME_OK)
+		llm_raise(result);
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result->text)));
+}
+
+/*
+ * Check and build one call: the message header into *hdr, the data that
+ * follows it into data (initialised here).  Raises the caller's mistakes
+ * before anything is sent.
+ */
+void
+llm_prepare_call(text *model, Jsonb *history, Jsonb *options,
+				 LlmRequestMsg *hdr_out, StringInfo data_out)
 {
 	char	   *alias = text_to_cstring(model);
 	char	   *role = GetUserNameFromId(GetUserId(), false);
 	LlmCallSpec spec;
 	LlmRequestMsg hdr;
 	StringInfoData data;
-	LlmCallResult result;
 
 	llm_check_preloaded();
 	check_database();
@@ -131,13 +145,23 @@ call_model(text *model, Jsonb *history, Jsonb *options)
 				 errmsg("the call is %d bytes, more than llm.max_request_bytes (%d)",
 						data.len, llm_max_request_bytes),
 				 errhint("Send a shorter history, or ask an administrator to raise llm.max_request_bytes.")));
+	*hdr_out = hdr;
+	*data_out = data;
+}
 
-	channel_call(&hdr, data.data, data.len, spec.timeout_ms, &result);
+/* Validate, submit, wait; returns the answer as jsonb. */
+static Jsonb *
+call_model(text *model, Jsonb *history, Jsonb *options)
+{
+	LlmRequestMsg hdr;
+	StringInfoData data;
+	LlmCallResult result;
+
+	llm_prepare_call(model, history, options, &hdr, &data);
+	channel_call(&hdr, data.data, data.len, hdr.timeout_ms, &result);
 	pfree(data.data);
 
-	if (result.outcome != LLM_OUTCOME_OK)
-		llm_raise(&result);
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result.text)));
+	return llm_answer(&result);
 }
 
 static Jsonb *
@@ -147,7 +171,7 @@ empty_object(void)
 }
 
 /* The model alias (argument 0) and the input (argument 1) must not be NULL. */
-static void
+void
 require_args(FunctionCallInfo fcinfo, const char *input, const char *hint)
 {
 	if (PG_ARGISNULL(0))

@@ -3,7 +3,8 @@
  * channel.h
  *	  The shared-memory channel between calling backends and the worker.
  *
- * runs in: backends (channel_backend.c: submit, wait, abandon) and the
+ * runs in: backends (channel_backend.c: submit, poll/wait, take, abandon;
+ * channel_call for one call start to end) and the
  * worker (channel_worker.c: attach, take, start, finish, detach); the
  * shared part (channel_shmem.c) sizes and creates it.  This is the only
  * module both sides include.
@@ -209,6 +210,27 @@ typedef struct LlmCallResult
 
 extern LlmWorkerProblem channel_worker_problem(char *text, Size len);
 extern void channel_check_serving(void);
+
+/*
+ * A call a backend holds open: its slot, and which use of that slot.  A
+ * session may hold up to llm.max_handles_per_session (within
+ * llm.max_inflight) at once; its exit abandons every one still open.
+ */
+typedef struct LlmHandle
+{
+	int			slot;
+	uint32		generation;
+} LlmHandle;
+
+extern int	llm_max_handles_per_session;
+
+extern LlmHandle channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len,
+								int timeout_ms);
+extern bool channel_handle_open(LlmHandle h);
+extern bool channel_poll(LlmHandle h);
+extern int	channel_wait(const LlmHandle *handles, int n, int timeout_ms);
+extern void channel_take(LlmHandle h, LlmCallResult *result);
+extern bool channel_abandon(LlmHandle h);
 extern void channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 						 int timeout_ms, LlmCallResult *result);
 

@@ -4,14 +4,16 @@
  *	  The backend half of the channel: claim a slot, submit the call, wait
  *	  for its answer, take it, free the slot; or abandon it.
  *
- * runs in: backends (llm_messages, llm_complete).  See channel.h for the
- * slot state machine and who frees what.
+ * runs in: backends (llm_messages, llm_complete through channel_call; the
+ * llm_submit family through the handle primitives).  See channel.h for
+ * the slot state machine and who frees what.
  *
- * Every ERROR after the slot is claimed (cancel, statement_timeout, the
- * call's deadline, the worker's exit, a shared-memory failure while
- * allocating the request or taking the answer) goes through one PG_CATCH
- * that gives the slot back: freed at once if the worker no longer holds
- * it, otherwise abandoned for the worker to free.
+ * A session may hold many calls at once (handles); it records each open
+ * one, so its exit abandons them all.  An ERROR before a slot is
+ * published gives the slot back at once; after, channel_call's PG_CATCH
+ * abandons its call (freed at once if the worker no longer holds it,
+ * otherwise left for the worker to free), while the handle API leaves the
+ * decision to its caller (llm_await keeps a call on a timeout).
  *
  *-------------------------------------------------------------------------
  */
@@ -41,8 +43,21 @@
 /* the backend waits this long past the call's deadline for the worker's verdict */
 #define LLM_DEADLINE_GRACE_MS	2000
 
-/* the slot this process is waiting on, for the exit callback */
-static int	my_slot = -1;
+/*
+ * The calls this session has open, indexed by slot number (a slot is
+ * open in at most one session, so the index is unique).  The exit
+ * callback abandons every one; channel_call's PG_CATCH abandons its own.
+ */
+typedef struct OpenCall
+{
+	bool		open;
+	uint32		generation;		/* the slot's, when we claimed it */
+	int			timeout_ms;		/* the call's own deadline ... */
+	TimestampTz submitted;		/* ... counted from here */
+} OpenCall;
+
+static OpenCall *open_calls = NULL; /* channel->nslots entries */
+static int	n_open = 0;
 static bool exit_callback_registered = false;
 
 /* how long this session's recent calls took to be answered (moving average) */
@@ -148,9 +163,11 @@ claim_slot(void)
 
 /*
  * Give up on our call: tell the worker, or free the slot ourselves if the
- * worker is done with it.  Safe to call from an exit callback.
+ * worker is done with it.  Safe to call from an exit callback.  True if
+ * the call was still in flight (the worker aborts it), false if it had
+ * finished (its answer is dropped).
  */
-static void
+static bool
 abandon_slot(int i)
 {
 	LlmSlot    *slot = &channel->slots[i];
@@ -176,29 +193,17 @@ abandon_slot(int i)
 				}
 				SpinLockRelease(&channel->mutex);
 				wake_worker();
-				return;
+				return true;
 			}
 			continue;			/* state moved under us; look again */
 		}
 		if (st == LLM_SLOT_DONE)
 		{
 			release_slot(i);
-			return;
+			return false;
 		}
 		elog(WARNING, "llm_gateway: abandoning slot %d in unexpected state %u", i, st);
-		return;
-	}
-}
-
-static void
-backend_exit_callback(int code, Datum arg)
-{
-	if (my_slot >= 0 && channel != NULL)
-	{
-		int			i = my_slot;
-
-		my_slot = -1;
-		abandon_slot(i);
+		return false;
 	}
 }
 
@@ -325,66 +330,75 @@ holder_alive(LlmSlot *slot)
 	return pid != 0 && incarnation == slot->worker_incarnation;
 }
 
-/* Wait until the slot is DONE; raise at the deadline or an interrupt. */
+
+/* The session's record of an open call; ERROR if h is not open here. */
+static OpenCall *
+open_call(LlmHandle h)
+{
+	if (!channel_handle_open(h))
+		elog(ERROR, "llm_gateway: call handle %d/%u is not open in this session",
+			 h.slot, h.generation);
+	return &open_calls[h.slot];
+}
+
+bool
+channel_handle_open(LlmHandle h)
+{
+	return open_calls != NULL && h.slot >= 0 && h.slot < channel->nslots &&
+		open_calls[h.slot].open && open_calls[h.slot].generation == h.generation;
+}
+
 static void
-wait_done(LlmSlot *slot, int timeout_ms, TimestampTz submitted)
+close_call(int i)
+{
+	open_calls[i].open = false;
+	n_open--;
+}
+
+/* The backend waits this long for the worker's verdict on a call. */
+static TimestampTz
+call_deadline(const OpenCall *oc)
 {
 	/* int64: timeout_ms may be INT_MAX */
-	TimestampTz deadline = submitted +
-		((int64) timeout_ms + LLM_DEADLINE_GRACE_MS) * INT64CONST(1000);
+	return oc->submitted + ((int64) oc->timeout_ms + LLM_DEADLINE_GRACE_MS) * INT64CONST(1000);
+}
 
-	for (;;)
-	{
-		uint32		st = pg_atomic_read_u32(&slot->state);
-		long		wait_ms;
+static void
+backend_exit_callback(int code, Datum arg)
+{
+	int			i;
 
-		if (st == LLM_SLOT_DONE)
-			break;
-		if (st == LLM_SLOT_RUNNING && !holder_alive(slot))
+	if (open_calls == NULL || channel == NULL)
+		return;
+	for (i = 0; i < channel->nslots && n_open > 0; i++)
+		if (open_calls[i].open)
 		{
-			fail_orphaned_slot(slot);
-			continue;
+			close_call(i);
+			abandon_slot(i);
 		}
-		if (st == LLM_SLOT_SUBMITTED)
-			channel_check_serving();	/* no worker can come to take it */
+}
 
-		wait_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
-		if (wait_ms <= 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_LLM_PROVIDER_TIMEOUT),
-					 errmsg("no answer from the llm_gateway worker within %d ms", timeout_ms),
-					 errhint("Check that the worker runs (llm.gateway_status()) and the server log.")));
-
-		if (poll_for_answer(slot, st, submitted))
-		{
-			CHECK_FOR_INTERRUPTS();
-			continue;
-		}
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 Min(wait_ms, LLM_LIVENESS_CHECK_MS), PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
-	note_answer_time(submitted);
-	pg_read_barrier();			/* the response before DONE */
+/* How many calls one session may hold open: the GUC, within the slots. */
+static int
+session_call_limit(void)
+{
+	return Min(llm_max_handles_per_session, channel->nslots);
 }
 
 /*
- * Hand one call to the worker and wait for its answer.
+ * Hand one call to the worker and return at once.
  *
- * hdr is the fixed part of the message; data (data_len bytes) follows it.
- * Waits on the process latch; cancel, statement_timeout and termination
- * abandon the call (the worker aborts the transfer).  On return result
- * holds a palloc'd copy of the answer or error, and the call's log row is
- * committed.
+ * hdr is the fixed part of the message; data (data_len bytes) follows it;
+ * timeout_ms is the call's own deadline.  Waits (interruptibly) for a free
+ * slot when all are taken.  The handle stays open, and the session's exit
+ * abandons it, until channel_take() or channel_abandon() closes it.
  */
-void
-channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
-			 int timeout_ms, LlmCallResult *result)
+LlmHandle
+channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	Size		size = offsetof(LlmRequestMsg, data) + data_len;
-	volatile bool published = false;
+	LlmHandle	h;
 	LlmSlot    *slot;
 	int			i;
 
@@ -394,6 +408,17 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 		before_shmem_exit(backend_exit_callback, (Datum) 0);
 		exit_callback_registered = true;
 	}
+	if (open_calls == NULL)
+		open_calls = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(OpenCall) * channel->nslots);
+	/* waiting for a slot could not help: only this session frees its own */
+	if (n_open >= session_call_limit())
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("this session already has %d llm_gateway calls in flight", n_open),
+				 errdetail("llm.max_handles_per_session is %d and llm.max_inflight is %d.",
+						   llm_max_handles_per_session, channel->nslots),
+				 errhint("Await or cancel some of this session's calls (llm_await, llm_cancel) before submitting more.")));
 
 	i = claim_slot();
 	slot = &channel->slots[i];
@@ -401,7 +426,6 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 	{
 		dsa_pointer dp = InvalidDsaPointer;
 		LlmRequestMsg *msg;
-		TimestampTz submitted;
 
 		PG_TRY();
 		{
@@ -423,40 +447,201 @@ channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
 		msg = dsa_get_address(channel_area, dp);	/* ours: mapped */
 		memcpy(msg, hdr, offsetof(LlmRequestMsg, data));
 		memcpy(msg->data, data, data_len);
-
-		slot->generation++;
-		slot->backend_procno = MyProc->pgprocno;
-		slot->worker_incarnation = 0;
-		slot->failure = LLM_FAILURE_NONE;
-		slot->response = InvalidDsaPointer;
-		/* counted before the worker can see it, so it never ends first */
-		pg_atomic_fetch_add_u64(&channel->stats.submitted, 1);
-		pg_write_barrier();
-		pg_atomic_write_u32(&slot->state, LLM_SLOT_SUBMITTED);
-		published = true;
-		my_slot = i;
-
-		SpinLockAcquire(&channel->mutex);
-		submit_ring()[(channel->submit_head + channel->submit_count) % channel->nslots] = i;
-		channel->submit_count++;
-		SpinLockRelease(&channel->mutex);
-		submitted = GetCurrentTimestamp();
-		wake_worker();
-
-		wait_done(slot, timeout_ms, submitted);
-		take_response(slot, result);
 	}
 	PG_CATCH();
 	{
-		my_slot = -1;
-		if (published)
-			abandon_slot(i);
-		else
-			release_slot(i);
+		release_slot(i);		/* not published: the worker never saw it */
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 
-	my_slot = -1;
-	release_slot(i);
+	/* nothing below can raise, so the call is open as soon as it is published */
+	slot->generation++;
+	slot->backend_procno = MyProc->pgprocno;
+	slot->worker_incarnation = 0;
+	slot->failure = LLM_FAILURE_NONE;
+	slot->response = InvalidDsaPointer;
+	/* counted before the worker can see it, so it never ends first */
+	pg_atomic_fetch_add_u64(&channel->stats.submitted, 1);
+	pg_write_barrier();
+	pg_atomic_write_u32(&slot->state, LLM_SLOT_SUBMITTED);
+	open_calls[i].open = true;
+	open_calls[i].generation = slot->generation;
+	open_calls[i].timeout_ms = timeout_ms;
+	open_calls[i].submitted = GetCurrentTimestamp();
+	n_open++;
+
+	SpinLockAcquire(&channel->mutex);
+	submit_ring()[(channel->submit_head + channel->submit_count) % channel->nslots] = i;
+	channel->submit_count++;
+	SpinLockRelease(&channel->mutex);
+	wake_worker();
+
+	h.slot = i;
+	h.generation = open_calls[i].generation;
+	return h;
+}
+
+/*
+ * Can channel_take() be called on h now: the call is DONE, or the worker
+ * owes its verdict past the call's deadline (take then raises LL009)?
+ * Finishes a RUNNING call whose worker died; raises when no worker can
+ * come to take a SUBMITTED one.
+ */
+static bool
+call_ready(LlmHandle h, TimestampTz now)
+{
+	OpenCall   *oc = open_call(h);
+	LlmSlot    *slot = &channel->slots[h.slot];
+
+	for (;;)
+	{
+		uint32		st = pg_atomic_read_u32(&slot->state);
+
+		if (st == LLM_SLOT_DONE)
+			return true;
+		if (st == LLM_SLOT_RUNNING && !holder_alive(slot))
+		{
+			fail_orphaned_slot(slot);
+			continue;
+		}
+		if (st == LLM_SLOT_SUBMITTED)
+			channel_check_serving();	/* no worker can come to take it */
+		return now >= call_deadline(oc);
+	}
+}
+
+bool
+channel_poll(LlmHandle h)
+{
+	return call_ready(h, GetCurrentTimestamp());
+}
+
+/*
+ * Wait on the latch until one of the n open calls can be taken (see
+ * channel_poll) and return its index; -1 once timeout_ms has passed
+ * (timeout_ms < 0: no limit but the calls' own deadlines).  Interrupts
+ * raise as usual and leave the calls open: the caller decides whether
+ * to abandon them.
+ */
+int
+channel_wait(const LlmHandle *handles, int n, int timeout_ms)
+{
+	TimestampTz until = timeout_ms >= 0 ?
+		GetCurrentTimestamp() + (int64) timeout_ms * INT64CONST(1000) : DT_NOEND;
+
+	for (;;)
+	{
+		TimestampTz wake_at = until;
+		TimestampTz now = GetCurrentTimestamp();
+		long		wait_ms;
+		int			j;
+
+		for (j = 0; j < n; j++)
+		{
+			if (call_ready(handles[j], now))
+				return j;
+			wake_at = Min(wake_at, call_deadline(&open_calls[handles[j].slot]));
+		}
+		if (timeout_ms >= 0 && now >= until)
+			return -1;
+		wait_ms = TimestampDifferenceMilliseconds(now, wake_at);
+
+		if (n == 1)
+		{
+			LlmSlot    *slot = &channel->slots[handles[0].slot];
+
+			if (poll_for_answer(slot, pg_atomic_read_u32(&slot->state),
+								open_calls[handles[0].slot].submitted))
+			{
+				CHECK_FOR_INTERRUPTS();
+				continue;
+			}
+		}
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(Min(wait_ms, LLM_LIVENESS_CHECK_MS), 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Close h, which channel_poll() found ready: copy its answer into result
+ * (palloc'd) and free the slot; or raise the worker's failure, or LL009
+ * if the worker owes its verdict past the deadline (the call is then
+ * abandoned).  The handle is closed however this returns.
+ */
+void
+channel_take(LlmHandle h, LlmCallResult *result)
+{
+	OpenCall   *oc = open_call(h);
+	LlmSlot    *slot = &channel->slots[h.slot];
+	int			i = h.slot;
+
+	if (pg_atomic_read_u32(&slot->state) != LLM_SLOT_DONE)
+	{
+		int			timeout_ms = oc->timeout_ms;
+		bool		overdue = GetCurrentTimestamp() >= call_deadline(oc);
+
+		close_call(i);
+		abandon_slot(i);
+		if (!overdue)
+			elog(ERROR, "llm_gateway: call in slot %d taken before it finished", i);
+		ereport(ERROR,
+				(errcode(ERRCODE_LLM_PROVIDER_TIMEOUT),
+				 errmsg("no answer from the llm_gateway worker within %d ms", timeout_ms),
+				 errhint("Check that the worker runs (llm.gateway_status()) and the server log.")));
+	}
+	note_answer_time(oc->submitted);
+	pg_read_barrier();			/* the response before DONE */
+	close_call(i);
+	PG_TRY();
+	{
+		take_response(slot, result);
+	}
+	PG_FINALLY();
+	{
+		release_slot(i);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * Give up on h: the worker aborts the transfer (the log row says
+ * cancelled).  True if the call was in flight, false if it had finished
+ * (its answer is dropped) or h is not open (so a PG_CATCH may call it
+ * whether or not the handle was taken).
+ */
+bool
+channel_abandon(LlmHandle h)
+{
+	if (!channel_handle_open(h))
+		return false;
+	close_call(h.slot);
+	return abandon_slot(h.slot);
+}
+
+/*
+ * One call from start to end: submit, wait, take.  Cancel,
+ * statement_timeout, termination and every other ERROR abandon it.  On
+ * return result holds a palloc'd copy of the answer or error, and the
+ * call's log row is committed.
+ */
+void
+channel_call(const LlmRequestMsg *hdr, const char *data, Size data_len,
+			 int timeout_ms, LlmCallResult *result)
+{
+	LlmHandle	h = channel_submit(hdr, data, data_len, timeout_ms);
+
+	PG_TRY();
+	{
+		(void) channel_wait(&h, 1, -1);
+		channel_take(h, result);
+	}
+	PG_CATCH();
+	{
+		(void) channel_abandon(h);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }

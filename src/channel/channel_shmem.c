@@ -32,6 +32,9 @@
 LlmChannel *channel = NULL;
 dsa_area   *channel_area = NULL;
 
+/* llm.max_handles_per_session (see channel_submit) */
+int			llm_max_handles_per_session = 256;
+
 /*
  * llm.debug_fail_shm_alloc (developer option, superuser only, hidden):
  * the Nth payload allocation or answer mapping of this process from now
@@ -60,6 +63,16 @@ channel_define_gucs(void)
 							PGC_SUSET,
 							GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
 							NULL, assign_debug_fail, NULL);
+
+	/* PGC_SUSET: the bound keeps one role from taking every slot */
+	DefineCustomIntVariable("llm.max_handles_per_session",
+							"The most calls one session may have in flight at once (llm_submit handles included).",
+							"Capped by llm.max_inflight.",
+							&llm_max_handles_per_session,
+							256, 1, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
 }
 
 static void
