@@ -180,7 +180,11 @@ compute_cost(LlmWorkItem *item, char **cost)
 	return true;
 }
 
-/* Error text as the channel carries it: message\0detail\0hint\0 */
+/*
+ * Error text as the channel carries it: message\0detail\0hint\0, and
+ * request_id\0provider\0 added at delivery (item_deliver), when the row's
+ * id is known; the backend reads them for on_error = null.
+ */
 static void
 error_payload(StringInfo buf, const LlmError *err)
 {
@@ -285,6 +289,14 @@ item_deliver(LlmWorkItem *item)
 	if (item->delivered)
 		return;
 	item->delivered = true;
+	if (!item->ok)
+	{
+		/* the payload lives in the item's context: so do its enlargements */
+		appendStringInfo(&item->payload, INT64_FORMAT, item->request_id);
+		appendStringInfoChar(&item->payload, '\0');
+		appendStringInfoString(&item->payload, item->has_target ? item->target.provider_name : "");
+		appendStringInfoChar(&item->payload, '\0');
+	}
 	channel_finish(item->slot, item->ok ? LLM_OUTCOME_OK : LLM_OUTCOME_ERROR,
 				   item->ok ? 0 : item->error.sqlerrcode,
 				   item->payload.data, item->payload.len);
