@@ -111,7 +111,6 @@ anthropic_error_type(int sqlerrcode)
 		case ERRCODE_LLM_PROVIDER_QUOTA:
 			return "billing_error";
 		case ERRCODE_PROGRAM_LIMIT_EXCEEDED:
-		case ERRCODE_LLM_RESPONSE_TOO_LARGE:
 			return "request_too_large";
 		case ERRCODE_UNDEFINED_OBJECT:
 			return "not_found_error";
