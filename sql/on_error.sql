@@ -58,6 +58,10 @@ SELECT expect_error($q$SELECT llm_complete('claude', 'x', '{"on_error": "ignore"
 SELECT expect_error($q$SELECT llm_complete('claude', 'x', '{"on_error": true}')$q$);
 SELECT expect_error($q$SELECT llm_complete('claude', 'x', '{"on_error": "null", "max_tokens": 0}')$q$);
 SELECT expect_error($q$SELECT llm_complete(NULL, 'x', '{"on_error": "null"}')$q$);
+-- so does a failure of the gateway rather than the call (no shared memory for the request)
+SET llm.debug_fail_shm_alloc = 1;
+SELECT expect_error($q$SELECT llm_complete('claude', 'x', '{"on_error": "null"}')$q$);
+RESET llm.debug_fail_shm_alloc;
 -- on_error is not forwarded to the provider
 SELECT request_body ? 'on_error' AS forwarded FROM llm.requests ORDER BY id DESC LIMIT 1;
 
