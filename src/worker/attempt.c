@@ -261,7 +261,12 @@ item_finish(LlmWorkItem *item)
 	if (item->ok)
 		answer_payload(&item->payload, item);
 	else
+	{
 		error_payload(&item->payload, &item->error);
+		/* room for item_deliver's ids now, so delivering allocates nothing */
+		enlargeStringInfo(&item->payload, MAXINT8LEN + 3 +
+						  (item->has_target ? strlen(item->target.provider_name) : 0));
+	}
 	item->state = LLM_ITEM_FINISHED;
 	if (item->xfer_live)
 	{
@@ -291,7 +296,7 @@ item_deliver(LlmWorkItem *item)
 	item->delivered = true;
 	if (!item->ok)
 	{
-		/* the payload lives in the item's context: so do its enlargements */
+		/* fits in the room item_finish reserved: cannot fail */
 		appendStringInfo(&item->payload, INT64_FORMAT, item->request_id);
 		appendStringInfoChar(&item->payload, '\0');
 		appendStringInfoString(&item->payload, item->has_target ? item->target.provider_name : "");
