@@ -62,6 +62,12 @@ SELECT expect_error($q$SELECT llm_complete(NULL, 'x', '{"on_error": "null"}')$q$
 SET llm.debug_fail_shm_alloc = 1;
 SELECT expect_error($q$SELECT llm_complete('claude', 'x', '{"on_error": "null"}')$q$);
 RESET llm.debug_fail_shm_alloc;
+-- and a call whose audit row cannot be written: every NULL has its row
+CREATE FUNCTION oe_discard() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END$$;
+CREATE TRIGGER oe_discard BEFORE INSERT ON llm.requests FOR EACH ROW EXECUTE FUNCTION oe_discard();
+SELECT expect_error($q$SELECT llm_complete('claude', 'x [[mock:status=429]]', '{"on_error": "null"}')$q$);
+DROP TRIGGER oe_discard ON llm.requests;
+DROP FUNCTION oe_discard();
 -- on_error is not forwarded to the provider
 SELECT request_body ? 'on_error' AS forwarded FROM llm.requests ORDER BY id DESC LIMIT 1;
 

@@ -20,6 +20,8 @@
  * shortage of memory, an internal error, the worker gone).  Errors the
  * backend raises before or while waiting (bad arguments, cancel,
  * statement_timeout, no free memory for the request) never get here.
+ * A failure without its llm.requests row (the audit row could not be
+ * written) raises too, so every NULL can be looked up in the log.
  *
  * The worker's error payload is message\0detail\0hint\0 and, when the
  * worker knows them, request_id\0provider\0 (attempt.c item_deliver);
@@ -259,7 +261,8 @@ llm_call_result(const LlmCallResult *r, bool on_error_null, bool want_text, bool
 		ErrorParts	e;
 
 		split_error(r, &e);
-		if (!on_error_null || llm_error_raises_always(r->sqlerrcode))
+		/* NULL only for a failure the log has: without its row, raise */
+		if (!on_error_null || llm_error_raises_always(r->sqlerrcode) || e.request_id == NULL)
 			raise_error(r, &e);
 		if (want_text)
 		{
