@@ -28,6 +28,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
+#include "backend/call_result.h"
 #include "channel/channel.h"
 #include "common/credentials.h"
 #include "worker/outbound.h"
@@ -206,6 +207,7 @@ static void
 define_gucs(void)
 {
 	channel_define_gucs();		/* llm.debug_fail_shm_alloc (tests) */
+	call_result_define_gucs();	/* llm.on_error */
 
 	DefineCustomStringVariable("llm.database",
 							   "Database the gateway worker connects to; calls are served only from it.",

@@ -20,7 +20,8 @@
  * the call running and its handle valid.  Only llm_await / llm_await_any
  * (which take the answer), llm_cancel and the session's exit (the
  * channel's exit callback) end a call.  Answers and errors go through
- * llm_answer(), the same code as llm_messages.
+ * llm_call_result() (call_result.c), the same code as llm_messages, with
+ * the call's on_error as it was at llm_submit().
  *
  *-------------------------------------------------------------------------
  */
@@ -34,6 +35,7 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 
+#include "backend/call_result.h"
 #include "backend/sql_api.h"
 #include "channel/channel.h"
 #include "common/llm_errors.h"
@@ -47,6 +49,7 @@ typedef struct SessionHandle
 {
 	int64		id;				/* what SQL sees */
 	LlmHandle	call;			/* what the channel sees */
+	bool		on_error_null;	/* the call's on_error, as at llm_submit() */
 } SessionHandle;
 
 /* this session's open handles (unordered), in TopMemoryContext */
@@ -72,13 +75,13 @@ find_handle(int64 id)
 }
 
 /* Forget handles[i] (the caller then takes or abandons its call). */
-static LlmHandle
+static SessionHandle
 forget_handle(int i)
 {
-	LlmHandle	call = handles[i].call;
+	SessionHandle h = handles[i];
 
 	handles[i] = handles[--n_handles];
-	return call;
+	return h;
 }
 
 static int64
@@ -99,20 +102,24 @@ handle_context(void *arg)
 	errcontext("llm_gateway handle " INT64_FORMAT, *(int64 *) arg);
 }
 
-/* Take the finished call of handle id and return its answer, or raise its error. */
-static Jsonb *
-take_answer(int64 id, LlmHandle call)
+/*
+ * Take the finished call of a handle and return its answer, or per its
+ * on_error an error object (*isnull: SQL NULL never, llm_messages' shape)
+ * or its error raised, as llm_messages would.
+ */
+static Datum
+take_answer(SessionHandle h, bool *isnull)
 {
 	ErrorContextCallback cb;
 	LlmCallResult result;
-	Jsonb	   *answer;
+	Datum		answer;
 
 	cb.callback = handle_context;
-	cb.arg = &id;
+	cb.arg = &h.id;
 	cb.previous = error_context_stack;
 	error_context_stack = &cb;
-	channel_take(call, &result);
-	answer = llm_answer(&result);
+	channel_take(h.call, &result);
+	answer = llm_call_result(&result, h.on_error_null, false, isnull);
 	error_context_stack = cb.previous;
 	return answer;
 }
@@ -126,13 +133,14 @@ llm_submit(PG_FUNCTION_ARGS)
 	LlmRequestMsg hdr;
 	StringInfoData data;
 	LlmHandle	call;
+	bool		on_error_null;
 
 	require_args(fcinfo, "history", "Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.");
 	llm_prepare_call(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1),
 					 PG_ARGISNULL(2) ?
 					 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"))) :
 					 PG_GETARG_JSONB_P(2),
-					 &hdr, &data);
+					 &hdr, &data, &on_error_null);
 
 	/* room first: nothing may fail between the submit and the record of it */
 	if (n_handles == max_handles)
@@ -147,6 +155,7 @@ llm_submit(PG_FUNCTION_ARGS)
 	call = channel_submit(&hdr, data.data, data.len, hdr.timeout_ms);
 	handles[n_handles].id = next_id++;
 	handles[n_handles].call = call;
+	handles[n_handles].on_error_null = on_error_null;
 	n_handles++;
 	pfree(data.data);
 	PG_RETURN_INT64(handles[n_handles - 1].id);
@@ -177,8 +186,14 @@ llm_await(PG_FUNCTION_ARGS)
 				 errmsg("llm_gateway handle " INT64_FORMAT " has no answer within %d ms", id, timeout_ms),
 				 errdetail("The call is still running; the handle stays valid."),
 				 errhint("Call llm_await() again later, or llm_cancel() to abort the call.")));
-	call = forget_handle(find_handle(id));
-	PG_RETURN_JSONB_P(take_answer(id, call));
+	{
+		bool		isnull;
+		Datum		answer = take_answer(forget_handle(find_handle(id)), &isnull);
+
+		if (isnull)
+			PG_RETURN_NULL();
+		PG_RETURN_DATUM(answer);
+	}
 }
 
 /*
@@ -228,8 +243,7 @@ llm_await_any(PG_FUNCTION_ARGS)
 
 	j = channel_wait(calls, n, -1);
 	values[0] = elems[j];
-	values[1] = JsonbPGetDatum(take_answer(DatumGetInt64(elems[j]),
-										   forget_handle(find_handle(DatumGetInt64(elems[j])))));
+	values[1] = take_answer(forget_handle(find_handle(DatumGetInt64(elems[j]))), &isnull[1]);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, isnull)));
 }
 
@@ -245,5 +259,5 @@ llm_cancel(PG_FUNCTION_ARGS)
 {
 	int64		id = handle_arg(fcinfo, 0);
 
-	PG_RETURN_BOOL(channel_abandon(forget_handle(find_handle(id))));
+	PG_RETURN_BOOL(channel_abandon(forget_handle(find_handle(id)).call));
 }

@@ -7,8 +7,8 @@
  * runs in: backend.
  *
  * A call validates its input, hands the canonical request to the worker
- * through the channel, waits, and returns the answer or raises the error
- * the worker reported (llm_raise()).  The backend never touches the
+ * through the channel, waits, and returns what call_result.c makes of the
+ * outcome (the answer; or the error raised, or NULL / an error object).  The backend never touches the
  * network and never sees a provider key.
  *
  *-------------------------------------------------------------------------
@@ -38,6 +38,7 @@
 #include "providers/adapter.h"
 #include "backend/validate.h"
 #include "backend/sql_api.h"
+#include "backend/call_result.h"
 
 PG_FUNCTION_INFO_V1(llm_messages);
 PG_FUNCTION_INFO_V1(llm_complete);
@@ -79,38 +80,15 @@ check_database(void)
 	checked_db = MyDatabaseId;
 }
 
-/* Raise the error the worker reported. */
-void
-llm_raise(const LlmCallResult *r)
-{
-	const char *message = r->text;
-	const char *detail = message + strlen(message) + 1;
-	const char *hint = detail + strlen(detail) + 1;
-
-	ereport(ERROR,
-			(errcode(r->sqlerrcode ? r->sqlerrcode : ERRCODE_INTERNAL_ERROR),
-			 errmsg_internal("%s", message),
-			 detail[0] ? errdetail_internal("%s", detail) : 0,
-			 hint[0] ? errhint("%s", hint) : 0));
-}
-
-/* The answer as jsonb, or raise the call's error. */
-Jsonb *
-llm_answer(const LlmCallResult *result)
-{
-	if (result->outcome != LLM_OUTCOME_OK)
-		llm_raise(result);
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(result->text)));
-}
-
 /*
  * Check and build one call: the message header into *hdr, the data that
- * follows it into data (initialised here).  Raises the caller's mistakes
- * before anything is sent.
+ * follows it into data (initialised here), and whether its failure is
+ * returned as NULL / an error object (on_error).  Raises the caller's
+ * mistakes before anything is sent.
  */
 void
 llm_prepare_call(text *model, Jsonb *history, Jsonb *options,
-				 LlmRequestMsg *hdr_out, StringInfo data_out)
+				 LlmRequestMsg *hdr_out, StringInfo data_out, bool *on_error_null)
 {
 	char	   *alias = text_to_cstring(model);
 	char	   *role = GetUserNameFromId(GetUserId(), false);
@@ -147,21 +125,26 @@ llm_prepare_call(text *model, Jsonb *history, Jsonb *options,
 				 errhint("Send a shorter history, or ask an administrator to raise llm.max_request_bytes.")));
 	*hdr_out = hdr;
 	*data_out = data;
+	*on_error_null = spec.on_error_null;
 }
 
-/* Validate, submit, wait; returns the answer as jsonb. */
-static Jsonb *
-call_model(text *model, Jsonb *history, Jsonb *options)
+/*
+ * Validate, submit, wait; returns what the call gives SQL (the answer, or
+ * per on_error an error object, NULL or the raised error: call_result.c).
+ */
+static Datum
+call_model(text *model, Jsonb *history, Jsonb *options, bool want_text, bool *isnull)
 {
 	LlmRequestMsg hdr;
 	StringInfoData data;
 	LlmCallResult result;
+	bool		on_error_null;
 
-	llm_prepare_call(model, history, options, &hdr, &data);
+	llm_prepare_call(model, history, options, &hdr, &data, &on_error_null);
 	channel_call(&hdr, data.data, data.len, hdr.timeout_ms, &result);
 	pfree(data.data);
 
-	return llm_answer(&result);
+	return llm_call_result(&result, on_error_null, want_text, isnull);
 }
 
 static Jsonb *
@@ -192,9 +175,15 @@ require_args(FunctionCallInfo fcinfo, const char *input, const char *hint)
 Datum
 llm_messages(PG_FUNCTION_ARGS)
 {
+	Datum		result;
+	bool		isnull;
+
 	require_args(fcinfo, "history", "Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.");
-	PG_RETURN_JSONB_P(call_model(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1),
-								 PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2)));
+	result = call_model(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1),
+						PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2), false, &isnull);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
 }
 
 /*
@@ -208,10 +197,8 @@ llm_complete(PG_FUNCTION_ARGS)
 {
 	StringInfoData hist;
 	Jsonb	   *history;
-	Jsonb	   *answer;
-	JsonbContainer *content;
-	StringInfoData out;
-	int			i;
+	Datum		result;
+	bool		isnull;
 
 	require_args(fcinfo, "prompt", "Filter out NULL rows, or coalesce() the prompt.");
 
@@ -221,24 +208,11 @@ llm_complete(PG_FUNCTION_ARGS)
 	appendStringInfoString(&hist, "}]");
 	history = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data)));
 
-	answer = call_model(PG_GETARG_TEXT_PP(0), history,
-						PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2));
-
-	initStringInfo(&out);
-	content = json_get_array(&answer->root, "content");
-	for (i = 0; i < json_array_size(content); i++)
-	{
-		JsonbContainer *block = json_value_container(json_array_elem(content, i), false);
-		const char *type = json_get_cstring(block, "type");
-		const char *text;
-
-		if (type == NULL || strcmp(type, "text") != 0)
-			continue;
-		text = json_get_cstring(block, "text");
-		if (text)
-			appendStringInfoString(&out, text);
-	}
-	PG_RETURN_TEXT_P(cstring_to_text_with_len(out.data, out.len));
+	result = call_model(PG_GETARG_TEXT_PP(0), history,
+						PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2), true, &isnull);
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(result);
 }
 
 /*

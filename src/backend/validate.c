@@ -9,7 +9,7 @@
  * alias, checked by the worker), a message that names the field, and a
  * hint.  The canonical request is the Anthropic Messages request body:
  * the Messages options the caller gave plus "messages"; gateway options
- * (timeout_ms, tags) are taken out.
+ * (timeout_ms, tags, on_error) are taken out.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +25,7 @@
 #include "common/json_util.h"
 #include "llm_gateway.h"
 #include "backend/validate.h"
+#include "backend/call_result.h"
 
 #define LLM_MAX_TOKENS_LIMIT	1048576
 #define LLM_MAX_STOP_SEQUENCES	64
@@ -33,9 +34,9 @@ static const char *const messages_options[] = {
 	"system", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences",
 	"tools", "tool_choice", "metadata", "thinking", NULL
 };
-static const char *const gateway_options[] = {"timeout_ms", "tags", NULL};
+static const char *const gateway_options[] = {"timeout_ms", "tags", "on_error", NULL};
 
-#define OPTION_HINT "Valid options: system, max_tokens, temperature, top_p, top_k, stop_sequences, tools, tool_choice, metadata, thinking, timeout_ms, tags."
+#define OPTION_HINT "Valid options: system, max_tokens, temperature, top_p, top_k, stop_sequences, tools, tool_choice, metadata, thinking, timeout_ms, tags, on_error."
 
 static bool
 in_list(const char *const *list, const char *key)
@@ -365,6 +366,7 @@ validate_call(const char *alias, Jsonb *history, Jsonb *options, LlmCallSpec *sp
 
 	spec->timeout_ms = llm_request_timeout_ms;
 	spec->tags = NULL;
+	spec->on_error_null = (llm_on_error == LLM_ON_ERROR_NULL);
 
 	if (options == NULL)
 		options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
@@ -389,6 +391,14 @@ validate_call(const char *alias, Jsonb *history, Jsonb *options, LlmCallSpec *sp
 			if (strcmp(name, "timeout_ms") == 0)
 				spec->timeout_ms = (int) integer_option(&val, name, 1, INT_MAX / 2,
 														"Give timeout_ms as a positive number of milliseconds.");
+			else if (strcmp(name, "on_error") == 0)
+			{
+				if (val.type != jbvString ||
+					!llm_on_error_parse(pnstrdup(val.val.string.val, val.val.string.len),
+										&spec->on_error_null))
+					bad("option \"on_error\" must be \"raise\" or \"null\"",
+						"\"null\" makes a failed call return NULL (llm_complete) or an error object (llm_messages).");
+			}
 			else
 			{
 				StringInfoData buf;

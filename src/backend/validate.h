@@ -17,6 +17,7 @@ typedef struct LlmCallSpec
 	Jsonb	   *request;		/* canonical Messages request, without "model" */
 	int			timeout_ms;		/* whole-call deadline */
 	char	   *tags;			/* JSON text of the tags option, or NULL */
+	bool		on_error_null;	/* on_error option, else llm.on_error */
 } LlmCallSpec;
 
 extern void validate_call(const char *alias, Jsonb *history, Jsonb *options,

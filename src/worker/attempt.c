@@ -180,7 +180,11 @@ compute_cost(LlmWorkItem *item, char **cost)
 	return true;
 }
 
-/* Error text as the channel carries it: message\0detail\0hint\0 */
+/*
+ * Error text as the channel carries it: message\0detail\0hint\0, and
+ * request_id\0provider\0 added at delivery (item_deliver), when the row's
+ * id is known; the backend reads them for on_error = null.
+ */
 static void
 error_payload(StringInfo buf, const LlmError *err)
 {
@@ -257,7 +261,12 @@ item_finish(LlmWorkItem *item)
 	if (item->ok)
 		answer_payload(&item->payload, item);
 	else
+	{
 		error_payload(&item->payload, &item->error);
+		/* room for item_deliver's ids now, so delivering allocates nothing */
+		enlargeStringInfo(&item->payload, MAXINT8LEN + 3 +
+						  (item->has_target ? strlen(item->target.provider_name) : 0));
+	}
 	item->state = LLM_ITEM_FINISHED;
 	if (item->xfer_live)
 	{
@@ -285,6 +294,14 @@ item_deliver(LlmWorkItem *item)
 	if (item->delivered)
 		return;
 	item->delivered = true;
+	if (!item->ok)
+	{
+		/* fits in the room item_finish reserved: cannot fail */
+		appendStringInfo(&item->payload, INT64_FORMAT, item->request_id);
+		appendStringInfoChar(&item->payload, '\0');
+		appendStringInfoString(&item->payload, item->has_target ? item->target.provider_name : "");
+		appendStringInfoChar(&item->payload, '\0');
+	}
 	channel_finish(item->slot, item->ok ? LLM_OUTCOME_OK : LLM_OUTCOME_ERROR,
 				   item->ok ? 0 : item->error.sqlerrcode,
 				   item->payload.data, item->payload.len);
