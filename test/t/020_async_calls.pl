@@ -116,6 +116,14 @@ like($async_error, qr/^ERROR:  LL004: /, 'the call\'s error is raised at await w
 is($async_error, $sync_error, 'the same error as llm_messages gives');
 like($err, qr/CONTEXT:  llm_gateway handle \d+/, 'naming the handle in the context');
 
+# on_error as given at submit: the await returns the error object instead
+($out, $err) = session(q{
+SELECT llm_submit('m', } . hist('bad null [[mock:status=400]]') . q{, '{"on_error": "null"}') AS h \gset
+SELECT a->>'type', a->'error'->>'type', a->'gateway'->>'sqlstate' FROM (SELECT llm_await(:h) AS a) s;
+});
+is($out, 'error|invalid_request_error|LL004', 'a call submitted with on_error null is awaited as an error object');
+is($err, '', 'without raising');
+
 # a timeout at await leaves the call running; a later await gets the answer
 $mock->reset;
 ($out, $err) = session(q{
