@@ -75,5 +75,5 @@ SELECT request_body ? 'on_error' AS forwarded FROM llm.requests ORDER BY id DESC
 SET statement_timeout = '300ms';
 SELECT llm_complete('claude', 'slow [[mock:latency=3000]]', '{"on_error": "null", "tags": {"oe": "cancel"}}');
 RESET statement_timeout;
-SELECT pg_sleep(0.5);
+SELECT wait_until($q$SELECT count(*) = 1 FROM llm.requests WHERE tags->>'oe' = 'cancel' AND status <> 'pending'$q$);
 SELECT status, error_code FROM llm.requests WHERE tags->>'oe' = 'cancel';

@@ -38,3 +38,16 @@ EXCEPTION WHEN OTHERS THEN
         || CASE WHEN det <> '' THEN E'\nDETAIL: ' || det ELSE '' END
         || CASE WHEN hnt <> '' THEN E'\nHINT: ' || hnt ELSE '' END;
 END $f$;
+
+-- wait_until(condition): wait (up to 10 s) until a boolean query is true, for
+-- what the worker finishes after a statement returned (a cancelled call's row)
+CREATE FUNCTION public.wait_until(q text) RETURNS boolean LANGUAGE plpgsql AS $f$
+DECLARE ok boolean;
+BEGIN
+    FOR i IN 1..1000 LOOP
+        EXECUTE q INTO ok;
+        IF ok THEN RETURN true; END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RETURN false;
+END $f$;

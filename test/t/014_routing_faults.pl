@@ -81,7 +81,7 @@ is($node->safe_psql('postgres', "SELECT state FROM llm.circuit_breakers WHERE ta
 	'the circuit is open');
 ($ret, $out, $err) = $node->psql('postgres', q{SELECT llm_complete('cb', 'refused while open')});
 like($err, qr/every target of model alias "cb" is cooling down/, 'an open circuit refuses calls');
-sleep(1);
+sleep(1);	# the cool-down itself (300 ms) is what passes here
 $bg = call_in_background(q{SELECT llm_complete('cb', 'the probe [[mock:hang]]')});
 $node->poll_query_until('postgres', "SELECT state = 'half-open' FROM llm.circuit_breakers WHERE target_id = $cb")
   or die 'the probe never went out';

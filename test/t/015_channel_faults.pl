@@ -152,7 +152,12 @@ $worker = $s->query_safe('SELECT worker_pid FROM llm.gateway_status()');
 my $log_offset = -s $node->logfile;
 $node->safe_psql('template1', "ALTER DATABASE postgres ALLOW_CONNECTIONS false; SELECT pg_terminate_backend($worker)");
 $node->wait_for_log(qr/database "postgres" is not currently accepting connections/, $log_offset);
-usleep(200_000);
+# no worker attached any more (the connecting one failed and exited)
+for (1 .. 100)
+{
+	last if $s->query_safe('SELECT worker_pid IS NULL FROM llm.gateway_status()') eq 't';
+	usleep(20_000);
+}
 $s->{stderr} = '';
 my $t0 = time;
 $s->query("SET llm.request_timeout_ms = 10000; SELECT llm_complete('m', 'no worker')");

@@ -130,8 +130,8 @@ for my $round (1 .. 4)
 # the opt-in asynchronous mode, with its window held open
 $node->append_conf('postgresql.conf',
 	"llm.durable_before_send = off\nllm.flush_interval_ms = 1000\nwal_writer_delay = '10s'\n");
-$node->reload;
-usleep(200_000);
+# a restart, so the worker surely runs with it from the first call
+$node->restart;
 my $lost = 0;
 for my $round (5 .. 7)
 {

@@ -98,7 +98,8 @@ $node->poll_query_until('postgres',
 my $admin = held_lock_session(
 	q{UPDATE llm.requests SET tags = '{"admin": true}' WHERE request_body::text LIKE '%locked row%'});
 # the slow call finishes at the provider (1.5 s) while the row stays locked
-usleep(2_500_000);
+my $until = time + 10;
+usleep(50_000) while $mock->get('/_mock/stats')->{in_flight} > 0 && time < $until;
 my $worst = 0;
 for my $i (1 .. 5)
 {
