@@ -248,6 +248,5 @@ extern void channel_finish(int slot, LlmOutcome outcome, int sqlerrcode,
 						   const char *text, Size len);
 extern void channel_release_abandoned(int slot);
 extern uint32 channel_slot_generation(int slot);
-extern bool channel_slot_abandoned(int slot);
 
 #endif							/* LLM_CHANNEL_H */

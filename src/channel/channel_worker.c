@@ -244,11 +244,6 @@ channel_slot_generation(int i)
 	return channel->slots[i].generation;
 }
 
-bool
-channel_slot_abandoned(int i)
-{
-	return pg_atomic_read_u32(&channel->slots[i].state) == LLM_SLOT_ABANDONED;
-}
 
 void
 channel_release_abandoned(int i)

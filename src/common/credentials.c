@@ -394,12 +394,6 @@ master_key_require(void)
 		report_error(&err);
 }
 
-void
-credential_master_key_require(void)
-{
-	master_key_require();
-}
-
 char *
 credential_master_key_id(void)
 {

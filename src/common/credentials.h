@@ -43,7 +43,6 @@ extern void credentials_define_gucs(void);
 extern char *credential_origin(const char *base_url, const char **why);
 
 /* Backends: ERROR unless the master key is usable. */
-extern void credential_master_key_require(void);
 
 /* Backends: hex id of the current master key (after ..._require). */
 extern char *credential_master_key_id(void);

@@ -531,6 +531,26 @@ state_name(int state)
 	}
 }
 
+/*
+ * Copy up to max entries of a table into copy under the lock; rows are
+ * built after, so the worker waits only for the copy.
+ */
+static int
+copy_entries(HTAB *tab, void *copy, Size entrysize, int max)
+{
+	HASH_SEQ_STATUS seq;
+	void	   *e;
+	int			n = 0;
+
+	lock(LW_SHARED);
+	hash_seq_init(&seq, tab);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (n < max)
+			memcpy((char *) copy + entrysize * n++, e, entrysize);
+	unlock();
+	return n;
+}
+
 /* llm._circuit_state(): one row per target with a failure history */
 Datum
 llm_circuit_state(PG_FUNCTION_ARGS)
@@ -538,21 +558,14 @@ llm_circuit_state(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LlmTargetHealth *copy;
 	LlmTargetHealth *t;
-	HASH_SEQ_STATUS seq;
-	int			n = 0;
+	int			n;
 	int			i;
 
 	llm_check_preloaded();
 	InitMaterializedSRF(fcinfo, 0);
 
-	/* copy under the lock, build rows after: the worker waits only for the copy */
 	copy = palloc(sizeof(LlmTargetHealth) * LLM_MAX_TARGETS);
-	lock(LW_SHARED);
-	hash_seq_init(&seq, target_tab);
-	while ((t = hash_seq_search(&seq)) != NULL)
-		if (n < LLM_MAX_TARGETS)
-			copy[n++] = *t;
-	unlock();
+	n = copy_entries(target_tab, copy, sizeof(LlmTargetHealth), LLM_MAX_TARGETS);
 
 	for (i = 0; i < n; i++)
 	{
@@ -581,20 +594,14 @@ llm_provider_load(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	LlmProviderLoad *copy;
 	LlmProviderLoad *p;
-	HASH_SEQ_STATUS seq;
-	int			n = 0;
+	int			n;
 	int			i;
 
 	llm_check_preloaded();
 	InitMaterializedSRF(fcinfo, 0);
 
 	copy = palloc(sizeof(LlmProviderLoad) * LLM_MAX_PROVIDERS);
-	lock(LW_SHARED);
-	hash_seq_init(&seq, provider_tab);
-	while ((p = hash_seq_search(&seq)) != NULL)
-		if (n < LLM_MAX_PROVIDERS)
-			copy[n++] = *p;
-	unlock();
+	n = copy_entries(provider_tab, copy, sizeof(LlmProviderLoad), LLM_MAX_PROVIDERS);
 
 	for (i = 0; i < n; i++)
 	{

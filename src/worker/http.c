@@ -268,15 +268,6 @@ close_socket(void *clientp, curl_socket_t s)
 	return rc;
 }
 
-static const char *resolver = "unknown";
-
-/* The DNS resolver this libcurl uses, as logged at worker start. */
-const char *
-http_resolver(void)
-{
-	return resolver;
-}
-
 /*
  * Which resolver libcurl uses: without CURL_VERSION_ASYNCHDNS a name lookup
  * blocks the whole worker (every call in flight) for as long as DNS takes.
@@ -284,6 +275,7 @@ http_resolver(void)
 static void
 check_resolver(void)
 {
+	const char *resolver;
 	curl_version_info_data *vi = curl_version_info(CURLVERSION_NOW);
 
 	if (!(vi->features & CURL_VERSION_ASYNCHDNS))

@@ -49,7 +49,6 @@ typedef struct LlmHttpTransfer
 } LlmHttpTransfer;
 
 extern void http_init(void);
-extern const char *http_resolver(void);
 extern int	http_socket_fd(void);
 extern long http_timeout_ms(void);
 extern void http_start(LlmHttpTransfer *t, LlmHttpRequest *req, long timeout_ms, void *owner);
