@@ -226,6 +226,9 @@ extern int	llm_max_handles_per_session;
 
 extern LlmHandle channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len,
 								int timeout_ms);
+extern bool channel_try_submit(const LlmRequestMsg *hdr, const char *data, Size data_len,
+							   int timeout_ms, LlmHandle *h);
+extern int	channel_session_calls(void);
 extern bool channel_handle_open(LlmHandle h);
 extern bool channel_poll(LlmHandle h);
 extern int	channel_wait(const LlmHandle *handles, int n, int timeout_ms);

@@ -127,9 +127,12 @@ channel_check_serving(void)
 				 errhint("Set llm.database in postgresql.conf to the database where CREATE EXTENSION llm_gateway was run, and restart the server.")));
 }
 
-/* Wait (interruptibly) for a free slot and claim it. */
+/*
+ * Claim a free slot; -1 if none is free and !wait, else wait
+ * (interruptibly) for one.
+ */
 static int
-claim_slot(void)
+claim_slot(bool wait)
 {
 	int			i = -1;
 	bool		waited = false;
@@ -143,7 +146,7 @@ claim_slot(void)
 			channel->free_head = free_next()[i];
 		}
 		SpinLockRelease(&channel->mutex);
-		if (i >= 0)
+		if (i >= 0 || !wait)
 			break;
 		if (!waited)
 			pg_atomic_fetch_add_u64(&channel->stats.waited_for_slot, 1);
@@ -378,6 +381,9 @@ backend_exit_callback(int code, Datum arg)
 		}
 }
 
+static bool submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms,
+				   bool wait, LlmHandle *h);
+
 /* How many calls one session may hold open: the GUC, within the slots. */
 static int
 session_call_limit(void)
@@ -396,9 +402,37 @@ session_call_limit(void)
 LlmHandle
 channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms)
 {
+	LlmHandle	h;
+
+	(void) submit(hdr, data, data_len, timeout_ms, true, &h);
+	return h;
+}
+
+/*
+ * channel_submit that never waits, for a caller that holds other calls and
+ * can take their answers meanwhile (the pipeline node): false when no slot
+ * is free now or the session holds its limit of calls.
+ */
+bool
+channel_try_submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms,
+				   LlmHandle *h)
+{
+	return submit(hdr, data, data_len, timeout_ms, false, h);
+}
+
+/* The number of calls this session holds open. */
+int
+channel_session_calls(void)
+{
+	return n_open;
+}
+
+static bool
+submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms, bool wait,
+	   LlmHandle *h)
+{
 	MemoryContext cxt = CurrentMemoryContext;
 	Size		size = offsetof(LlmRequestMsg, data) + data_len;
-	LlmHandle	h;
 	LlmSlot    *slot;
 	int			i;
 
@@ -412,6 +446,8 @@ channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int ti
 		open_calls = MemoryContextAllocZero(TopMemoryContext,
 											sizeof(OpenCall) * channel->nslots);
 	/* waiting for a slot could not help: only this session frees its own */
+	if (n_open >= session_call_limit() && !wait)
+		return false;
 	if (n_open >= session_call_limit())
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
@@ -420,7 +456,9 @@ channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int ti
 						   llm_max_handles_per_session, channel->nslots),
 				 errhint("Await or cancel some of this session's calls (llm_await, llm_cancel) before submitting more.")));
 
-	i = claim_slot();
+	i = claim_slot(wait);
+	if (i < 0)
+		return false;
 	slot = &channel->slots[i];
 	PG_TRY();
 	{
@@ -477,9 +515,9 @@ channel_submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int ti
 	SpinLockRelease(&channel->mutex);
 	wake_worker();
 
-	h.slot = i;
-	h.generation = open_calls[i].generation;
-	return h;
+	h->slot = i;
+	h->generation = open_calls[i].generation;
+	return true;
 }
 
 /*
