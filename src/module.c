@@ -29,6 +29,7 @@
 #include "utils/memutils.h"
 
 #include "backend/call_result.h"
+#include "backend/pipeline.h"
 #include "channel/channel.h"
 #include "common/credentials.h"
 #include "worker/outbound.h"
@@ -95,6 +96,7 @@ _PG_init(void)
 				 errhint("Add llm_gateway to shared_preload_libraries in postgresql.conf and restart the server.")));
 
 	define_gucs();
+	pipeline_init();
 
 	/* pg_upgrade's server must not start workers or take shared memory */
 	if (IsBinaryUpgrade)

@@ -7,7 +7,7 @@
  * runs in: backend.
  *
  * llm_submit validates and builds the call exactly as llm_messages does
- * (llm_prepare_call), hands it to the worker (channel_submit) and returns
+ * (llm_messages_kind.prepare), hands it to the worker (channel_submit) and returns
  * at once with a *session-local* handle: 1, 2, 3, ... in the order of this
  * session's submissions, mapped here to the channel's handle (slot and
  * generation).  Not the llm.requests id: that id exists only once the
@@ -130,17 +130,10 @@ take_answer(SessionHandle h, bool *isnull)
 Datum
 llm_submit(PG_FUNCTION_ARGS)
 {
-	LlmRequestMsg hdr;
-	StringInfoData data;
+	LlmPreparedCall prepared;
 	LlmHandle	call;
-	bool		on_error_null;
 
-	require_args(fcinfo, "history", "Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.");
-	llm_prepare_call(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1),
-					 PG_ARGISNULL(2) ?
-					 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"))) :
-					 PG_GETARG_JSONB_P(2),
-					 &hdr, &data, &on_error_null);
+	llm_messages_kind.prepare(fcinfo->args, &prepared);
 
 	/* room first: nothing may fail between the submit and the record of it */
 	if (n_handles == max_handles)
@@ -152,12 +145,13 @@ llm_submit(PG_FUNCTION_ARGS)
 			repalloc(handles, sizeof(SessionHandle) * want);
 		max_handles = want;
 	}
-	call = channel_submit(&hdr, data.data, data.len, hdr.timeout_ms);
+	call = channel_submit(&prepared.hdr, prepared.data.data, prepared.data.len,
+						  prepared.hdr.timeout_ms);
 	handles[n_handles].id = next_id++;
 	handles[n_handles].call = call;
-	handles[n_handles].on_error_null = on_error_null;
+	handles[n_handles].on_error_null = prepared.on_error_null;
 	n_handles++;
-	pfree(data.data);
+	pfree(prepared.data.data);
 	PG_RETURN_INT64(handles[n_handles - 1].id);
 }
 

@@ -281,3 +281,21 @@ llm_call_result(const LlmCallResult *r, bool on_error_null, bool want_text, bool
 		return JsonbPGetDatum(answer);
 	}
 }
+
+/* The tokens an answered call used (both 0 for a failed call). */
+void
+llm_call_usage(const LlmCallResult *r, int64 *input_tokens, int64 *output_tokens)
+{
+	Jsonb	   *answer;
+	JsonbContainer *usage;
+	char	   *errmsg;
+
+	*input_tokens = 0;
+	*output_tokens = 0;
+	if (r->outcome != LLM_OUTCOME_OK ||
+		(answer = json_parse_safe(r->text, r->len, &errmsg)) == NULL ||
+		(usage = json_get_object(&answer->root, "usage")) == NULL)
+		return;
+	(void) json_get_int64(usage, "input_tokens", input_tokens);
+	(void) json_get_int64(usage, "output_tokens", output_tokens);
+}

@@ -81,14 +81,12 @@ check_database(void)
 }
 
 /*
- * Check and build one call: the message header into *hdr, the data that
- * follows it into data (initialised here), and whether its failure is
- * returned as NULL / an error object (on_error).  Raises the caller's
- * mistakes before anything is sent.
+ * Check and build one call: the message header, the data that follows it,
+ * and whether its failure is returned as NULL / an error object
+ * (on_error).  Raises the caller's mistakes before anything is sent.
  */
-void
-llm_prepare_call(text *model, Jsonb *history, Jsonb *options,
-				 LlmRequestMsg *hdr_out, StringInfo data_out, bool *on_error_null)
+static void
+prepare_call(text *model, Jsonb *history, Jsonb *options, LlmPreparedCall *call)
 {
 	char	   *alias = text_to_cstring(model);
 	char	   *role = GetUserNameFromId(GetUserId(), false);
@@ -123,50 +121,110 @@ llm_prepare_call(text *model, Jsonb *history, Jsonb *options,
 				 errmsg("the call is %d bytes, more than llm.max_request_bytes (%d)",
 						data.len, llm_max_request_bytes),
 				 errhint("Send a shorter history, or ask an administrator to raise llm.max_request_bytes.")));
-	*hdr_out = hdr;
-	*data_out = data;
-	*on_error_null = spec.on_error_null;
+	call->hdr = hdr;
+	call->data = data;
+	call->on_error_null = spec.on_error_null;
 }
 
-/*
- * Validate, submit, wait; returns what the call gives SQL (the answer, or
- * per on_error an error object, NULL or the raised error: call_result.c).
- */
-static Datum
-call_model(text *model, Jsonb *history, Jsonb *options, bool want_text, bool *isnull)
-{
-	LlmRequestMsg hdr;
-	StringInfoData data;
-	LlmCallResult result;
-	bool		on_error_null;
-
-	llm_prepare_call(model, history, options, &hdr, &data, &on_error_null);
-	channel_call(&hdr, data.data, data.len, hdr.timeout_ms, &result);
-	pfree(data.data);
-
-	return llm_call_result(&result, on_error_null, want_text, isnull);
-}
-
+/* options: the argument, or '{}' when NULL */
 static Jsonb *
-empty_object(void)
+options_arg(const NullableDatum *arg)
 {
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	if (arg->isnull)
+		return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	return DatumGetJsonbP(arg->value);
 }
 
 /* The model alias (argument 0) and the input (argument 1) must not be NULL. */
-void
-require_args(FunctionCallInfo fcinfo, const char *input, const char *hint)
+static void
+require_args(const NullableDatum *args, const char *input, const char *hint)
 {
-	if (PG_ARGISNULL(0))
+	if (args[0].isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("model alias must not be NULL"),
 				 errhint("Pass the alias of a route defined with llm.add_route().")));
-	if (PG_ARGISNULL(1))
+	if (args[1].isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be NULL", input),
 				 errhint("%s", hint)));
+}
+
+/* llm_messages(model text, history jsonb, options jsonb) */
+static void
+messages_prepare(const NullableDatum *args, LlmPreparedCall *call)
+{
+	require_args(args, "history", "Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.");
+	prepare_call(DatumGetTextPP(args[0].value), DatumGetJsonbP(args[1].value),
+				 options_arg(&args[2]), call);
+}
+
+static Datum
+messages_result(const LlmCallResult *r, bool on_error_null, bool *isnull)
+{
+	return llm_call_result(r, on_error_null, false, isnull);
+}
+
+/* llm_complete(model text, prompt text, options jsonb): one user turn */
+static void
+complete_prepare(const NullableDatum *args, LlmPreparedCall *call)
+{
+	StringInfoData hist;
+
+	require_args(args, "prompt", "Filter out NULL rows, or coalesce() the prompt.");
+	initStringInfo(&hist);
+	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
+	json_append_string(&hist, text_to_cstring(DatumGetTextPP(args[1].value)));
+	appendStringInfoString(&hist, "}]");
+	prepare_call(DatumGetTextPP(args[0].value),
+				 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data))),
+				 options_arg(&args[2]), call);
+}
+
+/* the joined text of the answer's text blocks (tool calls and thinking left out) */
+static Datum
+complete_result(const LlmCallResult *r, bool on_error_null, bool *isnull)
+{
+	return llm_call_result(r, on_error_null, true, isnull);
+}
+
+/* name: the C symbol, which is also the SQL name */
+const LlmCallKind llm_messages_kind = {"llm_messages", llm_messages, messages_prepare, messages_result};
+static const LlmCallKind llm_complete_kind = {"llm_complete", llm_complete, complete_prepare, complete_result};
+
+static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind};
+
+/* The call kind whose C entry has this symbol name; NULL if none. */
+const LlmCallKind *
+llm_call_kind_named(const char *symbol)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(call_kinds); i++)
+		if (strcmp(call_kinds[i]->name, symbol) == 0)
+			return call_kinds[i];
+	return NULL;
+}
+
+/*
+ * One call from SQL, start to end: build it, hand it to the worker, wait,
+ * and return what the call gives SQL.
+ */
+static Datum
+run_call(const LlmCallKind *kind, FunctionCallInfo fcinfo)
+{
+	LlmPreparedCall call;
+	LlmCallResult result;
+	bool		isnull;
+	Datum		answer;
+
+	kind->prepare(fcinfo->args, &call);
+	channel_call(&call.hdr, call.data.data, call.data.len, call.hdr.timeout_ms, &result);
+	pfree(call.data.data);
+	answer = kind->result(&result, call.on_error_null, &isnull);
+	fcinfo->isnull = isnull;
+	return answer;
 }
 
 /*
@@ -175,44 +233,16 @@ require_args(FunctionCallInfo fcinfo, const char *input, const char *hint)
 Datum
 llm_messages(PG_FUNCTION_ARGS)
 {
-	Datum		result;
-	bool		isnull;
-
-	require_args(fcinfo, "history", "Pass e.g. '[{\"role\": \"user\", \"content\": \"Hello\"}]'.");
-	result = call_model(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1),
-						PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2), false, &isnull);
-	if (isnull)
-		PG_RETURN_NULL();
-	PG_RETURN_DATUM(result);
+	return run_call(&llm_messages_kind, fcinfo);
 }
 
 /*
  * llm_complete(model text, prompt text, options jsonb DEFAULT '{}') -> text
- *
- * The joined text of the answer's text blocks (tool calls and thinking are
- * left out; use llm_messages for those).
  */
 Datum
 llm_complete(PG_FUNCTION_ARGS)
 {
-	StringInfoData hist;
-	Jsonb	   *history;
-	Datum		result;
-	bool		isnull;
-
-	require_args(fcinfo, "prompt", "Filter out NULL rows, or coalesce() the prompt.");
-
-	initStringInfo(&hist);
-	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
-	json_append_string(&hist, text_to_cstring(PG_GETARG_TEXT_PP(1)));
-	appendStringInfoString(&hist, "}]");
-	history = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data)));
-
-	result = call_model(PG_GETARG_TEXT_PP(0), history,
-						PG_ARGISNULL(2) ? empty_object() : PG_GETARG_JSONB_P(2), true, &isnull);
-	if (isnull)
-		PG_RETURN_NULL();
-	PG_RETURN_DATUM(result);
+	return run_call(&llm_complete_kind, fcinfo);
 }
 
 /*

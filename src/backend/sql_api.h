@@ -1,10 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * sql_api.h
- *	  What sql_api.c shares with the other call paths (async_api.c): one
- *	  way to build a call (call_result.c has the one way to turn its result
- *	  into an answer, an error object or an error), so llm_messages and
- *	  llm_await behave alike.
+ *	  What sql_api.c shares with the other call paths (async_api.c, the
+ *	  pipeline node): each provider-calling function as an LlmCallKind, one
+ *	  way to build its call and one to turn its result into SQL (through
+ *	  call_result.c), so llm_messages, llm_await and a pipelined row behave
+ *	  alike.
  *
  * runs in: backend.
  *
@@ -18,9 +19,35 @@
 #include "utils/jsonb.h"
 
 #include "channel/channel.h"
+#include "backend/call_result.h"
 
-extern void llm_prepare_call(text *model, Jsonb *history, Jsonb *options,
-							 LlmRequestMsg *hdr, StringInfo data, bool *on_error_null);
-extern void require_args(FunctionCallInfo fcinfo, const char *input, const char *hint);
+/* One call, checked and built, ready for channel_submit / channel_call. */
+typedef struct LlmPreparedCall
+{
+	StringInfoData data;		/* what follows hdr (palloc'd) */
+	bool		on_error_null;	/* the call's on_error: a failure is an answer */
+	LlmRequestMsg hdr;			/* last: its data[] is the flexible tail */
+} LlmPreparedCall;
+
+/*
+ * A SQL function that calls a provider, described so that every way of
+ * running it (the function itself, the pipeline node that runs many rows'
+ * calls at once) builds the call and turns its result into SQL alike.
+ * The pipeline node recognises a call in a plan by its C symbol, name,
+ * resolving to fn; adding a function to sql_api.c's list is all it takes
+ * for the node to pipeline it.
+ */
+typedef struct LlmCallKind
+{
+	const char *name;
+	PGFunction	fn;
+	/* check the SQL arguments (all of them, defaults filled) and build the call */
+	void		(*prepare) (const NullableDatum *args, LlmPreparedCall *call);
+	/* the finished call as SQL: the answer, NULL / an error object, or raise */
+	Datum		(*result) (const LlmCallResult *r, bool on_error_null, bool *isnull);
+} LlmCallKind;
+
+extern const LlmCallKind llm_messages_kind;
+extern const LlmCallKind *llm_call_kind_named(const char *symbol);
 
 #endif							/* LLM_SQL_API_H */
