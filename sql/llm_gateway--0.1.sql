@@ -732,3 +732,32 @@ GRANT USAGE ON SCHEMA llm TO llm_gateway_worker;
 GRANT SELECT, INSERT, UPDATE ON llm.requests TO llm_gateway_worker;
 GRANT USAGE, SELECT, UPDATE ON SEQUENCE llm.requests_id_seq TO llm_gateway_worker;
 GRANT SELECT ON llm.providers, llm.routes, llm.credentials TO llm_gateway_worker;
+
+-----------------------------------------------------------------------------
+-- Statement progress, in the manner of pg_stat_progress_copy: one row per
+-- backend whose running statement has made calls.  The function filters by
+-- role (a role sees the statements of roles whose privileges it has;
+-- superusers and llm_admin see all), so the view needs no other filter.
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm._statement_progress(
+    OUT pid int, OUT role text, OUT query_start timestamptz,
+    OUT calls_submitted bigint, OUT calls_answered bigint, OUT calls_failed bigint,
+    OUT calls_cancelled bigint, OUT calls_in_flight bigint, OUT calls_queued bigint,
+    OUT input_tokens bigint, OUT output_tokens bigint, OUT cost_usd numeric,
+    OUT calls_per_second float8, OUT rows_expected float8)
+RETURNS SETOF record
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'llm_statement_progress';
+COMMENT ON FUNCTION llm._statement_progress() IS 'the figures behind llm.statement_progress, filtered by the caller''s role';
+
+CREATE VIEW llm.statement_progress AS
+SELECT p.pid, p.role, p.query_start, p.calls_submitted, p.calls_answered, p.calls_failed,
+       p.calls_cancelled, p.calls_in_flight, p.calls_queued, p.input_tokens, p.output_tokens,
+       p.cost_usd, p.calls_per_second, p.rows_expected
+  FROM llm._statement_progress() p;
+COMMENT ON VIEW llm.statement_progress IS 'each running statement that made llm_gateway calls: calls submitted, answered, failed, cancelled, in flight and queued for provider limits, tokens, cost so far, calls per second, rows the planner expected';
+
+REVOKE ALL ON FUNCTION llm._statement_progress() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION llm._statement_progress() TO llm_admin, llm_user;
+GRANT SELECT ON llm.statement_progress TO llm_admin, llm_user;

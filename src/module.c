@@ -30,6 +30,7 @@
 
 #include "backend/call_result.h"
 #include "backend/pipeline.h"
+#include "backend/progress.h"
 #include "channel/channel.h"
 #include "common/credentials.h"
 #include "worker/outbound.h"
@@ -119,6 +120,7 @@ llm_shmem_request(void)
 	RequestAddinShmemSpace(channel_shmem_size());
 	RequestAddinShmemSpace(health_shmem_size());
 	RequestAddinShmemSpace(logflush_shmem_size());
+	RequestAddinShmemSpace(progress_shmem_size());
 	RequestNamedLWLockTranche("llm_gateway", 1);
 }
 
@@ -131,6 +133,7 @@ llm_shmem_startup(void)
 	channel_shmem_init();
 	health_shmem_init();
 	logflush_shmem_init();
+	progress_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -210,6 +213,7 @@ define_gucs(void)
 {
 	channel_define_gucs();		/* llm.debug_fail_shm_alloc (tests) */
 	call_result_define_gucs();	/* llm.on_error */
+	progress_define_gucs();		/* llm.progress_notice */
 
 	DefineCustomStringVariable("llm.database",
 							   "Database the gateway worker connects to; calls are served only from it.",

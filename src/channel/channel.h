@@ -130,6 +130,7 @@ typedef struct LlmSlot
 	int			backend_procno; /* requester, for its latch */
 	uint32		worker_incarnation; /* worker that took it; 0 = not taken */
 	int32		failure;		/* LlmSlotFailure when DONE without a response */
+	pg_atomic_uint32 throttled; /* 1 while the worker holds it back for provider limits */
 	dsa_pointer request;		/* LlmRequestMsg */
 	dsa_pointer response;		/* LlmResponseMsg, set before DONE */
 } LlmSlot;
@@ -251,5 +252,6 @@ extern void channel_finish(int slot, LlmOutcome outcome, int sqlerrcode,
 						   const char *text, Size len);
 extern void channel_release_abandoned(int slot);
 extern uint32 channel_slot_generation(int slot);
+extern void channel_slot_throttled(int slot, bool throttled);
 
 #endif							/* LLM_CHANNEL_H */

@@ -33,6 +33,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "backend/progress.h"
 #include "channel/channel_internal.h"
 #include "common/llm_errors.h"
 #include "llm_gateway.h"
@@ -499,6 +500,7 @@ submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms
 	slot->worker_incarnation = 0;
 	slot->failure = LLM_FAILURE_NONE;
 	slot->response = InvalidDsaPointer;
+	pg_atomic_write_u32(&slot->throttled, 0);
 	/* counted before the worker can see it, so it never ends first */
 	pg_atomic_fetch_add_u64(&channel->stats.submitted, 1);
 	pg_write_barrier();
@@ -508,6 +510,7 @@ submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms
 	open_calls[i].timeout_ms = timeout_ms;
 	open_calls[i].submitted = GetCurrentTimestamp();
 	n_open++;
+	progress_call_submitted(i);
 
 	SpinLockAcquire(&channel->mutex);
 	submit_ring()[(channel->submit_head + channel->submit_count) % channel->nslots] = i;
@@ -573,6 +576,7 @@ channel_wait(const LlmHandle *handles, int n, int timeout_ms)
 		TimestampTz wake_at = until;
 		TimestampTz now = GetCurrentTimestamp();
 		long		wait_ms;
+		long		notice_ms;
 		int			j;
 
 		for (j = 0; j < n; j++)
@@ -584,6 +588,10 @@ channel_wait(const LlmHandle *handles, int n, int timeout_ms)
 		if (timeout_ms >= 0 && now >= until)
 			return -1;
 		wait_ms = TimestampDifferenceMilliseconds(now, wake_at);
+		/* llm.progress_notice: sent from here, so serial calls and pipelines both send it */
+		notice_ms = progress_notice_tick();
+		if (notice_ms >= 0)
+			wait_ms = Min(wait_ms, notice_ms);
 
 		if (n == 1)
 		{
@@ -623,6 +631,7 @@ channel_take(LlmHandle h, LlmCallResult *result)
 
 		close_call(i);
 		abandon_slot(i);
+		progress_call_taken(i, NULL);
 		if (!overdue)
 			elog(ERROR, "llm_gateway: call in slot %d taken before it finished", i);
 		ereport(ERROR,
@@ -637,11 +646,15 @@ channel_take(LlmHandle h, LlmCallResult *result)
 	{
 		take_response(slot, result);
 	}
-	PG_FINALLY();
+	PG_CATCH();
 	{
 		release_slot(i);
+		progress_call_taken(i, NULL);	/* the worker's failure: never raises */
+		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	release_slot(i);
+	progress_call_taken(i, result);
 }
 
 /*
@@ -656,6 +669,7 @@ channel_abandon(LlmHandle h)
 	if (!channel_handle_open(h))
 		return false;
 	close_call(h.slot);
+	progress_call_abandoned(h.slot);
 	return abandon_slot(h.slot);
 }
 

@@ -140,6 +140,7 @@ channel_shmem_init(void)
 		LlmSlot    *slot = &channel->slots[i];
 
 		pg_atomic_init_u32(&slot->state, LLM_SLOT_FREE);
+		pg_atomic_init_u32(&slot->throttled, 0);
 		slot->generation = 0;
 		slot->backend_procno = -1;
 		slot->worker_incarnation = 0;

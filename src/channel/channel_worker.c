@@ -245,6 +245,17 @@ channel_slot_generation(int i)
 }
 
 
+/*
+ * The worker holds the call back for its provider's max_concurrency or
+ * requests_per_minute (or no longer does): llm.statement_progress counts it
+ * as queued.  Only a statistic, so a plain atomic store.
+ */
+void
+channel_slot_throttled(int i, bool throttled)
+{
+	pg_atomic_write_u32(&channel->slots[i].throttled, throttled ? 1 : 0);
+}
+
 void
 channel_release_abandoned(int i)
 {

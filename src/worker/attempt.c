@@ -279,6 +279,7 @@ item_finish(LlmWorkItem *item)
 	{
 		provider_limits_queued(item->target.provider_name, -1);
 		item->throttled = false;
+		channel_slot_throttled(item->slot, false);
 	}
 	MemoryContextSwitchTo(old);
 }
@@ -448,11 +449,15 @@ item_send(LlmWorkItem *item)
 				item->deadline;
 			item->state = LLM_ITEM_WAITING;
 			item->throttled = true;
+			channel_slot_throttled(item->slot, true);
 			MemoryContextSwitchTo(old);
 			return;
 		}
 		if (item->throttled)
+		{
 			provider_limits_queued(item->target.provider_name, -1);
+			channel_slot_throttled(item->slot, false);
+		}
 		item->throttled = false;
 		item->waiting_for_slot = false;
 		item->holds_provider_slot = true;
