@@ -31,9 +31,12 @@
  */
 #include "postgres.h"
 
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
+#include "utils/memutils.h"
 
 #include "backend/call_result.h"
 #include "common/json_util.h"
@@ -282,20 +285,132 @@ llm_call_result(const LlmCallResult *r, bool on_error_null, bool want_text, bool
 	}
 }
 
-/* The tokens an answered call used (both 0 for a failed call). */
-void
-llm_call_usage(const LlmCallResult *r, int64 *input_tokens, int64 *output_tokens)
-{
-	Jsonb	   *answer;
-	JsonbContainer *usage;
-	char	   *errmsg;
+static MemoryContext usage_cxt = NULL;
 
-	*input_tokens = 0;
-	*output_tokens = 0;
-	if (r->outcome != LLM_OUTCOME_OK ||
-		(answer = json_parse_safe(r->text, r->len, &errmsg)) == NULL ||
-		(usage = json_get_object(&answer->root, "usage")) == NULL)
-		return;
-	(void) json_get_int64(usage, "input_tokens", input_tokens);
-	(void) json_get_int64(usage, "output_tokens", output_tokens);
+/*
+ * What an answer used: its usage tokens and gateway.cost_usd, read once per
+ * call (channel_take) with the JSON lexer, for llm.statement_progress and
+ * EXPLAIN ANALYZE of the pipeline (the answer is parsed once more by
+ * whoever shapes it; no jsonb is built here).
+ */
+typedef struct UsageScan
+{
+	int			depth;			/* object nesting */
+	char		top[16];		/* key at depth 1 ("usage", "gateway") */
+	char		sub[16];		/* key at depth 2 */
+	int64		input_tokens;
+	int64		output_tokens;
+	int64		cost_pico;
+	bool		has_cost;
+} UsageScan;
+
+static void
+scan_object_start(void *state)
+{
+	((UsageScan *) state)->depth++;
 }
+
+static void
+scan_object_end(void *state)
+{
+	UsageScan  *s = state;
+
+	s->depth--;
+	if (s->depth == 1)
+		s->top[0] = '\0';
+}
+
+static void
+scan_field(void *state, char *fname, bool isnull)
+{
+	UsageScan  *s = state;
+
+	if (s->depth == 1)
+		strlcpy(s->top, fname, sizeof(s->top));
+	else if (s->depth == 2)
+		strlcpy(s->sub, fname, sizeof(s->sub));
+}
+
+/* "0.000123" -> 123000000 (1e-12 USD); digits past the 12th decimal dropped */
+static bool
+parse_cost(const char *s, int64 *pico)
+{
+	int64		whole = 0;
+	int64		frac = 0;
+	int			nfrac = 0;
+
+	if (*s == '-')
+		return false;
+	for (; *s >= '0' && *s <= '9'; s++)
+	{
+		if (whole > PG_INT64_MAX / 10 / LLM_PICO_PER_USD)
+			return false;
+		whole = whole * 10 + (*s - '0');
+	}
+	if (*s == '.')
+		for (s++; *s >= '0' && *s <= '9'; s++)
+			if (nfrac < 12)
+			{
+				frac = frac * 10 + (*s - '0');
+				nfrac++;
+			}
+	if (*s != '\0')
+		return false;			/* an exponent: not what numeric_out writes */
+	for (; nfrac < 12; nfrac++)
+		frac *= 10;
+	*pico = whole * LLM_PICO_PER_USD + frac;
+	return true;
+}
+
+static void
+scan_scalar(void *state, char *token, JsonTokenType type)
+{
+	UsageScan  *s = state;
+
+	if (s->depth != 2 || type != JSON_TOKEN_NUMBER)
+		return;
+	if (strcmp(s->top, "usage") == 0)
+	{
+		if (strcmp(s->sub, "input_tokens") == 0)
+			s->input_tokens = strtoi64(token, NULL, 10);
+		else if (strcmp(s->sub, "output_tokens") == 0)
+			s->output_tokens = strtoi64(token, NULL, 10);
+	}
+	else if (strcmp(s->top, "gateway") == 0 && strcmp(s->sub, "cost_usd") == 0)
+		s->has_cost = parse_cost(token, &s->cost_pico);
+}
+
+void
+llm_call_usage(LlmCallResult *r)
+{
+	UsageScan	scan;
+	UsageScan  *s = &scan;
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	MemoryContext old;
+
+	memset(s, 0, sizeof(*s));
+	memset(&r->usage, 0, sizeof(r->usage));
+	if (r->text == NULL || r->outcome != LLM_OUTCOME_OK)
+		return;
+	if (usage_cxt == NULL)
+		usage_cxt = AllocSetContextCreate(TopMemoryContext, "llm_gateway call usage",
+										  ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(usage_cxt);
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = s;
+	sem.object_start = scan_object_start;
+	sem.object_end = scan_object_end;
+	sem.object_field_start = scan_field;
+	sem.scalar = scan_scalar;
+	lex = makeJsonLexContextCstringLen(r->text, r->len, PG_UTF8, true);
+	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
+		memset(s, 0, sizeof(*s));	/* the worker writes valid JSON; count nothing else */
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(usage_cxt);
+	r->usage.input_tokens = Max(s->input_tokens, 0);
+	r->usage.output_tokens = Max(s->output_tokens, 0);
+	r->usage.cost_pico = s->cost_pico;
+	r->usage.has_cost = s->has_cost;
+}
+

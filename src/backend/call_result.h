@@ -29,6 +29,6 @@ extern bool llm_on_error_parse(const char *value, bool *on_error_null);
 extern bool llm_error_raises_always(int sqlerrcode);
 extern Datum llm_call_result(const LlmCallResult *r, bool on_error_null, bool want_text,
 							 bool *isnull);
-extern void llm_call_usage(const LlmCallResult *r, int64 *input_tokens, int64 *output_tokens);
+extern void llm_call_usage(LlmCallResult *r);
 
 #endif							/* LLM_CALL_RESULT_H */

@@ -44,6 +44,7 @@
 
 #include "backend/call_result.h"
 #include "backend/pipeline.h"
+#include "backend/progress.h"
 #include "channel/channel.h"
 
 typedef struct PipelineCall
@@ -248,6 +249,10 @@ pipeline_begin(CustomScanState *node, EState *estate, int eflags)
 	ps->on_reset.arg = ps;
 	MemoryContextRegisterResetCallback(estate->es_query_cxt, &ps->on_reset);
 
+	/* the outermost pipeline of the statement begins last: its estimate stays */
+	progress_pipeline_begin(ps->bound >= 0 ? Min(child->plan_rows, (double) ps->bound) :
+							child->plan_rows);
+
 	/* a Sort below still sorts only the top rows the LIMIT above needs */
 	if (ps->bound >= 0)
 		ExecSetTupleBound(ps->bound, outerPlanState(ps));
@@ -349,8 +354,6 @@ take(PipelineState *ps, PipelineRow *row, PipelineCall *call)
 	int			j = call - row->calls;
 	LlmCallResult result;
 	MemoryContext old;
-	int64		in;
-	int64		out;
 
 	/* closed from here on, whatever channel_take does */
 	call->taken = true;
@@ -362,9 +365,8 @@ take(PipelineState *ps, PipelineRow *row, PipelineCall *call)
 	channel_take(call->handle, &result);
 	if (result.outcome == LLM_OUTCOME_ERROR)
 		ps->calls_failed++;
-	llm_call_usage(&result, &in, &out);
-	ps->input_tokens += in;
-	ps->output_tokens += out;
+	ps->input_tokens += result.usage.input_tokens;
+	ps->output_tokens += result.usage.output_tokens;
 	row->answers[j] = ps->specs[j].kind->result(&result, call->on_error_null,
 												&row->answer_nulls[j]);
 	MemoryContextSwitchTo(old);

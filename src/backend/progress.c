@@ -38,9 +38,7 @@
 #include <math.h>
 
 #include "access/xact.h"
-#include "common/jsonapi.h"
 #include "funcapi.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
@@ -55,7 +53,6 @@
 #include "llm_gateway.h"
 
 #define ADMIN_ROLE			"llm_admin"
-#define PICO_PER_USD		INT64CONST(1000000000000)
 
 typedef struct LlmProgressEntry
 {
@@ -85,7 +82,6 @@ static LlmProgressEntry *mine = NULL;
 static uint64 stmt_seq = 0;		/* bumped when an entry is reset */
 static uint64 *slot_seq = NULL; /* per slot: stmt_seq of the call in it */
 static TimestampTz next_notice = 0;
-static MemoryContext parse_cxt = NULL;
 
 Size
 progress_shmem_size(void)
@@ -222,12 +218,6 @@ progress_pipeline_begin(double rows_expected)
 	end_write(e);
 }
 
-/* The expected rows stay shown while the statement runs. */
-void
-progress_pipeline_end(void)
-{
-}
-
 void
 progress_call_submitted(int slot)
 {
@@ -257,149 +247,23 @@ claim_counted(int slot)
 }
 
 /*
- * What an answer costs: its usage tokens and gateway.cost_usd, read with
- * the JSON lexer (the answer is parsed once more by whoever shapes it; no
- * jsonb is built here).
- */
-typedef struct UsageScan
-{
-	int			depth;			/* object nesting */
-	char		top[16];		/* key at depth 1 ("usage", "gateway") */
-	char		sub[16];		/* key at depth 2 */
-	int64		input_tokens;
-	int64		output_tokens;
-	int64		cost_pico;
-	bool		has_cost;
-} UsageScan;
-
-static void
-scan_object_start(void *state)
-{
-	((UsageScan *) state)->depth++;
-}
-
-static void
-scan_object_end(void *state)
-{
-	UsageScan  *s = state;
-
-	s->depth--;
-	if (s->depth == 1)
-		s->top[0] = '\0';
-}
-
-static void
-scan_field(void *state, char *fname, bool isnull)
-{
-	UsageScan  *s = state;
-
-	if (s->depth == 1)
-		strlcpy(s->top, fname, sizeof(s->top));
-	else if (s->depth == 2)
-		strlcpy(s->sub, fname, sizeof(s->sub));
-}
-
-/* "0.000123" -> 123000000 (1e-12 USD); digits past the 12th decimal dropped */
-static bool
-parse_cost(const char *s, int64 *pico)
-{
-	int64		whole = 0;
-	int64		frac = 0;
-	int			nfrac = 0;
-
-	if (*s == '-')
-		return false;
-	for (; *s >= '0' && *s <= '9'; s++)
-	{
-		if (whole > PG_INT64_MAX / 10 / PICO_PER_USD)
-			return false;
-		whole = whole * 10 + (*s - '0');
-	}
-	if (*s == '.')
-		for (s++; *s >= '0' && *s <= '9'; s++)
-			if (nfrac < 12)
-			{
-				frac = frac * 10 + (*s - '0');
-				nfrac++;
-			}
-	if (*s != '\0')
-		return false;			/* an exponent: not what numeric_out writes */
-	for (; nfrac < 12; nfrac++)
-		frac *= 10;
-	*pico = whole * PICO_PER_USD + frac;
-	return true;
-}
-
-static void
-scan_scalar(void *state, char *token, JsonTokenType type)
-{
-	UsageScan  *s = state;
-
-	if (s->depth != 2 || type != JSON_TOKEN_NUMBER)
-		return;
-	if (strcmp(s->top, "usage") == 0)
-	{
-		if (strcmp(s->sub, "input_tokens") == 0)
-			s->input_tokens = strtoi64(token, NULL, 10);
-		else if (strcmp(s->sub, "output_tokens") == 0)
-			s->output_tokens = strtoi64(token, NULL, 10);
-	}
-	else if (strcmp(s->top, "gateway") == 0 && strcmp(s->sub, "cost_usd") == 0)
-		s->has_cost = parse_cost(token, &s->cost_pico);
-}
-
-static void
-scan_usage(const LlmCallResult *r, UsageScan *s)
-{
-	JsonSemAction sem;
-	JsonLexContext *lex;
-	MemoryContext old;
-
-	memset(s, 0, sizeof(*s));
-	if (r->text == NULL)
-		return;
-	if (parse_cxt == NULL)
-		parse_cxt = AllocSetContextCreate(TopMemoryContext, "llm_gateway progress",
-										  ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(parse_cxt);
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = s;
-	sem.object_start = scan_object_start;
-	sem.object_end = scan_object_end;
-	sem.object_field_start = scan_field;
-	sem.scalar = scan_scalar;
-	lex = makeJsonLexContextCstringLen(r->text, r->len, PG_UTF8, true);
-	if (pg_parse_json(lex, &sem) != JSON_SUCCESS)
-		memset(s, 0, sizeof(*s));	/* the worker writes valid JSON; count nothing else */
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(parse_cxt);
-	s->input_tokens = Max(s->input_tokens, 0);
-	s->output_tokens = Max(s->output_tokens, 0);
-}
-
-/*
- * The call in slot ended with result (NULL: no verdict, it failed).  Never
- * raises (called from a PG_FINALLY) except from the answer's scan, which
- * only runs for a result the worker wrote.
+ * The call in slot ended with result (NULL: no verdict, it failed; its
+ * usage is read by channel_take).  Never raises.
  */
 void
 progress_call_taken(int slot, const LlmCallResult *result)
 {
-	UsageScan	s;
-
 	if (!claim_counted(slot))
 		return;
-	if (result != NULL && result->outcome == LLM_OUTCOME_OK)
-		scan_usage(result, &s);
 	begin_write(mine);
 	if (result != NULL && result->outcome == LLM_OUTCOME_OK)
 	{
 		mine->answered++;
-		mine->input_tokens += s.input_tokens;
-		mine->output_tokens += s.output_tokens;
-		if (s.has_cost)
+		mine->input_tokens += result->usage.input_tokens;
+		mine->output_tokens += result->usage.output_tokens;
+		if (result->usage.has_cost)
 		{
-			mine->cost_pico += s.cost_pico;
+			mine->cost_pico += result->usage.cost_pico;
 			mine->has_cost = true;
 		}
 	}
@@ -452,7 +316,7 @@ static void
 cost_text(int64 pico, char *buf, Size len)
 {
 	int			n = snprintf(buf, len, INT64_FORMAT ".%012" INT64_MODIFIER "d",
-							 pico / PICO_PER_USD, pico % PICO_PER_USD);
+							 pico / LLM_PICO_PER_USD, pico % LLM_PICO_PER_USD);
 
 	while (n > 0 && buf[n - 1] == '0')
 		buf[--n] = '\0';

@@ -25,9 +25,8 @@ extern Size progress_shmem_size(void);
 extern void progress_shmem_init(void);
 extern void progress_define_gucs(void);
 
-/* the pipeline node: the rows the planner expected (no-ops otherwise) */
+/* the pipeline node: the rows the planner expected (they stay shown while the statement runs) */
 extern void progress_pipeline_begin(double rows_expected);
-extern void progress_pipeline_end(void);
 
 /* channel_backend.c: a call of slot i was submitted, answered or failed, abandoned */
 extern void progress_call_submitted(int slot);

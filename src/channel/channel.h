@@ -201,12 +201,24 @@ extern dsa_area *channel_dsa(void);
 extern int64 channel_calls_in_flight(void);
 
 /* backend side: channel_backend.c */
+/* What an answered call used (zero for a failed one); cost in 1e-12 USD. */
+#define LLM_PICO_PER_USD INT64CONST(1000000000000)
+
+typedef struct LlmCallUsage
+{
+	int64		input_tokens;
+	int64		output_tokens;
+	int64		cost_pico;
+	bool		has_cost;		/* the answer carried a cost */
+} LlmCallUsage;
+
 typedef struct LlmCallResult
 {
 	LlmOutcome	outcome;
 	int			sqlerrcode;
 	char	   *text;			/* palloc'd copy; answer JSON or error parts */
 	uint32		len;
+	LlmCallUsage usage;			/* read from the answer by channel_take */
 } LlmCallResult;
 
 extern LlmWorkerProblem channel_worker_problem(char *text, Size len);

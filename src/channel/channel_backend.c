@@ -33,6 +33,7 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "backend/call_result.h"
 #include "backend/progress.h"
 #include "channel/channel_internal.h"
 #include "common/llm_errors.h"
@@ -654,6 +655,7 @@ channel_take(LlmHandle h, LlmCallResult *result)
 	}
 	PG_END_TRY();
 	release_slot(i);
+	llm_call_usage(result);
 	progress_call_taken(i, result);
 }
 

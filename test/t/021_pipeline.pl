@@ -223,6 +223,8 @@ my $bg = $node->background_psql('postgres', on_error_stop => 0);
 $bg->query_until(qr/started/, "\\echo started\nSET llm.statement_concurrency = 12;\nSELECT llm_complete('m', body || ' [[mock:hang]] [[bgcancel]]') FROM t;\n");
 $node->poll_query_until('postgres', qq{SELECT count(*) = 12 FROM llm.requests WHERE id > $before AND status = 'pending'})
   or die 'calls never became pending';
+is($node->safe_psql('postgres', q{SELECT calls_submitted, calls_in_flight, rows_expected FROM llm.statement_progress}),
+	'12|12|1000', 'llm.statement_progress shows the pipeline: 12 in flight, 1000 rows expected');
 $node->safe_psql('postgres', q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE '%bgcancel%' AND pid <> pg_backend_pid()});
 ok(provider_saw_disconnects(12), 'pg_cancel_backend: the 12 calls in flight were disconnected');
 $node->poll_query_until('postgres',
