@@ -14,6 +14,10 @@
 #     mock with 50 ms latency, for a fixed time; ratio to the ideal
 #     64 / 0.05 s = 1,280 calls/s, the error count, and the CPU time the
 #     worker (and the log flusher) used per call, from /proc.
+#  3. Batch inference: one pipelined statement of 10,000 rows against the
+#     mock at 200 ms (concurrency 256), next to a serial statement and 64
+#     sessions; worker CPU per call; the backend's memory over 100,000 rows
+#     (see the section below for its knobs).
 #
 # Results go to stdout and tmp/bench/results.txt.  Sizes can be changed
 # with BENCH_CALLS (default 3000 per configuration), BENCH_ROUNDS (default
@@ -179,3 +183,89 @@ errors=$(as_run_user "${PSQL[@]}" -c "SELECT count(*) FROM llm.requests WHERE st
         "$(echo "($w1 - $w0) * 1000000 / $hz / ${processed:-1}" | bc -l)" \
         "$(echo "($f1 - $f0) * 1000000 / $hz / ${processed:-1}" | bc -l)"
 } | tee "$B/results.txt"
+
+# 3. Batch inference: one statement over BENCH_ROWS rows (default 10,000)
+#    with llm.statement_concurrency = 256 against the mock at 200 ms, in the
+#    same run as a serial statement (BENCH_SERIAL_ROWS rows, default 25) and
+#    as 64 sessions making serial calls (pgbench); the worker's (and
+#    flusher's) CPU per call during the pipelined statement; and the calling
+#    backend's private memory (RssAnon, sampled) over BENCH_MEMORY_ROWS
+#    rows (default 100,000) against a mock without latency, next to a
+#    statement of a tenth as many rows.
+ROWS=${BENCH_ROWS:-10000}
+SERIAL_ROWS=${BENCH_SERIAL_ROWS:-25}
+MEM_ROWS=${BENCH_MEMORY_ROWS:-100000}
+BATCH_LATENCY_MS=200
+CONC=256
+mock_config() {	# mock_config LATENCY_MS: reset the mock, set its latency
+    python3 - "$MOCK_PORT" "$1" <<'PY'
+import json, sys, urllib.request
+port, lat = sys.argv[1], int(sys.argv[2])
+for path, body in (("/_mock/reset", {}), ("/_mock/config", {"latency_ms": lat})):
+    urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%s%s" % (port, path),
+        data=json.dumps(body).encode(), method="POST", headers={"content-type": "application/json"})).read()
+PY
+}
+# seconds STATEMENT...: wall time of psql running the statements
+seconds() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    as_run_user "${PSQL[@]}" "$@" >/dev/null
+    t1=$(date +%s.%N)
+    echo "$t1 - $t0" | bc -l
+}
+batch_sql() {	# batch_sql ROWS: the pipelined statement (a subquery, so count() is not the call's aggregate)
+    echo "SELECT count(a) FROM (SELECT llm_complete('bench', 'batch row ' || i) AS a FROM generate_series(1, $1) i) s"
+}
+log "batch: $ROWS rows at ${BATCH_LATENCY_MS} ms, concurrency $CONC; serial $SERIAL_ROWS rows; 64 sessions"
+mock_config "$BATCH_LATENCY_MS"
+serial_s=$(seconds -c "SET llm.statement_concurrency = 1" -c "$(batch_sql "$SERIAL_ROWS")")
+echo "SELECT llm_complete('bench', 'session call');" >"$B/pgbench_batch.sql"
+[ "$(id -u)" = 0 ] && chown "$RUN_USER" "$B/pgbench_batch.sql"
+as_run_user pgbench -n -h "$B" -p "$PORT" -U postgres -c 64 -j 4 -T 10 \
+    -f "$B/pgbench_batch.sql" postgres >"$B/pgbench_batch.log" 2>&1 || true
+sessions_tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$B/pgbench_batch.log" | head -1)
+mock_config "$BATCH_LATENCY_MS"
+w0=$(cpu_ticks "$wpid"); f0=$(cpu_ticks "$fpid")
+batch_s=$(seconds -c "SET llm.statement_concurrency = $CONC" -c "$(batch_sql "$ROWS")")
+w1=$(cpu_ticks "$wpid"); f1=$(cpu_ticks "$fpid")
+batch_max=$(python3 -c "import json,urllib.request;print(json.load(urllib.request.urlopen('http://127.0.0.1:$MOCK_PORT/_mock/stats'))['max_in_flight'])")
+batch_errors=$(as_run_user "${PSQL[@]}" -c "SELECT count(*) FROM llm.requests WHERE status <> 'ok' AND request_body::text LIKE '%batch row %'")
+
+# peak_anon ROWS: the largest RssAnon (kB) of the backend running the statement
+peak_anon() {
+    local pid peak=0 v
+    PGAPPNAME=bench_memory as_run_user "${PSQL[@]}" -c "SET llm.statement_concurrency = $CONC" \
+        -c "$(batch_sql "$1")" >/dev/null &
+    local psql_pid=$!
+    while kill -0 "$psql_pid" 2>/dev/null; do
+        pid=$(as_run_user "${PSQL[@]}" -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'bench_memory'")
+        if [ -n "$pid" ]; then
+            v=$(awk '/^RssAnon/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+            [ "${v:-0}" -gt "$peak" ] && peak=$v
+        fi
+        sleep 0.2
+    done
+    wait "$psql_pid"
+    echo "$peak"
+}
+mock_config 0
+mem_small=$(peak_anon $((MEM_ROWS / 10)))
+mem_large=$(peak_anon "$MEM_ROWS")
+
+{
+    ideal_b=$(echo "$CONC * 1000 / $BATCH_LATENCY_MS" | bc -l)
+    rate=$(echo "$ROWS / $batch_s" | bc -l)
+    serial_rate=$(echo "$SERIAL_ROWS / $serial_s" | bc -l)
+    printf 'batch %d rows, %d ms latency, concurrency %d: %.1f s, %.1f calls/s = %.1f%% of ideal %.0f/s (target >= 90%%)\n' \
+        "$ROWS" "$BATCH_LATENCY_MS" "$CONC" "$batch_s" "$rate" "$(echo "$rate * 100 / $ideal_b" | bc -l)" "$ideal_b"
+    echo "      provider max in flight $batch_max, non-ok log rows $batch_errors"
+    printf '      serial statement: %.2f calls/s (pipelined: %.0fx); 64 sessions: %.1f calls/s (pipelined: %.1fx)\n' \
+        "$serial_rate" "$(echo "$rate / $serial_rate" | bc -l)" "${sessions_tps:-0}" \
+        "$(echo "$rate / ${sessions_tps:-1}" | bc -l)"
+    printf '      worker CPU per call: %.1f us (target <= 100 us); log flusher: %.1f us\n' \
+        "$(echo "($w1 - $w0) * 1000000 / $hz / $ROWS" | bc -l)" \
+        "$(echo "($f1 - $f0) * 1000000 / $hz / $ROWS" | bc -l)"
+    printf '      backend private memory (peak RssAnon): %d kB over %d rows, %d kB over %d rows\n' \
+        "$mem_small" $((MEM_ROWS / 10)) "$mem_large" "$MEM_ROWS"
+} | tee -a "$B/results.txt"
