@@ -266,13 +266,14 @@ struct LogWriter
  * the columns an insert leaves out, the parsed CHECK constraints.  Parsing
  * them (stringToNode of pg_attrdef/pg_constraint text, in
  * build_column_default and ExecRelCheck) was about 4 % of the worker's CPU
- * at load, in batches of one or two rows.  Only parse trees are kept: each
- * batch still plans and compiles them (ExecPrepareExpr), as the executor
- * does, so a redefined function is seen at once.
+ * at load, in batches of one or two rows, and planning them
+ * (expression_planner) 2 % more.  The planned trees are kept, as a cached
+ * plan keeps them; each batch only compiles them (ExecInitExpr).
  *
  * Dropped on a relcache invalidation of the table (ALTER TABLE, a new
- * default, constraint, column or trigger) or of every relation, and on a
- * pg_type change (a domain's default); the CHECKs are also compared with
+ * default, constraint, column or trigger) or of every relation, on a
+ * pg_type change (a domain's default) and on a pg_proc change (a function
+ * planning inlined was redefined); the CHECKs are also compared with
  * the relation's own text each batch.  An invalidation only marks it
  * stale: a batch in progress keeps using what it has, and the next batch
  * rebuilds it.
@@ -348,7 +349,7 @@ plan_relcache_callback(Datum arg, Oid relid)
 }
 
 static void
-plan_type_callback(Datum arg, int cacheid, uint32 hashvalue)
+plan_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
 {
 	plan_stale = true;
 }
@@ -383,7 +384,9 @@ get_plan(Relation rel)
 		plan_cxt = AllocSetContextCreate(TopMemoryContext, "llm log write plan",
 										 ALLOCSET_SMALL_SIZES);
 		CacheRegisterRelcacheCallback(plan_relcache_callback, (Datum) 0);
-		CacheRegisterSyscacheCallback(TYPEOID, plan_type_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, plan_syscache_callback, (Datum) 0);
+		/* planning inlines SQL functions: a redefined one must be seen */
+		CacheRegisterSyscacheCallback(PROCOID, plan_syscache_callback, (Datum) 0);
 	}
 	if (plan != NULL && !plan_stale && plan->relid == RelationGetRelid(rel) &&
 		plan->natts == RelationGetDescr(rel)->natts && plan_checks_match(rel))
@@ -404,7 +407,7 @@ get_plan(Relation rel)
 	for (i = 0; i < p->ncheck; i++)
 	{
 		p->check_bin[i] = pstrdup(constr->check[i].ccbin);
-		p->check_expr[i] = stringToNode(constr->check[i].ccbin);
+		p->check_expr[i] = (Node *) expression_planner((Expr *) stringToNode(constr->check[i].ccbin));
 	}
 	MemoryContextSwitchTo(old);
 	plan = p;
@@ -445,15 +448,14 @@ logwriter_open(Oid relid)
 	ExecOpenIndices(w->rri, false);
 	w->plan = get_plan(rel);
 	w->att = w->plan->att;
-	/* as ExecRelCheck() would build them, from the plan's parse trees */
+	/* as ExecRelCheck() would build them (ExecPrepareExpr), from the plan's planned trees */
 	if (w->plan->ncheck > 0)
 	{
 		int			i;
 
 		w->rri->ri_ConstraintExprs = palloc(sizeof(ExprState *) * w->plan->ncheck);
 		for (i = 0; i < w->plan->ncheck; i++)
-			w->rri->ri_ConstraintExprs[i] = ExecPrepareExpr((Expr *) w->plan->check_expr[i],
-															w->estate);
+			w->rri->ri_ConstraintExprs[i] = ExecInitExpr((Expr *) w->plan->check_expr[i], NULL);
 	}
 	w->newslot = ExecInitExtraTupleSlot(w->estate, RelationGetDescr(rel), &TTSOpsVirtual);
 	w->oldslot = table_slot_create(rel, &w->estate->es_tupleTable);
@@ -515,7 +517,7 @@ prepare_defaults(LogWriter *w, const LogRow *row)
 			if (expr == NULL)
 				continue;
 			p->def_att[p->ndefaults] = i + 1;
-			p->def_expr[p->ndefaults] = expr;
+			p->def_expr[p->ndefaults] = (Node *) expression_planner((Expr *) expr);
 			p->ndefaults++;
 		}
 		MemoryContextSwitchTo(old);
@@ -523,7 +525,7 @@ prepare_defaults(LogWriter *w, const LogRow *row)
 	}
 	w->def_expr = palloc(sizeof(ExprState *) * Max(p->ndefaults, 1));
 	for (i = 0; i < p->ndefaults; i++)
-		w->def_expr[i] = ExecPrepareExpr((Expr *) p->def_expr[i], w->estate);
+		w->def_expr[i] = ExecInitExpr((Expr *) p->def_expr[i], NULL);
 	w->defaults_ready = true;
 }
 
