@@ -126,6 +126,9 @@ SELECT llm.adapter_parse_response('openai', 404, '{"error":"model \"llama9\" not
 -- keys echoed in provider messages are scrubbed
 SELECT llm.adapter_parse_response('openai', 401,
        '{"error":{"message":"Incorrect API key provided: sk-proj-abcd1234efgh. Header was Bearer eyJhbGciOiJIUzI1NiJ9.abc","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}');
+-- a key-shaped token glued to a word, a short one and "bearer:" are kept
+SELECT llm.adapter_parse_response('openai', 401,
+       '{"error":{"message":"sk-abcdefgh1 first; xsk-abcdefgh2 glued; sk-short; BEARER abcdefgh12345678 and bearer: x; bb sk-zzzzzzzzz9 s","type":"t","code":"c"}}')->'error'->>'message' AS message;
 
 -- status classes without a body; retry-after as an HTTP-date
 SELECT s AS status, r->'error'->>'sqlstate' AS sqlstate, r->'error'->>'class' AS class,

@@ -68,6 +68,16 @@ SELECT status FROM public.audit_copy WHERE id = :id ORDER BY status DESC;
 ALTER TABLE llm.requests ADD COLUMN note text DEFAULT 'set by default';
 SELECT (llm_messages('claude', '[{"role": "user", "content": "with a new column"}]')->'gateway'->>'request_id')::bigint AS id \gset
 SELECT status, note FROM llm.requests WHERE id = :id;
+-- the worker keeps parsed defaults and CHECKs between batches: a changed
+-- default (same columns) and a replaced CHECK (same count) are seen at once
+ALTER TABLE llm.requests ALTER COLUMN note SET DEFAULT 'changed default';
+ALTER TABLE llm.requests ADD CONSTRAINT short_note CHECK (length(note) < 100) NOT VALID;
+SELECT (llm_messages('claude', '[{"role": "user", "content": "with a changed default"}]')->'gateway'->>'request_id')::bigint AS id \gset
+SELECT status, note FROM llm.requests WHERE id = :id;
+ALTER TABLE llm.requests DROP CONSTRAINT short_note;
+ALTER TABLE llm.requests ADD CONSTRAINT short_note CHECK (length(note) < 5) NOT VALID;
+SELECT expect_error($q$SELECT llm_complete('claude', 'note too long now')$q$);
+ALTER TABLE llm.requests DROP CONSTRAINT short_note;
 
 -- a generated column an administrator adds is computed on insert and update
 ALTER TABLE llm.requests ADD COLUMN total_tokens bigint

@@ -166,6 +166,20 @@ provider_scrub(const char *text, const char *secret)
 	{
 		size_t		n;
 		size_t		keep;
+		const char *run = p;
+
+		/*
+		 * Bytes that cannot start the secret, "sk-" or "bearer" are copied
+		 * in runs: this runs over every answer kept in the log, and a call
+		 * per byte was 2 % of the worker's CPU at load.
+		 */
+		while (*p && !(slen > 0 && *p == secret[0]) &&
+			   *p != 's' && *p != 'b' && *p != 'B')
+			p++;
+		if (p > run)
+			appendBinaryStringInfo(&buf, run, p - run);
+		if (*p == '\0')
+			break;
 
 		if (slen > 0 && strncmp(p, secret, slen) == 0)
 		{

@@ -44,12 +44,14 @@
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "worker/attempt.h"
@@ -248,16 +250,51 @@ struct LogWriter
 	EState	   *estate;
 	ResultRelInfo *rri;
 	EPQState	epq;
-	AttrNumber	att[NUM_LOG_COLUMNS];	/* our columns' numbers in the table */
+	struct WritePlan *plan;		/* the table's write plan, for this batch */
+	const AttrNumber *att;		/* our columns' numbers in the table (plan's) */
 	TupleTableSlot *newslot;	/* virtual: the row to write */
 	TupleTableSlot *oldslot;	/* the table's: the row as found and locked */
 	Relation	pkey;			/* primary key index (on id), once needed */
 	RegProcedure pkey_eq;
 	bool		defaults_ready;
-	int			ndefaults;		/* defaults of the columns an insert leaves out */
-	AttrNumber *def_att;
-	ExprState **def_expr;
+	ExprState **def_expr;		/* the plan's defaults, ready in this batch */
 };
+
+/*
+ * What every batch would otherwise rebuild from the catalogs, kept for the
+ * worker's life: our columns' numbers, the parsed default expressions of
+ * the columns an insert leaves out, the parsed CHECK constraints.  Parsing
+ * them (stringToNode of pg_attrdef/pg_constraint text, in
+ * build_column_default and ExecRelCheck) was about 4 % of the worker's CPU
+ * at load, in batches of one or two rows, and planning them
+ * (expression_planner) 2 % more.  The planned trees are kept, as a cached
+ * plan keeps them; each batch only compiles them (ExecInitExpr).
+ *
+ * Dropped on a relcache invalidation of the table (ALTER TABLE, a new
+ * default, constraint, column or trigger) or of every relation, on a
+ * pg_type change (a domain's default) and on a pg_proc change (a function
+ * planning inlined was redefined); the CHECKs are also compared with
+ * the relation's own text each batch.  An invalidation only marks it
+ * stale: a batch in progress keeps using what it has, and the next batch
+ * rebuilds it.
+ */
+typedef struct WritePlan
+{
+	Oid			relid;
+	int			natts;
+	AttrNumber	att[NUM_LOG_COLUMNS];
+	bool		defaults_ready; /* set by the first insert */
+	int			ndefaults;
+	AttrNumber *def_att;
+	Node	  **def_expr;
+	int			ncheck;
+	char	  **check_bin;		/* the constraints' text, as parsed */
+	Node	  **check_expr;
+} WritePlan;
+
+static MemoryContext plan_cxt = NULL;
+static WritePlan *plan = NULL;
+static bool plan_stale = false;
 
 typedef enum RowResult
 {
@@ -277,14 +314,14 @@ logwriter_relid(void)
 
 /* Our columns by name: an administrator may have added or dropped others. */
 static void
-map_columns(LogWriter *w)
+map_columns(Relation rel, AttrNumber *attnums)
 {
-	TupleDesc	desc = RelationGetDescr(w->rel);
+	TupleDesc	desc = RelationGetDescr(rel);
 	int			c;
 	int			i;
 
 	for (c = 0; c < NUM_LOG_COLUMNS; c++)
-		w->att[c] = InvalidAttrNumber;
+		attnums[c] = InvalidAttrNumber;
 	for (i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
@@ -294,14 +331,87 @@ map_columns(LogWriter *w)
 		for (c = 0; c < NUM_LOG_COLUMNS; c++)
 			if (strcmp(NameStr(att->attname), log_columns[c].name) == 0 &&
 				att->atttypid == log_columns[c].type)
-				w->att[c] = i + 1;
+				attnums[c] = i + 1;
 	}
 	for (c = 0; c < NUM_LOG_COLUMNS; c++)
-		if (w->att[c] == InvalidAttrNumber)
+		if (attnums[c] == InvalidAttrNumber)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("llm.requests has no column \"%s\" of type %s",
 							log_columns[c].name, format_type_be(log_columns[c].type))));
+}
+
+static void
+plan_relcache_callback(Datum arg, Oid relid)
+{
+	if (plan != NULL && (relid == InvalidOid || relid == plan->relid))
+		plan_stale = true;
+}
+
+static void
+plan_syscache_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	plan_stale = true;
+}
+
+/* Do the plan's CHECKs still say what the relation's say? */
+static bool
+plan_checks_match(Relation rel)
+{
+	TupleConstr *constr = RelationGetDescr(rel)->constr;
+	int			ncheck = constr ? constr->num_check : 0;
+	int			i;
+
+	if (ncheck != plan->ncheck)
+		return false;
+	for (i = 0; i < ncheck; i++)
+		if (strcmp(constr->check[i].ccbin, plan->check_bin[i]) != 0)
+			return false;
+	return true;
+}
+
+/* The write plan of rel, (re)built when stale; in a transaction, rel locked. */
+static WritePlan *
+get_plan(Relation rel)
+{
+	TupleConstr *constr = RelationGetDescr(rel)->constr;
+	MemoryContext old;
+	WritePlan  *p;
+	int			i;
+
+	if (plan_cxt == NULL)
+	{
+		plan_cxt = AllocSetContextCreate(TopMemoryContext, "llm log write plan",
+										 ALLOCSET_SMALL_SIZES);
+		CacheRegisterRelcacheCallback(plan_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(TYPEOID, plan_syscache_callback, (Datum) 0);
+		/* planning inlines SQL functions: a redefined one must be seen */
+		CacheRegisterSyscacheCallback(PROCOID, plan_syscache_callback, (Datum) 0);
+	}
+	if (plan != NULL && !plan_stale && plan->relid == RelationGetRelid(rel) &&
+		plan->natts == RelationGetDescr(rel)->natts && plan_checks_match(rel))
+		return plan;
+
+	/* no batch is using the old one: a batch takes its plan in logwriter_open() */
+	plan = NULL;
+	plan_stale = false;
+	MemoryContextReset(plan_cxt);
+	old = MemoryContextSwitchTo(plan_cxt);
+	p = palloc0(sizeof(WritePlan));
+	p->relid = RelationGetRelid(rel);
+	p->natts = RelationGetDescr(rel)->natts;
+	map_columns(rel, p->att);
+	p->ncheck = constr ? constr->num_check : 0;
+	p->check_bin = palloc0(sizeof(char *) * Max(p->ncheck, 1));
+	p->check_expr = palloc0(sizeof(Node *) * Max(p->ncheck, 1));
+	for (i = 0; i < p->ncheck; i++)
+	{
+		p->check_bin[i] = pstrdup(constr->check[i].ccbin);
+		p->check_expr[i] = (Node *) expression_planner((Expr *) stringToNode(constr->check[i].ccbin));
+	}
+	MemoryContextSwitchTo(old);
+	plan = p;
+	return p;
 }
 
 /* Open llm.requests for one batch, as the apply worker opens a relation. */
@@ -336,7 +446,17 @@ logwriter_open(Oid relid)
 	w->estate->es_output_cid = GetCurrentCommandId(true);
 	w->estate->es_snapshot = GetActiveSnapshot();
 	ExecOpenIndices(w->rri, false);
-	map_columns(w);
+	w->plan = get_plan(rel);
+	w->att = w->plan->att;
+	/* as ExecRelCheck() would build them (ExecPrepareExpr), from the plan's planned trees */
+	if (w->plan->ncheck > 0)
+	{
+		int			i;
+
+		w->rri->ri_ConstraintExprs = palloc(sizeof(ExprState *) * w->plan->ncheck);
+		for (i = 0; i < w->plan->ncheck; i++)
+			w->rri->ri_ConstraintExprs[i] = ExecInitExpr((Expr *) w->plan->check_expr[i], NULL);
+	}
 	w->newslot = ExecInitExtraTupleSlot(w->estate, RelationGetDescr(rel), &TTSOpsVirtual);
 	w->oldslot = table_slot_create(rel, &w->estate->es_tupleTable);
 	EvalPlanQualInit(&w->epq, w->estate, NULL, NIL, -1);
@@ -364,35 +484,48 @@ logwriter_close(LogWriter *w)
 /*
  * The default expressions of the columns an insert leaves out (the id's
  * identity sequence, columns an administrator added), as an INSERT would
- * evaluate them.
+ * evaluate them: parsed once into the plan (every pending row sets the
+ * same columns), prepared once per batch.
  */
 static void
 prepare_defaults(LogWriter *w, const LogRow *row)
 {
-	TupleDesc	desc = RelationGetDescr(w->rel);
-	bool	   *given = palloc0(sizeof(bool) * desc->natts);
-	int			c;
+	WritePlan  *p = w->plan;
 	int			i;
 
-	for (c = 0; c < NUM_LOG_COLUMNS; c++)
-		if (row->change[c] != CHANGE_NONE)
-			given[w->att[c] - 1] = true;
-	w->def_att = palloc(sizeof(AttrNumber) * desc->natts);
-	w->def_expr = palloc(sizeof(ExprState *) * desc->natts);
-	for (i = 0; i < desc->natts; i++)
+	if (!p->defaults_ready)
 	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-		Expr	   *expr;
+		TupleDesc	desc = RelationGetDescr(w->rel);
+		MemoryContext old = MemoryContextSwitchTo(plan_cxt);
+		bool	   *given = palloc0(sizeof(bool) * desc->natts);
+		int			c;
 
-		if (att->attisdropped || att->attgenerated || given[i])
-			continue;
-		expr = (Expr *) build_column_default(w->rel, i + 1);
-		if (expr == NULL)
-			continue;
-		w->def_att[w->ndefaults] = i + 1;
-		w->def_expr[w->ndefaults] = ExecPrepareExpr(expr, w->estate);
-		w->ndefaults++;
+		for (c = 0; c < NUM_LOG_COLUMNS; c++)
+			if (row->change[c] != CHANGE_NONE)
+				given[w->att[c] - 1] = true;
+		p->ndefaults = 0;		/* an earlier attempt may have failed halfway */
+		p->def_att = palloc(sizeof(AttrNumber) * Max(desc->natts, 1));
+		p->def_expr = palloc(sizeof(Node *) * Max(desc->natts, 1));
+		for (i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			Node	   *expr;
+
+			if (att->attisdropped || att->attgenerated || given[i])
+				continue;
+			expr = build_column_default(w->rel, i + 1);
+			if (expr == NULL)
+				continue;
+			p->def_att[p->ndefaults] = i + 1;
+			p->def_expr[p->ndefaults] = (Node *) expression_planner((Expr *) expr);
+			p->ndefaults++;
+		}
+		MemoryContextSwitchTo(old);
+		p->defaults_ready = true;
 	}
+	w->def_expr = palloc(sizeof(ExprState *) * Max(p->ndefaults, 1));
+	for (i = 0; i < p->ndefaults; i++)
+		w->def_expr[i] = ExecInitExpr((Expr *) p->def_expr[i], NULL);
 	w->defaults_ready = true;
 }
 
@@ -429,9 +562,9 @@ logwriter_insert(LogWriter *w, LlmWorkItem *item)
 			slot->tts_values[w->att[i] - 1] = row.values[i];
 			slot->tts_isnull[w->att[i] - 1] = row.isnull[i];
 		}
-	for (i = 0; i < w->ndefaults; i++)
-		slot->tts_values[w->def_att[i] - 1] =
-			ExecEvalExpr(w->def_expr[i], econtext, &slot->tts_isnull[w->def_att[i] - 1]);
+	for (i = 0; i < w->plan->ndefaults; i++)
+		slot->tts_values[w->plan->def_att[i] - 1] =
+			ExecEvalExpr(w->def_expr[i], econtext, &slot->tts_isnull[w->plan->def_att[i] - 1]);
 	ExecStoreVirtualTuple(slot);
 	MemoryContextSwitchTo(old);
 
