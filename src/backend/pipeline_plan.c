@@ -471,6 +471,7 @@ build_pipeline(Plan *plan, int64 bound, int plan_node_id)
 typedef struct PlanWalk
 {
 	int			next_plan_node_id;
+	int64		bound;			/* rows the node being visited must return; -1: all */
 } PlanWalk;
 
 typedef void (*child_fn) (Plan **child, Plan *parent, bool inner_of_merge, void *arg);
@@ -522,16 +523,26 @@ max_plan_node_id(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 	for_each_child(*child, max_plan_node_id, arg);
 }
 
-/* The rows a Limit needs from its child: LIMIT + OFFSET when both are constants. */
+/*
+ * The rows a child of parent must return, given what parent must return
+ * (parent_bound, -1: all): LIMIT + OFFSET below a Limit with constant ones,
+ * the parent's own bound through nodes that return their child's rows one
+ * for one (a SubqueryScan or Result without a filter), else all.  Like
+ * ExecSetTupleBound, but known when planning, so it reaches our node.
+ */
 static int64
-limit_bound(Plan *parent)
+child_bound(Plan *parent, int64 parent_bound)
 {
 	Limit	   *limit = (Limit *) parent;
 	Const	   *count;
 	Const	   *offset;
 	int64		bound;
 
-	if (parent == NULL || !IsA(parent, Limit) || limit->limitOption != LIMIT_OPTION_COUNT)
+	if (parent == NULL)
+		return -1;
+	if ((IsA(parent, SubqueryScan) || IsA(parent, Result)) && parent->qual == NIL)
+		return parent_bound;
+	if (!IsA(parent, Limit) || limit->limitOption != LIMIT_OPTION_COUNT)
 		return -1;
 	count = (Const *) limit->limitCount;
 	offset = (Const *) limit->limitOffset;
@@ -553,12 +564,16 @@ static void
 wrap_calls(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 {
 	PlanWalk   *walk = arg;
+	int64		parent_bound = walk->bound;
+	int64		bound = child_bound(parent, parent_bound);
 	CustomScan *cs;
 
+	walk->bound = bound;
 	for_each_child(*child, wrap_calls, arg);
+	walk->bound = parent_bound;
 	if (inner_of_merge)
 		return;
-	cs = build_pipeline(*child, limit_bound(parent), walk->next_plan_node_id);
+	cs = build_pipeline(*child, bound, walk->next_plan_node_id);
 	if (cs != NULL)
 	{
 		*child = &cs->scan.plan;
@@ -588,6 +603,7 @@ pipeline_planner(Query *parse, const char *query_string, int cursorOptions,
 		if (lfirst(lc) != NULL)
 			max_plan_node_id((Plan **) &lfirst(lc), NULL, false, &max_id);
 	walk.next_plan_node_id = max_id + 1;
+	walk.bound = -1;
 
 	wrap_calls(&stmt->planTree, NULL, false, &walk);
 	foreach(lc, stmt->subplans)

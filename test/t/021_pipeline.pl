@@ -150,6 +150,11 @@ $mock->reset;
 is($out, join("\n", map { "$_|mock reply to: row $_" } 998, 997, 996), 'ORDER BY ... LIMIT 3 OFFSET 2: the right rows');
 is(stats()->{requests}, 5, 'and 5 calls (offset + limit)');
 
+$mock->reset;
+($out, $err) = session(q{SELECT s.a || '!' FROM (SELECT llm_complete('m', body) AS a FROM t) s LIMIT 4});
+is($out, join("\n", map { "mock reply to: row $_!" } 1 .. 4), 'LIMIT over a subquery: the first four rows');
+is(stats()->{requests}, 4, 'and 4 calls: the bound passes through the subquery scan');
+
 # a cursor that fetches 5 rows and closes: calls past those are aborted
 $mock->reset;
 mock_latency(300);
