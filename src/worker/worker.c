@@ -39,6 +39,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -353,6 +354,94 @@ handle_finished_transfers(void)
 	}
 }
 
+/* The backend that submitted the item's call (its procno), -1 if unknown. */
+static int
+backend_of(const LlmWorkItem *item)
+{
+	int			procno = channel_get()->slots[item->slot].backend_procno;
+
+	return (procno >= 0 && procno < (int) ProcGlobal->allProcCount) ? procno : -1;
+}
+
+/*
+ * Fair sharing of a provider's slots: each slot freed this turn goes to
+ * the waiting call whose backend holds the fewest slots of that provider
+ * now (ties: the oldest call), not to the first in the queue; so one
+ * session's single call is not queued behind another's hundreds.  Each
+ * slot given out costs a pass over `waiting`; a turn frees a few.
+ */
+static void
+grant_freed_slots(dlist_head *due)
+{
+	int			nprocs = (int) ProcGlobal->allProcCount;
+	int			nslots = channel_get()->nslots;
+	int		   *held = NULL;
+
+	for (;;)
+	{
+		const char *provider = NULL;
+		dlist_iter	it;
+		int			s;
+
+		dlist_foreach(it, &waiting)
+		{
+			LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+
+			if (item->waiting_for_slot && freed_slots(item->target.provider_name) > 0)
+			{
+				provider = item->target.provider_name;
+				break;
+			}
+		}
+		if (provider == NULL)
+			return;
+
+		/* how many of this provider's slots each backend's calls hold */
+		if (held == NULL)
+			held = palloc(sizeof(int) * nprocs);	/* the turn's memory */
+		memset(held, 0, sizeof(int) * nprocs);
+		for (s = 0; s < nslots; s++)
+		{
+			LlmWorkItem *h = items_by_slot[s];
+			int			p;
+
+			if (h && h->holds_provider_slot &&
+				strcmp(h->target.provider_name, provider) == 0 && (p = backend_of(h)) >= 0)
+				held[p]++;
+		}
+
+		while (take_freed_slot(provider))
+		{
+			LlmWorkItem *best = NULL;
+			int			best_held = 0;
+
+			dlist_foreach(it, &waiting)
+			{
+				LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
+				int			p;
+				int			n;
+
+				if (!item->waiting_for_slot || strcmp(item->target.provider_name, provider) != 0)
+					continue;
+				p = backend_of(item);
+				n = p >= 0 ? held[p] : 0;
+				if (best == NULL || n < best_held ||
+					(n == best_held && item->submitted_at < best->submitted_at))
+				{
+					best = item;
+					best_held = n;
+				}
+			}
+			if (best == NULL)
+				break;			/* nobody else waits for this provider */
+			dlist_delete(&best->node);
+			dlist_push_tail(due, &best->node);
+			if (backend_of(best) >= 0)
+				held[backend_of(best)]++;
+		}
+	}
+}
+
 /* Send the attempts whose backoff is over; returns ms until the next one (-1: none). */
 static long
 handle_due_retries(void)
@@ -368,13 +457,13 @@ handle_due_retries(void)
 	{
 		LlmWorkItem *item = dlist_container(LlmWorkItem, node, it.cur);
 
-		if (item->retry_at <= now ||
-			(item->waiting_for_slot && take_freed_slot(item->target.provider_name)))
+		if (item->retry_at <= now)
 		{
 			dlist_delete(&item->node);
 			dlist_push_tail(&due, &item->node);
 		}
 	}
+	grant_freed_slots(&due);
 	forget_freed_slots();
 	dlist_foreach_modify(it, &due)
 	{
