@@ -60,6 +60,25 @@ is($node->safe_psql('postgres', q{SELECT status || ':' || count(*) FROM llm.requ
   WHERE request_body::text LIKE '%pipe a %' OR request_body::text LIKE '%single b%' GROUP BY status}),
 	'ok:201', 'all 201 calls logged ok, none failed');
 
+# (a') rate: 600 requests per minute (10 a second), no latency; A queues 80
+# calls (8 s of tokens); B's single call takes the next token, not the 81st
+$node->safe_psql('postgres', q{SELECT llm.alter_provider('mock', options => '{"requests_per_minute": 600}')});
+$mock->reset;
+$mock->post('/_mock/config', { latency_ms => 0 });
+$sa = $node->background_psql('postgres');
+$sa->query_safe(q{CREATE TEMP TABLE ha AS
+  SELECT i, llm_submit('m', } . hist(q{'rate a ' || i}) . q{) AS h FROM generate_series(1, 80) i});
+$node->poll_query_until('postgres', q{SELECT queued >= 60 FROM llm.provider_load WHERE provider = 'mock'})
+  or die 'A\'s calls were never queued';
+$took = timed_call('rate b');
+cmp_ok($took, '<', 0.6, "B's single call took $took s behind A's 80 calls queued for tokens at 10/s");
+is($sa->query_safe(q{SELECT count(*) FROM ha WHERE llm_await(h)->'content'->0->>'text' = 'mock reply to: rate a ' || i}),
+	'80', 'A got all 80 answers');
+$sa->quit;
+is($node->safe_psql('postgres', q{SELECT status || ':' || count(*) FROM llm.requests
+  WHERE request_body::text LIKE '%rate a %' OR request_body::text LIKE '%rate b%' GROUP BY status}),
+	'ok:81', 'all 81 logged ok, none failed');
+
 # (b) channel slots: llm.max_inflight = 16
 $node->safe_psql('postgres', q{SELECT llm.alter_provider('mock', options => '{}')});
 $node->append_conf('postgresql.conf', "llm.max_inflight = 16\n");
