@@ -62,6 +62,7 @@ is($node->safe_psql('postgres', q{SELECT status || ':' || count(*) FROM llm.requ
 
 # (a') rate: 600 requests per minute (10 a second), no latency; A queues 80
 # calls (8 s of tokens); B's single call takes the next token, not the 81st
+# (a guard: each queued call's timed retry already gives this, design §15.x)
 $node->safe_psql('postgres', q{SELECT llm.alter_provider('mock', options => '{"requests_per_minute": 600}')});
 $mock->reset;
 $mock->post('/_mock/config', { latency_ms => 0 });
