@@ -135,6 +135,28 @@ typedef struct LlmSlot
 	dsa_pointer response;		/* LlmResponseMsg, set before DONE */
 } LlmSlot;
 
+/*
+ * Fair sharing of the slots: a backend waiting for one is counted at the
+ * level of the calls it already holds (0: none, then by powers of two),
+ * and a free slot goes to a backend only if the free slots outnumber the
+ * waiters at lower levels.  So a single call never starves behind
+ * sessions that hold many (pipelines, llm_submit fan-outs).
+ */
+#define LLM_FAIR_LEVELS 16
+
+static inline int
+llm_fair_level(int held)
+{
+	int			level = 0;
+
+	while (held > 0 && level < LLM_FAIR_LEVELS - 1)
+	{
+		held >>= 1;
+		level++;
+	}
+	return level;
+}
+
 /* A cancel notice: which slot, and which use of it. */
 typedef struct LlmCancelEntry
 {
@@ -172,6 +194,9 @@ typedef struct LlmChannel
 	ConditionVariable slot_freed;	/* backends waiting for a free slot */
 
 	int			free_head;		/* free list threaded through free_next[] */
+	int			nfree;			/* slots on the free list */
+	/* backends sleeping for a slot, by llm_fair_level() of the calls they hold */
+	int			waiting_by_level[LLM_FAIR_LEVELS];
 	int			submit_head;	/* ring of submitted slots */
 	int			submit_count;
 	int			cancel_head;	/* ring of cancel notices */

@@ -130,37 +130,102 @@ channel_check_serving(void)
 }
 
 /*
- * Claim a free slot; -1 if none is free and !wait, else wait
- * (interruptibly) for one.
+ * The fairness level this backend waits at (llm_fair_level of the calls it
+ * held when it began to wait), -1 while it is not counted as waiting.  A
+ * static, not a local: the exit callback uncounts a backend that a FATAL
+ * interrupt ends in its sleep.
+ */
+static int	waiting_level = -1;
+
+/*
+ * Stop being counted as waiting without a slot (an ERROR or exit in the
+ * sleep): a slot that was owed to us may now suit a backend at a higher
+ * level that went back to sleep, so wake them to look again.
+ */
+static void
+stop_waiting(void)
+{
+	if (waiting_level < 0)
+		return;
+	SpinLockAcquire(&channel->mutex);
+	channel->waiting_by_level[waiting_level]--;
+	SpinLockRelease(&channel->mutex);
+	waiting_level = -1;
+	ConditionVariableBroadcast(&channel->slot_freed);
+}
+
+/*
+ * Under channel->mutex: may a backend at this level take a free slot now?
+ * Only if the free slots outnumber the backends waiting at lower levels
+ * (holding fewer calls): those are owed the slots first.
+ */
+static bool
+slot_for_level(int level)
+{
+	int			owed = 0;
+	int			l;
+
+	for (l = 0; l < level; l++)
+		owed += channel->waiting_by_level[l];
+	return channel->nfree > owed;
+}
+
+/*
+ * Claim a free slot; -1 if none is free for us and !wait, else wait
+ * (interruptibly) for one.  held: the calls this session holds, which
+ * ranks it behind backends holding fewer (see LLM_FAIR_LEVELS).  A
+ * backend that holds calls waits too (a pipeline never errors for want of
+ * a slot); the one that holds none is served first.
  */
 static int
-claim_slot(bool wait)
+claim_slot(bool wait, int held)
 {
-	int			i = -1;
-	bool		waited = false;
+	/* volatile: set inside PG_TRY, read after it */
+	volatile int level = llm_fair_level(held);
+	volatile int i = -1;
+	volatile bool waited = false;
 
-	for (;;)
+	PG_TRY();
 	{
-		SpinLockAcquire(&channel->mutex);
-		if (channel->free_head >= 0)
+		for (;;)
 		{
-			i = channel->free_head;
-			channel->free_head = free_next()[i];
-		}
-		SpinLockRelease(&channel->mutex);
-		if (i >= 0 || !wait)
-			break;
-		if (!waited)
-			pg_atomic_fetch_add_u64(&channel->stats.waited_for_slot, 1);
-		waited = true;
+			SpinLockAcquire(&channel->mutex);
+			if (channel->free_head >= 0 && slot_for_level(level))
+			{
+				i = channel->free_head;
+				channel->free_head = free_next()[i];
+				channel->nfree--;
+				if (waiting_level >= 0)
+					channel->waiting_by_level[waiting_level]--;
+				waiting_level = -1;
+			}
+			else if (wait && waiting_level < 0)
+			{
+				/* counted before we sleep: a slot freed from now on is ours first */
+				channel->waiting_by_level[level]++;
+				waiting_level = level;
+			}
+			SpinLockRelease(&channel->mutex);
+			if (i >= 0 || !wait)
+				break;
+			if (!waited)
+				pg_atomic_fetch_add_u64(&channel->stats.waited_for_slot, 1);
+			waited = true;
 
-		/*
-		 * The first call only prepares the sleep and returns, so the free
-		 * list is read again after we are on the wait list: a release in
-		 * between broadcasts to us.
-		 */
-		ConditionVariableSleep(&channel->slot_freed, PG_WAIT_EXTENSION);
+			/*
+			 * The first call only prepares the sleep and returns, so the
+			 * free list is read again after we are on the wait list: a
+			 * release in between broadcasts to us.
+			 */
+			ConditionVariableSleep(&channel->slot_freed, PG_WAIT_EXTENSION);
+		}
 	}
+	PG_CATCH();
+	{
+		stop_waiting();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	if (waited)
 		ConditionVariableCancelSleep();
 	return i;
@@ -373,7 +438,10 @@ backend_exit_callback(int code, Datum arg)
 {
 	int			i;
 
-	if (open_calls == NULL || channel == NULL)
+	if (channel == NULL)
+		return;
+	stop_waiting();
+	if (open_calls == NULL)
 		return;
 	for (i = 0; i < channel->nslots && n_open > 0; i++)
 		if (open_calls[i].open)
@@ -458,7 +526,7 @@ submit(const LlmRequestMsg *hdr, const char *data, Size data_len, int timeout_ms
 						   llm_max_handles_per_session, channel->nslots),
 				 errhint("Await or cancel some of this session's calls (llm_await, llm_cancel) before submitting more.")));
 
-	i = claim_slot(wait);
+	i = claim_slot(wait, n_open);
 	if (i < 0)
 		return false;
 	slot = &channel->slots[i];

@@ -150,6 +150,7 @@ channel_shmem_init(void)
 		free_next()[i] = (i + 1 < channel->nslots) ? i + 1 : -1;
 	}
 	channel->free_head = 0;
+	channel->nfree = channel->nslots;
 
 	channel->lwlock_tranche = GetNamedLWLockTranche("llm_gateway")[0].lock.tranche;
 	a = dsa_create_in_place((char *) channel + channel->dsa_off, channel->dsa_size,
@@ -253,6 +254,7 @@ release_slot(int i)
 	SpinLockAcquire(&channel->mutex);
 	free_next()[i] = channel->free_head;
 	channel->free_head = i;
+	channel->nfree++;
 	SpinLockRelease(&channel->mutex);
 
 	ConditionVariableBroadcast(&channel->slot_freed);

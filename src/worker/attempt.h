@@ -95,6 +95,7 @@ extern void item_resolve(LlmWorkItem *item);
 extern void item_send(LlmWorkItem *item);
 extern void item_retry(LlmWorkItem *item);
 extern bool take_freed_slot(const char *provider);
+extern int	freed_slots(const char *provider);
 extern void forget_freed_slots(void);
 extern void item_transfer_done(LlmWorkItem *item);
 extern void item_cancel(LlmWorkItem *item);

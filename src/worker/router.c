@@ -86,6 +86,18 @@ take_freed_slot(const char *provider)
 	return false;
 }
 
+/* How many of this provider's slots freed this turn are not yet given out. */
+int
+freed_slots(const char *provider)
+{
+	int			i;
+
+	for (i = 0; i < nfreed; i++)
+		if (strcmp(freed[i].provider, provider) == 0)
+			return freed[i].count;
+	return 0;
+}
+
 /* Slots nobody was waiting for are simply free: forget them. */
 void
 forget_freed_slots(void)
