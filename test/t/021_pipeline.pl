@@ -258,6 +258,32 @@ is($out, '30', 'max_concurrency: every row answered');
 is(stats()->{max_in_flight}, 3, 'max_concurrency: the provider never saw more than 3 at once');
 $node->safe_psql('postgres', q{UPDATE llm.providers SET options = options - 'max_concurrency' WHERE name = 'mock'});
 
+# two pipelines and a single call at once: the single call is not starved
+$mock->reset;
+mock_latency(200);
+$node->safe_psql('postgres', q{
+CREATE FUNCTION timed_call() RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE t0 timestamptz := clock_timestamp();
+BEGIN
+    PERFORM llm_complete('m', 'a single call');
+    RETURN extract(epoch FROM clock_timestamp() - t0) * 1000;
+END $$;});
+my @pipes;
+for my $p (1 .. 2)
+{
+	my $bg = $node->background_psql('postgres', on_error_stop => 0);
+	$bg->query_until(qr/go/, "\\echo go\nSET llm.statement_concurrency = 32;\nSELECT count(llm_complete) FROM (SELECT llm_complete('m', body || ' [[pipe$p]]') FROM t WHERE id <= 320) s;\n");
+	push @pipes, $bg;
+}
+$node->poll_query_until('postgres', q{SELECT stats.in_flight >= 64 FROM (SELECT count(*) AS in_flight FROM llm.requests WHERE status = 'pending') stats})
+  or die 'the pipelines never filled';
+my @single = map { $node->safe_psql('postgres', 'SELECT round(timed_call())') } 1 .. 3;
+my $worst = (sort { $b <=> $a } @single)[0];
+cmp_ok($worst, '<', 400, "beside two pipelines of 32, single calls took @single ms (mock: 200 ms)");
+$_->quit for @pipes;	# psql ends its statement first
+is($node->safe_psql('postgres', q{SELECT count(*) FROM llm.requests WHERE status = 'ok' AND request_body::text LIKE '%[[pipe%'}),
+	'640', 'both pipelines answered every row');
+
 # nothing leaked
 $node->poll_query_until('postgres', q{SELECT slots_in_use = 0 FROM llm.gateway_status()})
   or die 'slots leaked';
