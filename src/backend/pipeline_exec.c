@@ -94,10 +94,9 @@ typedef struct PipelineState
 	bool		child_done;
 	int			in_flight;		/* this node's calls not yet taken */
 
-	LlmHandle  *wait_handles;	/* scratch for channel_wait: [capacity * ncalls] */
+	LlmHandle  *wait_handles;	/* the open calls (collect_open_calls): [capacity * ncalls] */
 	PipelineCall **wait_calls;
 	PipelineRow **wait_rows;
-	int		   *wait_index;
 	MemoryContext prepare_cxt;	/* one call's building, reset after each */
 	MemoryContextCallback on_reset;
 	bool		closed;			/* End ran: nothing left to abandon */
@@ -144,10 +143,14 @@ pipeline_create_state(CustomScan *cscan)
 	return (Node *) ps;
 }
 
-/* Abandon every call still open: the worker aborts them and logs them cancelled. */
-static void
-abandon_all(PipelineState *ps)
+/*
+ * Collect the calls submitted and not yet taken into the wait_* arrays;
+ * returns how many.
+ */
+static int
+collect_open_calls(PipelineState *ps)
 {
+	int			n = 0;
 	int			i;
 	int			j;
 
@@ -158,12 +161,36 @@ abandon_all(PipelineState *ps)
 		for (j = 0; j < row->submitted; j++)
 			if (!row->calls[j].taken)
 			{
-				row->calls[j].taken = true;
-				row->untaken--;
-				ps->in_flight--;
-				pipelined_in_flight--;
-				(void) channel_abandon(row->calls[j].handle);
+				ps->wait_handles[n] = row->calls[j].handle;
+				ps->wait_calls[n] = &row->calls[j];
+				ps->wait_rows[n] = row;
+				n++;
 			}
+	}
+	return n;
+}
+
+/* The call is no longer this node's to take (taken, or about to be abandoned). */
+static void
+close_call(PipelineState *ps, PipelineRow *row, PipelineCall *call)
+{
+	call->taken = true;
+	row->untaken--;
+	ps->in_flight--;
+	pipelined_in_flight--;
+}
+
+/* Abandon every call still open: the worker aborts them and logs them cancelled. */
+static void
+abandon_all(PipelineState *ps)
+{
+	int			n = collect_open_calls(ps);
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		close_call(ps, ps->wait_rows[i], ps->wait_calls[i]);
+		(void) channel_abandon(ps->wait_handles[i]);
 	}
 }
 
@@ -242,7 +269,6 @@ pipeline_begin(CustomScanState *node, EState *estate, int eflags)
 	ps->wait_handles = palloc(sizeof(LlmHandle) * i);
 	ps->wait_calls = palloc(sizeof(PipelineCall *) * i);
 	ps->wait_rows = palloc(sizeof(PipelineRow *) * i);
-	ps->wait_index = palloc(sizeof(int) * i);
 	ps->prepare_cxt = AllocSetContextCreate(estate->es_query_cxt, "llm_gateway pipeline call",
 											ALLOCSET_DEFAULT_SIZES);
 	ps->on_reset.func = pipeline_memory_reset;
@@ -356,10 +382,7 @@ take(PipelineState *ps, PipelineRow *row, PipelineCall *call)
 	MemoryContext old;
 
 	/* closed from here on, whatever channel_take does */
-	call->taken = true;
-	row->untaken--;
-	ps->in_flight--;
-	pipelined_in_flight--;
+	close_call(ps, row, call);
 
 	old = MemoryContextSwitchTo(row->cxt);
 	channel_take(call->handle, &result);
@@ -378,24 +401,10 @@ wait_and_take(PipelineState *ps)
 {
 	instr_time	start;
 	instr_time	end;
-	int			n = 0;
+	int			n = collect_open_calls(ps);
 	int			i;
-	int			j;
 	int			ready;
 
-	for (i = 0; i < ps->count; i++)
-	{
-		PipelineRow *row = &ps->ring[(ps->head + i) % ps->capacity];
-
-		for (j = 0; j < row->submitted; j++)
-			if (!row->calls[j].taken)
-			{
-				ps->wait_handles[n] = row->calls[j].handle;
-				ps->wait_calls[n] = &row->calls[j];
-				ps->wait_rows[n] = row;
-				n++;
-			}
-	}
 	Assert(n > 0);
 
 	INSTR_TIME_SET_CURRENT(start);

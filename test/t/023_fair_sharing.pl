@@ -187,6 +187,16 @@ is($node->safe_psql('postgres', q{SELECT status || ':' || count(*) FROM llm.requ
   WHERE request_body::text ~ '"[pq] \d+"' GROUP BY status}),
 	'ok:200', 'all 200 pipeline calls logged ok, none failed');
 
+# a real pipeline asking for more calls than llm.max_inflight (16) waits
+# for slots, never fails: 64 wanted, at most 16 in flight, every row answered
+$mock->reset;
+$mock->post('/_mock/config', { latency_ms => 100 });
+my ($ret, $out, $err) = $node->psql('postgres', q{SET llm.statement_concurrency = 64;
+SELECT count(*) FILTER (WHERE a = 'mock reply to: row ' || i) FROM (SELECT i, llm_complete('m', 'row ' || i) AS a FROM generate_series(1, 80) i) s});
+is($err, '', 'a pipeline wider than llm.max_inflight raises nothing');
+is($out, '80', 'and answers every row');
+is($mock->get('/_mock/stats')->{max_in_flight}, 16, 'with at most llm.max_inflight calls in flight');
+
 $node->stop;
 $mock->stop;
 done_testing();
