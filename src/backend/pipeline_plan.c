@@ -334,28 +334,35 @@ build_pipeline(Plan *plan, int64 bound, int plan_node_id)
 	int			nchild;
 	int			i;
 
-	if (!projects_own_rows(plan) || plan->targetlist == NIL || conditions_volatile(plan))
+	if (!projects_own_rows(plan) || plan->targetlist == NIL)
 		return NULL;
 
-	/* find the calls; every column must be safe */
+	/* find the calls (most plans have none: that is all they cost) */
 	foreach(lc, plan->targetlist)
 	{
 		TargetEntry *te = lfirst(lc);
 		CallSearch	search = {NIL, true, false};
-		Node	   *rest;
 
 		(void) find_calls_walker((Node *) te->expr, &search);
 		if (search.unsafe)
-			return NULL;
-		rest = without_calls((Node *) te->expr, search.calls);
-		if (contain_volatile_functions(rest) || (search.calls != NIL && contain_subplans(rest)))
 			return NULL;
 		calls = list_concat(calls, search.calls);
 		for (i = 0; i < list_length(search.calls); i++)
 			call_entry = lappend_int(call_entry, te->resno);
 	}
-	if (calls == NIL)
+	if (calls == NIL || conditions_volatile(plan))
 		return NULL;
+
+	/* every column must be safe around them */
+	foreach(lc, plan->targetlist)
+	{
+		TargetEntry *te = lfirst(lc);
+		Node	   *rest = without_calls((Node *) te->expr, calls);
+
+		if (contain_volatile_functions(rest) ||
+			(list_member_int(call_entry, te->resno) && contain_subplans(rest)))
+			return NULL;
+	}
 
 	/* the child's columns: the original ones, a call's column as a NULL */
 	foreach(lc, plan->targetlist)
