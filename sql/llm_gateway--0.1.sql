@@ -761,3 +761,54 @@ COMMENT ON VIEW llm.statement_progress IS 'each running statement that made llm_
 REVOKE ALL ON FUNCTION llm._statement_progress() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION llm._statement_progress() TO llm_admin, llm_user;
 GRANT SELECT ON llm.statement_progress TO llm_admin, llm_user;
+
+-----------------------------------------------------------------------------
+-- Who sees which log rows (docs/design.md §18).  Row-level security on
+-- llm.requests: a member of llm_user reads the rows of its own calls
+-- (role_name is the current_user a call ran as), llm_admin reads all, the
+-- worker writes, completes and expires rows; nobody else reads any.
+-- Superusers and the table's owner are not subject to it (no FORCE): the
+-- owner is the superuser that created the extension.
+-----------------------------------------------------------------------------
+
+ALTER TABLE llm.requests ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON llm.requests FOR SELECT TO llm_user
+    USING (role_name = current_user::text);
+CREATE POLICY admin_all ON llm.requests FOR SELECT TO llm_admin
+    USING (true);
+-- the worker's own writes go through the executor directly (log_writer.c,
+-- which RLS does not reach); its SQL (retention) needs this policy
+CREATE POLICY worker_all ON llm.requests TO llm_gateway_worker
+    USING (true) WITH CHECK (true);
+GRANT SELECT ON llm.requests TO llm_user;
+GRANT DELETE ON llm.requests TO llm_gateway_worker;
+
+-----------------------------------------------------------------------------
+-- Retention: the worker applies llm.log_retention in small batches
+-- (src/worker/retention.c); admins purge on demand.  SECURITY DEFINER so
+-- that admins can expire old rows without holding DELETE on the audit log:
+-- they cannot remove chosen rows, only everything older than an age.
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm.purge_requests(older_than interval) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'older_than must be an interval of zero or more, not %', coalesce(older_than::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- pending rows belong to calls still running (or not yet marked unknown)
+    DELETE FROM llm.requests
+     WHERE created_at < pg_catalog.now() - older_than AND status <> 'pending';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION llm.purge_requests(interval) IS
+    'deletes the rows of llm.requests created longer ago than older_than, except pending ones; returns how many';
+REVOKE ALL ON FUNCTION llm.purge_requests(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION llm.purge_requests(interval) TO llm_admin;

@@ -36,6 +36,7 @@
 #include "worker/outbound.h"
 #include "worker/health.h"
 #include "worker/log_flusher.h"
+#include "worker/retention.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;
@@ -391,6 +392,7 @@ define_gucs(void)
 
 	credentials_define_gucs();
 	outbound_define_gucs();
+	retention_define_gucs();
 
 	MarkGUCPrefixReserved("llm");
 }

@@ -53,6 +53,7 @@
 #include "worker/request_log.h"
 #include "worker/route_cache.h"
 #include "worker/worker_session.h"
+#include "worker/retention.h"
 
 #define TAKE_BATCH 256
 
@@ -783,7 +784,8 @@ llm_worker_main(Datum main_arg)
 		/* a turn's scratch memory; reset at the end of the turn */
 		MemoryContextSwitchTo(loop_cxt);
 		pgstat_report_activity(STATE_IDLE, NULL);
-		nevents = wait_for_events(wes, wait_timeout(retry_ms), events, lengthof(events));
+		nevents = wait_for_events(wes, retention_wait_ms(wait_timeout(retry_ms)),
+								  events, lengthof(events));
 		gather_under_load(last_turn);
 		last_turn = GetCurrentTimestamp();
 		for (i = 0; i < nevents; i++)
@@ -822,6 +824,8 @@ llm_worker_main(Datum main_arg)
 			logflush_request(unflushed_lsn);
 			unflushed_lsn = InvalidXLogRecPtr;
 		}
+		/* off the call path: this turn's calls are sent and logged */
+		retention_turn(http_active() == 0);
 
 		MemoryContextReset(loop_cxt);
 	}
