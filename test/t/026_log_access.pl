@@ -87,6 +87,11 @@ my ($r2, $o2, $e2) = psql_as('alice', q{
 	SELECT count(*) FROM llm.requests WHERE pg_temp.peek(request_body::text);});
 is($o2, '3', 'a leaky function in a WHERE clause');
 unlike($e2, qr/bob secret|dave secret/, 'sees no other role\'s body');
+$node->safe_psql('postgres', 'ANALYZE llm.requests');
+is(as_role('alice', q{SELECT count(*) FROM pg_stats WHERE schemaname = 'llm' AND tablename = 'requests'}),
+	'0', 'pg_stats shows llm_user no statistics (most common values) of the log');
+is(as_role('carol', q{SELECT count(*) > 0 FROM pg_stats WHERE schemaname = 'llm' AND tablename = 'requests'}),
+	'f', 'nor llm_admin (row-level security applies to it too)');
 
 # llm_admin sees all; a role outside llm_user and llm_admin gets 42501
 is(as_role('carol', q{SELECT count(*) FROM llm.requests}), '7', 'llm_admin sees every row');
