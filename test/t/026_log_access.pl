@@ -58,6 +58,13 @@ is($node->safe_psql('postgres',
 is($node->safe_psql('postgres',
 		q{SELECT relrowsecurity FROM pg_class WHERE oid = 'llm.requests'::regclass}),
 	't', 'llm.requests has row-level security enabled');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(polname || ':' || polcmd::text || ':' || pg_get_userbyid(polroles[1]), ',' ORDER BY polname)
+	  FROM pg_policy WHERE polrelid = 'llm.requests'::regclass}),
+	'admin_all:r:llm_admin,own_rows:r:llm_user,worker_all:*:llm_gateway_worker',
+	'its policies: read own rows, admins read all, the worker does all');
+is($node->safe_psql('postgres', q{SELECT rolbypassrls FROM pg_roles WHERE rolname = 'llm_gateway_worker'}),
+	'f', 'the worker role does not bypass row-level security');
 
 # each llm_user sees exactly its own rows, bodies included
 is(as_role('alice', q{SELECT count(*) || ' ' || string_agg(status, ',' ORDER BY id) FROM llm.requests}),
