@@ -27,6 +27,7 @@
 #include "utils/timestamp.h"
 
 #include "worker/attempt.h"
+#include "worker/quota.h"
 #include "channel/channel.h"
 #include "worker/health.h"
 #include "common/json_util.h"
@@ -268,6 +269,7 @@ item_finish(LlmWorkItem *item)
 						  (item->has_target ? strlen(item->target.provider_name) : 0));
 	}
 	item->state = LLM_ITEM_FINISHED;
+	quota_settle(item);
 	if (item->xfer_live)
 	{
 		http_release(&item->xfer);
@@ -696,5 +698,6 @@ item_free(LlmWorkItem *item)
 {
 	if (item->xfer_live)
 		http_release(&item->xfer);
+	quota_forget(item);
 	MemoryContextDelete(item->cxt);
 }
