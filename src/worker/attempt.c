@@ -241,8 +241,14 @@ answer_payload(StringInfo buf, LlmWorkItem *item)
 	json_append_key(buf, &first, "gateway");
 	appendStringInfo(buf, "{\"request_id\":" INT64_FORMAT ",\"provider\":", item->request_id);
 	json_append_string(buf, item->target.provider_name);
-	appendStringInfo(buf, ",\"attempts\":%d,\"latency_ms\":%.3f,\"cost_usd\":%s}}",
+	appendStringInfo(buf, ",\"attempts\":%d,\"latency_ms\":%.3f,\"cost_usd\":%s",
 					 item->attempts, item->latency_ms, item->cost_usd ? item->cost_usd : "null");
+	if (quota_warning(item))
+	{
+		appendStringInfoString(buf, ",\"quota_warning\":");
+		json_append_string(buf, quota_warning(item));
+	}
+	appendStringInfoString(buf, "}}");
 }
 
 /*

@@ -149,6 +149,7 @@ typedef struct LlmQuotaHold
 	Jsonb	   *tags;			/* NULL when none */
 	TimestampTz at;				/* admitted (= the row's created_at) */
 	int64		need[LLM_QM_COUNT];
+	char	   *warning;		/* warn_at crossed on admission: the caller's NOTICE */
 	bool		settled;
 	int64		real[LLM_QM_COUNT];
 	int			nrefs;
@@ -398,6 +399,10 @@ load(void)
 		}
 	}
 
+	/* no extension yet: look again at the next call (an invalidation names no known table) */
+	if (!OidIsValid(quotas_relid))
+		stale = true;
+
 	SpinLockAcquire(&state->mutex);
 	memcpy(state->quotas, building, sizeof(LlmQuotaShared) * n);
 	state->nquotas = n;
@@ -637,12 +642,15 @@ quota_admit(LlmWorkItem *item)
 		if (defs[k].warn_at > 0 && defs[k].warned_window != nq.window_start &&
 			(double) (nq.used + nq.reserved) >= defs[k].warn_at * (double) nq.limit)
 		{
+			char	   *msg = psprintf("quota \"%s\" reached %g%% of its limit (%s of %s with calls in flight) in the window from %s",
+									   nq.name, defs[k].warn_at * 100,
+									   format_amount(nq.metric, nq.used + nq.reserved),
+									   format_amount(nq.metric, nq.limit), format_time(nq.window_start));
+
 			defs[k].warned_window = nq.window_start;
-			ereport(LOG,
-					(errmsg("llm_gateway: quota \"%s\" reached %g%% of its limit (%s of %s with calls in flight) in the window from %s",
-							nq.name, defs[k].warn_at * 100,
-							format_amount(nq.metric, nq.used + nq.reserved),
-							format_amount(nq.metric, nq.limit), format_time(nq.window_start))));
+			ereport(LOG, (errmsg("llm_gateway: %s", msg)));
+			if (h->warning == NULL)
+				h->warning = MemoryContextStrdup(hold_cxt, msg);
 		}
 	}
 	dlist_push_tail(&holds, &h->node);
@@ -719,9 +727,18 @@ quota_forget(LlmWorkItem *item)
 	if (!h->settled)
 		quota_settle(item);
 	dlist_delete(&h->node);
+	if (h->warning)
+		pfree(h->warning);
 	if (h->tags)
 		pfree(h->tags);
 	pfree(h->alias);
 	pfree(h);
 	item->quota = NULL;
+}
+
+/* The warning the call's admission raised (sent to its caller as a NOTICE), or NULL. */
+const char *
+quota_warning(LlmWorkItem *item)
+{
+	return item->quota ? item->quota->warning : NULL;
 }

@@ -92,5 +92,6 @@ extern void quota_worker_start(void);
 extern void quota_admit(struct LlmWorkItem *item);
 extern void quota_settle(struct LlmWorkItem *item);
 extern void quota_forget(struct LlmWorkItem *item);
+extern const char *quota_warning(struct LlmWorkItem *item);
 
 #endif							/* LLM_QUOTA_H */

@@ -115,25 +115,31 @@ CREATE ROLE bob LOGIN IN ROLE team, llm_user;
 CREATE ROLE carol LOGIN IN ROLE llm_user;
 SELECT llm.set_quota('teamq', 'requests', 3, 'day', role_name => 'team', warn_at => 0.5);
 });
-for my $who (qw(alice bob alice))
-{
-	($out, $err) = session(qq{SELECT llm_complete('m', 'team call of $who')}, $who);
-	is($err, '', "$who: call admitted");
-}
-($out, $err) = session(q{SELECT llm_complete('m', 'one too many')}, 'bob');
 my ($from, $to) = split /\|/, sql(q{
 SELECT to_char(date_trunc('day', now(), 'UTC') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
        to_char((date_trunc('day', now(), 'UTC') + interval '1 day') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')});
+my $notices = '';
+for my $who (qw(alice bob alice))
+{
+	($out, $err) = session(qq{SELECT llm_complete('m', 'team call of $who')}, $who);
+	is($out, "mock reply to: team call of $who", "$who: call admitted");
+	$notices .= $err;
+}
+$notices =~ s/\nLOCATION:.*//g;
+is($notices, qq{psql:<stdin>:2: NOTICE:  01000: quota "teamq" reached 50% of its limit (2 of 3 with calls in flight) in the window from $from UTC},
+	'warn_at: one NOTICE, to the call that crossed it');
+($out, $err) = session(q{SELECT llm_complete('m', 'one too many')}, 'bob');
+$err =~ s/\nLOCATION:.*//;
 is($err, qq{psql:<stdin>:2: ERROR:  LL014: quota "teamq" exceeded: requests of role "team" per day
 DETAIL:  Used 3, reserved 0 by calls in flight, this call needs up to 1; the limit is 3 in the window from $from UTC to $to UTC.
 HINT:  The window resets at $to UTC; an administrator can raise the limit with llm.set_quota().},
 	'the fourth call of the group is refused: exact message, detail and hint');
 ($out, $err) = session(q{SELECT llm_complete('m', 'carol is not in the team')}, 'carol');
 is($err, '', 'a non-member is not limited by the group quota');
-is(session(q{SELECT string_agg(quota, ',' ORDER BY quota) FROM llm.quota_status}, 'alice'), 'cost,pipe,race,teamq,tokens',
-	'a member sees its role\'s quota and the others');
-is(session(q{SELECT string_agg(quota, ',' ORDER BY quota) FROM llm.quota_status}, 'carol'), 'cost,pipe,race,tokens',
-	'a non-member does not see the role\'s quota');
+($out, $err) = session(q{SELECT string_agg(quota, ',' ORDER BY quota) FROM llm.quota_status}, 'alice');
+is("$out$err", 'cost,pipe,race,teamq,tokens', 'a member sees its role\'s quota and the others');
+($out, $err) = session(q{SELECT string_agg(quota, ',' ORDER BY quota) FROM llm.quota_status}, 'carol');
+is("$out$err", 'cost,pipe,race,tokens', 'a non-member does not see the role\'s quota');
 ($out, $err) = session(q{SELECT llm.set_quota('x', 'requests', 1, 'day')}, 'alice');
 like($err, qr/42501: permission denied for function set_quota/, 'llm_user cannot set quotas');
 my $log = slurp_file($node->logfile);
@@ -171,7 +177,7 @@ is(mock_requests_for('durable '), 5, 'the provider saw 4 answered calls and the 
 
 # --- a minute window rolls over ----------------------------------------------
 sql(q{SELECT llm.set_quota('minute', 'requests', 1, 'minute', alias => 'r6')});
-# start right after a minute boundary, so both calls fall in one window
+# both calls in the first half of a minute, so they fall in one window
 $node->poll_query_until('postgres', q{SELECT extract(second FROM clock_timestamp()) < 30}) or die;
 ($out, $err) = session(q{SELECT llm_complete('r6', 'minute 1'); SELECT llm_complete('r6', 'minute 2');});
 like($err, qr/LL014: quota "minute" exceeded/, 'the second call in the minute is refused');
