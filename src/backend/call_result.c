@@ -104,6 +104,7 @@ anthropic_error_type(int sqlerrcode)
 		case ERRCODE_LLM_PROVIDER_AUTH:
 			return "authentication_error";
 		case ERRCODE_LLM_PROVIDER_RATE_LIMITED:
+		case ERRCODE_LLM_QUOTA_EXCEEDED:
 			return "rate_limit_error";
 		case ERRCODE_LLM_PROVIDER_OVERLOADED:
 		case ERRCODE_LLM_NO_TARGET:
