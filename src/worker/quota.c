@@ -583,7 +583,13 @@ quota_admit(LlmWorkItem *item)
 	h = palloc0(sizeof(LlmQuotaHold));
 	h->roleid = get_role_oid(item->role, true);
 	h->alias = pstrdup(item->alias);
-	h->tags = item->tags ? json_parse_safe(item->tags, strlen(item->tags), NULL) : NULL;
+	if (item->tags)
+	{
+		char	   *why;
+
+		/* the backend validated them; unreadable tags match no tag quota */
+		h->tags = json_parse_safe(item->tags, strlen(item->tags), &why);
+	}
 	h->at = GetCurrentTransactionStartTimestamp();
 	MemoryContextSwitchTo(old);
 	worst_case(item, h->need);

@@ -151,6 +151,14 @@ sql(q{SELECT llm.set_quota('teamq', 'requests', 4, 'day', role_name => 'team')})
 ($out, $err) = session(q{SELECT llm_complete('m', 'after raise')}, 'bob');
 is($err, '', 'the raised limit admits the next call');
 
+# --- a tag value's quota ------------------------------------------------------
+sql(q{SELECT llm.set_quota('tagq', 'requests', 1, 'day', tag_key => 'team', tag_value => 'support')});
+($out, $err) = session(q{SELECT llm_complete('m', 'support 1', '{"tags": {"team": "support"}}');
+SELECT llm_complete('m', 'support 2', '{"tags": {"team": "support", "x": 1}}');
+SELECT llm_complete('m', 'sales 1', '{"tags": {"team": "sales"}}');});
+is($out, "mock reply to: support 1\nmock reply to: sales 1", 'a tag quota limits only the calls with that tag value');
+like($err, qr/LL014: quota "tagq" exceeded: requests of tag team = "support" per day/, 'the second support call is refused');
+
 # --- restart and crash keep usage --------------------------------------------
 sql(q{SELECT llm.set_quota('durable', 'requests', 5, 'day', alias => 'r5')});
 sql(q{SELECT llm_complete('r5', 'durable 1'); SELECT llm_complete('r5', 'durable 2')});
