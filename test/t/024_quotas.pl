@@ -10,6 +10,7 @@ use lib $FindBin::Bin;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 use Time::HiRes qw(time);
 use LlmGatewayTest;
 
@@ -158,6 +159,12 @@ SELECT llm_complete('m', 'support 2', '{"tags": {"team": "support", "x": 1}}');
 SELECT llm_complete('m', 'sales 1', '{"tags": {"team": "sales"}}');});
 is($out, "mock reply to: support 1\nmock reply to: sales 1", 'a tag quota limits only the calls with that tag value');
 like($err, qr/LL014: quota "tagq" exceeded: requests of tag team = "support" per day/, 'the second support call is refused');
+
+# pg_dump keeps the quotas (a configuration table of the extension)
+my ($dump_out, $dump_err);
+IPC::Run::run([ 'pg_dump', '--data-only', '-t', 'llm.quotas', '-d', $node->connstr('postgres') ],
+	'>', \$dump_out, '2>', \$dump_err);
+like($dump_out, qr/^tagq\ttag\t\\N\t\\N\tteam\tsupport\tday\trequests\t1\t/m, 'pg_dump keeps llm.quotas');
 
 # --- restart and crash keep usage --------------------------------------------
 sql(q{SELECT llm.set_quota('durable', 'requests', 5, 'day', alias => 'r5')});
