@@ -583,15 +583,21 @@ quota_admit(LlmWorkItem *item)
 	h = palloc0(sizeof(LlmQuotaHold));
 	h->roleid = get_role_oid(item->role, true);
 	h->alias = pstrdup(item->alias);
+	h->at = GetCurrentTransactionStartTimestamp();
+	MemoryContextSwitchTo(old);
 	if (item->tags)
 	{
 		char	   *why;
+		/* parsed in the transaction's memory (the parser's scraps go with it) */
+		Jsonb	   *tags = json_parse_safe(item->tags, strlen(item->tags), &why);
 
 		/* the backend validated them; unreadable tags match no tag quota */
-		h->tags = json_parse_safe(item->tags, strlen(item->tags), &why);
+		if (tags)
+		{
+			h->tags = MemoryContextAlloc(hold_cxt, VARSIZE(tags));
+			memcpy(h->tags, tags, VARSIZE(tags));
+		}
 	}
-	h->at = GetCurrentTransactionStartTimestamp();
-	MemoryContextSwitchTo(old);
 	worst_case(item, h->need);
 
 	for (i = 0; i < state->nquotas; i++)
