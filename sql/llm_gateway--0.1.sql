@@ -812,3 +812,121 @@ COMMENT ON FUNCTION llm.purge_requests(interval) IS
     'deletes the rows of llm.requests created longer ago than older_than, except pending ones; returns how many';
 REVOKE ALL ON FUNCTION llm.purge_requests(interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION llm.purge_requests(interval) TO llm_admin;
+-- Quotas (docs/design.md §16).  The worker admits a call only if every
+-- quota that applies can hold its worst case, and settles it with what it
+-- used.  A statement trigger makes the worker reload the quotas (and
+-- rebuild their figures from llm.requests) when the table changes.
+-----------------------------------------------------------------------------
+
+CREATE TABLE llm.quotas (
+    name         text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]{1,63}$'),
+    scope        text NOT NULL CHECK (scope IN ('role', 'alias', 'tag', 'all')),
+    role_name    text CHECK (role_name <> '' AND octet_length(role_name) < 64),
+    alias        text CHECK (alias <> ''),
+    tag_key      text CHECK (tag_key <> ''),
+    tag_value    text,
+    time_window  text NOT NULL CHECK (time_window IN ('minute', 'hour', 'day', 'month')),
+    metric       text NOT NULL CHECK (metric IN ('requests', 'input_tokens', 'output_tokens', 'total_tokens', 'cost_usd')),
+    quota_limit  numeric NOT NULL CHECK (quota_limit >= 0 AND
+                     CASE WHEN metric = 'cost_usd' THEN quota_limit <= 100000000 AND quota_limit = round(quota_limit, 10)
+                          ELSE quota_limit <= 1000000000000000 AND quota_limit = trunc(quota_limit) END),
+    warn_at      numeric CHECK (warn_at > 0 AND warn_at <= 1),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    CHECK ((scope = 'role') = (role_name IS NOT NULL)),
+    CHECK ((scope = 'alias') = (alias IS NOT NULL)),
+    CHECK ((scope = 'tag') = (tag_key IS NOT NULL)),
+    CHECK ((scope = 'tag') = (tag_value IS NOT NULL))
+);
+COMMENT ON TABLE llm.quotas IS 'budgets: a limit on requests, tokens or cost (USD) of a role (with its members), a model alias, a tag value or all calls, per calendar minute, hour, day or month in llm.quota_timezone; set with llm.set_quota()';
+COMMENT ON COLUMN llm.quotas.quota_limit IS 'requests or tokens (an integer), or USD (numeric, 10 decimals at most) per window';
+COMMENT ON COLUMN llm.quotas.warn_at IS 'fraction of the limit at which the worker logs a warning, once per window; NULL for none';
+SELECT pg_catalog.pg_extension_config_dump('llm.quotas', '');
+
+CREATE FUNCTION llm._quotas_changed() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'llm_quotas_changed'
+    LANGUAGE C;
+COMMENT ON FUNCTION llm._quotas_changed() IS 'trigger: makes the worker reload llm.quotas at commit';
+CREATE TRIGGER quotas_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON llm.quotas
+    FOR EACH STATEMENT EXECUTE FUNCTION llm._quotas_changed();
+
+CREATE FUNCTION llm.set_quota(name text, metric text, quota_limit numeric, time_window text,
+                              role_name text DEFAULT NULL, alias text DEFAULT NULL,
+                              tag_key text DEFAULT NULL, tag_value text DEFAULT NULL,
+                              warn_at numeric DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s text;
+BEGIN
+    IF (role_name IS NOT NULL)::int + (alias IS NOT NULL)::int + (tag_key IS NOT NULL OR tag_value IS NOT NULL)::int > 1 THEN
+        RAISE EXCEPTION 'a quota has one scope: a role, an alias, a tag, or none (all calls)'
+            USING ERRCODE = '22023', HINT = 'Give at most one of role_name, alias, tag_key and tag_value.';
+    END IF;
+    IF (tag_key IS NULL) <> (tag_value IS NULL) THEN
+        RAISE EXCEPTION 'a tag quota needs both tag_key and tag_value'
+            USING ERRCODE = '22023', HINT = 'E.g. tag_key => ''team'', tag_value => ''support''.';
+    END IF;
+    IF role_name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = set_quota.role_name) THEN
+        RAISE EXCEPTION 'role "%" does not exist', role_name USING ERRCODE = '42704';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM llm.quotas q WHERE q.name = set_quota.name)
+       AND (SELECT count(*) FROM llm.quotas) >= 128 THEN
+        RAISE EXCEPTION 'there are already 128 quotas, the most the worker holds'
+            USING ERRCODE = '54000', HINT = 'Drop unused quotas with llm.drop_quota().';
+    END IF;
+    s := CASE WHEN role_name IS NOT NULL THEN 'role' WHEN alias IS NOT NULL THEN 'alias'
+              WHEN tag_key IS NOT NULL THEN 'tag' ELSE 'all' END;
+    INSERT INTO llm.quotas AS q (name, scope, role_name, alias, tag_key, tag_value, time_window, metric, quota_limit, warn_at)
+    VALUES (set_quota.name, s, set_quota.role_name, set_quota.alias, set_quota.tag_key, set_quota.tag_value,
+            set_quota.time_window, set_quota.metric, set_quota.quota_limit, set_quota.warn_at)
+    ON CONFLICT ON CONSTRAINT quotas_pkey DO UPDATE
+       SET scope = excluded.scope, role_name = excluded.role_name, alias = excluded.alias,
+           tag_key = excluded.tag_key, tag_value = excluded.tag_value, time_window = excluded.time_window,
+           metric = excluded.metric, quota_limit = excluded.quota_limit, warn_at = excluded.warn_at;
+END
+$$;
+COMMENT ON FUNCTION llm.set_quota(text, text, numeric, text, text, text, text, text, numeric) IS
+    'creates or replaces a quota: metric (requests, input_tokens, output_tokens, total_tokens, cost_usd), limit per time_window (minute, hour, day, month), scope role_name, alias, tag_key = tag_value, or all calls; warn_at a fraction of the limit; superuser or llm_admin';
+
+CREATE FUNCTION llm.drop_quota(name text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM llm.quotas q WHERE q.name = drop_quota.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'quota "%" does not exist', drop_quota.name
+            USING ERRCODE = '42704', HINT = 'See llm.quotas for the defined quotas.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION llm.drop_quota(text) IS 'removes a quota; superuser or llm_admin';
+
+CREATE FUNCTION llm._quota_state(OUT name text, OUT window_start timestamptz, OUT window_end timestamptz,
+                                 OUT used numeric, OUT reserved numeric, OUT quota_limit numeric)
+RETURNS SETOF record
+LANGUAGE C VOLATILE STRICT
+AS 'MODULE_PATHNAME', 'llm_quota_state';
+COMMENT ON FUNCTION llm._quota_state() IS 'the worker''s figures behind llm.quota_status, filtered by the caller''s role';
+
+CREATE VIEW llm.quota_status AS
+SELECT q.name AS quota, q.scope,
+       CASE q.scope WHEN 'role' THEN q.role_name WHEN 'alias' THEN q.alias
+                    WHEN 'tag' THEN q.tag_key || '=' || q.tag_value END AS scope_value,
+       q.metric, q.time_window, s.window_start, s.window_end AS resets_at,
+       s.used, s.reserved, s.quota_limit, q.warn_at
+  FROM llm._quota_state() s JOIN llm.quotas q ON q.name = s.name;
+COMMENT ON VIEW llm.quota_status IS 'each quota the caller may see (llm_admin: all; others: their roles'' and those not scoped to a role): current window, settled usage, reservations of calls in flight, limit';
+
+REVOKE ALL ON llm.quotas, llm.quota_status FROM PUBLIC;
+REVOKE ALL ON FUNCTION llm.set_quota(text, text, numeric, text, text, text, text, text, numeric),
+                       llm.drop_quota(text), llm._quota_state()
+    FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON llm.quotas TO llm_admin;
+GRANT EXECUTE ON FUNCTION llm.set_quota(text, text, numeric, text, text, text, text, text, numeric),
+                          llm.drop_quota(text) TO llm_admin;
+GRANT EXECUTE ON FUNCTION llm._quota_state() TO llm_admin, llm_user;
+GRANT SELECT ON llm.quota_status TO llm_admin, llm_user;
+GRANT SELECT ON llm.quotas TO llm_gateway_worker;

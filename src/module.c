@@ -27,6 +27,7 @@
 #include "utils/varlena.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "pgtime.h"
 
 #include "backend/call_result.h"
 #include "backend/pipeline.h"
@@ -37,6 +38,7 @@
 #include "worker/health.h"
 #include "worker/log_flusher.h"
 #include "worker/retention.h"
+#include "worker/quota.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;
@@ -76,6 +78,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 void		_PG_init(void);
 static void define_gucs(void);
 static bool check_allowed_regions(char **newval, void **extra, GucSource source);
+static bool check_quota_timezone(char **newval, void **extra, GucSource source);
 static void llm_shmem_request(void);
 static void llm_shmem_startup(void);
 static void register_workers(void);
@@ -122,6 +125,7 @@ llm_shmem_request(void)
 	RequestAddinShmemSpace(health_shmem_size());
 	RequestAddinShmemSpace(logflush_shmem_size());
 	RequestAddinShmemSpace(progress_shmem_size());
+	RequestAddinShmemSpace(quota_shmem_size());
 	RequestNamedLWLockTranche("llm_gateway", 1);
 }
 
@@ -135,6 +139,7 @@ llm_shmem_startup(void)
 	health_shmem_init();
 	logflush_shmem_init();
 	progress_shmem_init();
+	quota_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -390,9 +395,30 @@ define_gucs(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomStringVariable("llm.quota_timezone",
+							   "Time zone of the quotas' calendar windows (the day, the month).",
+							   NULL,
+							   &llm_quota_timezone,
+							   "UTC",
+							   PGC_SIGHUP,
+							   0,
+							   check_quota_timezone, NULL, NULL);
+
 	credentials_define_gucs();
 	outbound_define_gucs();
 	retention_define_gucs();
 
 	MarkGUCPrefixReserved("llm");
+}
+
+/* llm.quota_timezone must name a time zone PostgreSQL knows */
+static bool
+check_quota_timezone(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || pg_tzset(*newval) == NULL)
+	{
+		GUC_check_errdetail("Time zone \"%s\" is not recognized.", *newval ? *newval : "");
+		return false;
+	}
+	return true;
 }

@@ -104,6 +104,7 @@ anthropic_error_type(int sqlerrcode)
 		case ERRCODE_LLM_PROVIDER_AUTH:
 			return "authentication_error";
 		case ERRCODE_LLM_PROVIDER_RATE_LIMITED:
+		case ERRCODE_LLM_QUOTA_EXCEEDED:
 			return "rate_limit_error";
 		case ERRCODE_LLM_PROVIDER_OVERLOADED:
 		case ERRCODE_LLM_NO_TARGET:
@@ -278,6 +279,12 @@ llm_call_result(const LlmCallResult *r, bool on_error_null, bool want_text, bool
 	{
 		Jsonb	   *answer = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 																CStringGetDatum(r->text)));
+		JsonbContainer *gw = json_get_object(&answer->root, "gateway");
+		const char *warning = gw ? json_get_cstring(gw, "quota_warning") : NULL;
+
+		/* a quota's warn_at crossed by this call (once per window) */
+		if (warning)
+			ereport(NOTICE, (errcode(ERRCODE_WARNING), errmsg("%s", warning)));
 
 		if (want_text)
 			return PointerGetDatum(answer_text(answer));

@@ -46,6 +46,8 @@
 #define ERRCODE_LLM_RESPONSE_TOO_LARGE		MAKE_SQLSTATE('L','L','0','1','2')
 /* every target of the alias is cooling down after failures (circuit open) */
 #define ERRCODE_LLM_NO_TARGET				MAKE_SQLSTATE('L','L','0','1','3')
+/* a quota (llm.quotas) cannot hold the call's worst case: refused unsent */
+#define ERRCODE_LLM_QUOTA_EXCEEDED			MAKE_SQLSTATE('L','L','0','1','4')
 
 extern void llm_error_for_status(int status, LlmError *err);
 extern const char *llm_fail_class_name(LlmFailClass fail_class);

@@ -27,6 +27,7 @@
 #include "utils/timestamp.h"
 
 #include "worker/attempt.h"
+#include "worker/quota.h"
 #include "channel/channel.h"
 #include "worker/health.h"
 #include "common/json_util.h"
@@ -240,8 +241,14 @@ answer_payload(StringInfo buf, LlmWorkItem *item)
 	json_append_key(buf, &first, "gateway");
 	appendStringInfo(buf, "{\"request_id\":" INT64_FORMAT ",\"provider\":", item->request_id);
 	json_append_string(buf, item->target.provider_name);
-	appendStringInfo(buf, ",\"attempts\":%d,\"latency_ms\":%.3f,\"cost_usd\":%s}}",
+	appendStringInfo(buf, ",\"attempts\":%d,\"latency_ms\":%.3f,\"cost_usd\":%s",
 					 item->attempts, item->latency_ms, item->cost_usd ? item->cost_usd : "null");
+	if (quota_warning(item))
+	{
+		appendStringInfoString(buf, ",\"quota_warning\":");
+		json_append_string(buf, quota_warning(item));
+	}
+	appendStringInfoString(buf, "}}");
 }
 
 /*
@@ -268,6 +275,7 @@ item_finish(LlmWorkItem *item)
 						  (item->has_target ? strlen(item->target.provider_name) : 0));
 	}
 	item->state = LLM_ITEM_FINISHED;
+	quota_settle(item);
 	if (item->xfer_live)
 	{
 		http_release(&item->xfer);
@@ -696,5 +704,6 @@ item_free(LlmWorkItem *item)
 {
 	if (item->xfer_live)
 		http_release(&item->xfer);
+	quota_forget(item);
 	MemoryContextDelete(item->cxt);
 }

@@ -85,6 +85,8 @@ typedef struct LlmWorkItem
 	double		latency_ms;
 	char	   *cost_usd;		/* numeric text, NULL when the target has no prices */
 
+	struct LlmQuotaHold *quota; /* its quota reservation (quota.c), or NULL */
+
 	/* what the backend gets, kept until the log row is completed */
 	StringInfoData payload;
 	bool		delivered;		/* channel_finish done, or the slot already released */

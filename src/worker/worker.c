@@ -53,6 +53,7 @@
 #include "worker/log_flusher.h"
 #include "worker/request_log.h"
 #include "worker/route_cache.h"
+#include "worker/quota.h"
 #include "worker/worker_session.h"
 #include "worker/retention.h"
 
@@ -154,6 +155,8 @@ prepare_item(LlmWorkItem *item)
 	/* a batch retried after a lock timeout calls this again */
 	if (item->state == LLM_ITEM_NEW && item->cand == NULL)
 		item_resolve(item);
+	if (item->state == LLM_ITEM_NEW && item->quota == NULL)
+		quota_admit(item);		/* needs the route: its targets' prices */
 }
 
 /* A call that will have no audit row: fail it unsent (unless it already failed) and free it. */
@@ -602,6 +605,7 @@ llm_worker_main(Datum main_arg)
 	if (reqlog_mark_unknown(&unavailable) != REQLOG_UNAVAILABLE)
 		unavailable = NULL;
 	channel_worker_log_unavailable(unavailable);
+	quota_worker_start();		/* after the dead worker's rows became unknown */
 	if (unavailable)
 		ereport(LOG,
 				(errmsg("llm_gateway worker: %s; calls will fail until it is", unavailable)));
