@@ -794,6 +794,8 @@ CREATE TABLE llm.usage_hourly (
 -- the upsert's conflict target; a call that never got a target has no provider
 CREATE UNIQUE INDEX usage_hourly_key ON llm.usage_hourly
     (hour, role_name, alias, provider, upstream_model) NULLS NOT DISTINCT;
+-- a day of llm.usage_daily (its day = this expression) without a scan
+CREATE INDEX usage_hourly_day ON llm.usage_hourly (((hour AT TIME ZONE 'UTC')::date));
 COMMENT ON TABLE llm.usage_hourly IS 'usage rollup behind llm.usage and llm.usage_daily: one row per UTC hour of created_at, role, alias, provider and upstream model, kept by the worker as it completes rows of llm.requests; outlives the log''s retention';
 COMMENT ON COLUMN llm.usage_hourly.hour IS 'the hour (UTC boundaries) of the calls'' created_at';
 COMMENT ON COLUMN llm.usage_hourly.calls IS 'calls that left ''pending'' (ok + errors + cancelled + timeouts + unknown)';
@@ -802,24 +804,17 @@ COMMENT ON COLUMN llm.usage_hourly.error_classes IS 'calls with an error_code, b
 COMMENT ON COLUMN llm.usage_hourly.cost_usd IS 'sum of llm.requests.cost_usd (calls without prices add nothing)';
 COMMENT ON COLUMN llm.usage_hourly.latency_hist IS 'latency histogram: element 1 counts calls under 1 ms, element k >= 2 those in [2^((k-2)/4), 2^((k-1)/4)) ms (4 buckets per doubling, the last open-ended); trailing empty buckets omitted';
 
--- element-wise sum of two histograms of any lengths
+-- element-wise sum of two histograms of any lengths (C: the worker's
+-- upsert calls it once per group and batch)
 CREATE FUNCTION llm._usage_hist_add(a bigint[], b bigint[]) RETURNS bigint[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN (SELECT COALESCE(pg_catalog.array_agg(COALESCE(a[i], 0) + COALESCE(b[i], 0) ORDER BY i), '{}')
-          FROM pg_catalog.generate_series(1, GREATEST(COALESCE(pg_catalog.cardinality(a), 0),
-                                                      COALESCE(pg_catalog.cardinality(b), 0))) AS i);
+    AS 'MODULE_PATHNAME', 'llm_usage_hist_add'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION llm._usage_hist_add(bigint[], bigint[]) IS 'sum of two latency histograms of llm.usage_hourly';
 
 -- sum of two {key: count} objects; keys whose count is 0 are dropped
 CREATE FUNCTION llm._usage_counts_add(a jsonb, b jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN (SELECT COALESCE(pg_catalog.jsonb_object_agg(k, n), '{}')
-          FROM (SELECT e.key AS k, pg_catalog.sum(e.value::bigint) AS n
-                  FROM (SELECT * FROM pg_catalog.jsonb_each_text(COALESCE(a, '{}'))
-                        UNION ALL
-                        SELECT * FROM pg_catalog.jsonb_each_text(COALESCE(b, '{}'))) AS e
-                 GROUP BY e.key
-                HAVING pg_catalog.sum(e.value::bigint) <> 0) AS s);
+    AS 'MODULE_PATHNAME', 'llm_usage_counts_add'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION llm._usage_counts_add(jsonb, jsonb) IS 'sum of two error_classes objects of llm.usage_hourly';
 
 CREATE AGGREGATE llm._usage_hist_sum(bigint[]) (

@@ -77,6 +77,10 @@ struct UsageRollup
 
 static SPIPlanPtr upsert_plan = NULL;
 
+/*
+ * The merges are C functions (usage_sql.c), the error classes' only for a
+ * group with errors: a SQL function with a subquery cost 160 us a call.
+ */
 static const char *const upsert_sql =
 "INSERT INTO llm.usage_hourly AS u (hour, role_name, alias, provider, upstream_model,"
 " calls, ok, errors, cancelled, timeouts, unknown, error_classes,"
@@ -89,7 +93,8 @@ static const char *const upsert_sql =
 " cancelled = u.cancelled OPERATOR(pg_catalog.+) EXCLUDED.cancelled,"
 " timeouts = u.timeouts OPERATOR(pg_catalog.+) EXCLUDED.timeouts,"
 " unknown = u.unknown OPERATOR(pg_catalog.+) EXCLUDED.unknown,"
-" error_classes = llm._usage_counts_add(u.error_classes, EXCLUDED.error_classes),"
+" error_classes = CASE WHEN EXCLUDED.error_classes OPERATOR(pg_catalog.=) '{}'::pg_catalog.jsonb"
+" THEN u.error_classes ELSE llm._usage_counts_add(u.error_classes, EXCLUDED.error_classes) END,"
 " input_tokens = u.input_tokens OPERATOR(pg_catalog.+) EXCLUDED.input_tokens,"
 " output_tokens = u.output_tokens OPERATOR(pg_catalog.+) EXCLUDED.output_tokens,"
 " cache_read_tokens = u.cache_read_tokens OPERATOR(pg_catalog.+) EXCLUDED.cache_read_tokens,"

@@ -22,6 +22,17 @@ $node->safe_psql('postgres', q{
 	CREATE ROLE bob LOGIN IN ROLE llm_user;
 	CREATE ROLE carol LOGIN IN ROLE llm_admin;});
 
+# the merge and percentile functions
+is($node->safe_psql('postgres', q{SELECT llm._usage_hist_add('{1,2}', '{0,0,3}')
+	|| llm._usage_hist_add(NULL, '{4}') || llm._usage_hist_add('{}', '{}')}), '{1,2,3,4}',
+	'histograms add element-wise, of any lengths');
+is($node->safe_psql('postgres', q{SELECT llm._usage_counts_add('{"LL": 2, "57": 1}', '{"LL": -2, "08": 3}')}),
+	'{"08": 3, "57": 1}', 'error classes add, a zero sum drops its class');
+is($node->safe_psql('postgres', q{SELECT round(llm._usage_percentile('{1,0,0,0,0,0,2,0,0,0,1}', q)::numeric, 6)
+	FROM unnest('{0.25,0.5,0.75,1}'::float8[]) q}),
+	join("\n", map { sprintf('%.6f', $_) } 0.5, map { 2**(($_ + 0.5) / 4) } (5, 5, 9)),
+	'percentiles: nearest rank, the bucket\'s geometric middle');
+
 # a mix of calls by ROLE: ok with several latencies and cache reads on
 # both aliases, provider errors (LL class), a timeout (LL), cancelled (57)
 sub calls
@@ -115,7 +126,7 @@ check_equal('after a mix of calls');
 is($node->safe_psql('postgres', q{SELECT count(DISTINCT role_name) || ' ' || count(DISTINCT alias)
 	|| ' ' || sum(ok) || ' ' || sum(errors) || ' ' || sum(timeouts) || ' ' || sum(cancelled)
 	|| ' ' || (sum(cost_usd) > 0) FROM llm.usage}),
-	'2 2 24 4 2 2 t', 'two roles, two aliases; ok, errors, timeouts, cancelled and a cost counted');
+	'2 2 24 4 2 2 true', 'two roles, two aliases; ok, errors, timeouts, cancelled and a cost counted');
 is($node->safe_psql('postgres', q{SELECT string_agg(k, ',' ORDER BY k) FROM
 	(SELECT DISTINCT jsonb_object_keys(error_classes) AS k FROM llm.usage) AS x}),
 	'57,LL', 'errors by SQLSTATE class');
