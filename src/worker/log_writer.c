@@ -22,9 +22,9 @@
  * loop), looked up again when it was updated concurrently, skipped when it
  * was deleted.
  *
- * Every row that leaves 'pending' is reported to usage_rollup.c (and a
- * completed row overwritten is taken back first), which writes the usage
- * rollup when the batch's writer closes, in the same transaction.
+ * Every row that leaves 'pending' is reported to usage_rollup.c, which
+ * writes the usage rollup when the batch's writer closes, in the same
+ * transaction.
  *
  *-------------------------------------------------------------------------
  */
@@ -663,12 +663,9 @@ slot_int8(LogWriter *w, TupleTableSlot *slot, LogColumn col)
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
-/*
- * Count slot's row in the batch's usage (sign +1), or take it back (-1),
- * unless it is pending.  In the per-tuple memory context.
- */
+/* Count slot's row (just moved out of 'pending') in the batch's usage. */
 static void
-rollup_row(LogWriter *w, TupleTableSlot *slot, int sign)
+rollup_row(LogWriter *w, TupleTableSlot *slot)
 {
 	UsageRow	r;
 	bool		isnull;
@@ -697,7 +694,7 @@ rollup_row(LogWriter *w, TupleTableSlot *slot, int sign)
 	d = slot_getattr(slot, w->att[COL_LATENCY_MS], &isnull);
 	r.has_latency = !isnull;
 	r.latency_ms = isnull ? 0 : DatumGetFloat8(d);
-	usage_rollup_add(w->usage, &r, sign);
+	usage_rollup_add(w->usage, &r);
 }
 
 /*
@@ -711,6 +708,7 @@ update_row(LogWriter *w, int64 id, const LogRow *row, bool only_pending)
 	TupleTableSlot *old = w->oldslot;
 	TupleTableSlot *new = w->newslot;
 	int			natts = new->tts_tupleDescriptor->natts;
+	bool		was_pending;
 	int			i;
 
 	for (;;)
@@ -739,7 +737,8 @@ update_row(LogWriter *w, int64 id, const LogRow *row, bool only_pending)
 		/* changed since our snapshot: look it up again */
 	}
 
-	if (only_pending && !slot_is_pending(w, old))
+	was_pending = slot_is_pending(w, old);
+	if (only_pending && !was_pending)
 	{
 		ExecClearTuple(old);
 		return ROW_GONE;
@@ -762,13 +761,16 @@ update_row(LogWriter *w, int64 id, const LogRow *row, bool only_pending)
 	ExecStoreVirtualTuple(new);
 	EvalPlanQualSetSlot(&w->epq, new);
 	ExecSimpleRelationUpdate(w->rri, w->estate, &w->epq, old, new);
-	/* written (a BEFORE trigger may skip it): the row's usage is what it says now */
-	if (ItemPointerIsValid(&new->tts_tid))
+	/*
+	 * Usage counts the row once: in the transaction that moves it out of
+	 * 'pending' (with the row locked), if the update was done (a BEFORE
+	 * trigger may skip it), with the figures it has then.
+	 */
+	if (was_pending && ItemPointerIsValid(&new->tts_tid))
 	{
 		MemoryContext cxt = MemoryContextSwitchTo(GetPerTupleMemoryContext(w->estate));
 
-		rollup_row(w, old, -1);
-		rollup_row(w, new, +1);
+		rollup_row(w, new);
 		MemoryContextSwitchTo(cxt);
 	}
 	ExecClearTuple(old);

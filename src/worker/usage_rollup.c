@@ -7,9 +7,8 @@
  * runs in: worker, inside the transactions of request_log.c.
  *
  * log_writer.c reports each row it moves out of 'pending' (a completion,
- * or the next worker's 'unknown'), and each completed row it overwrites
- * (with sign -1, so a row completed twice counts once, as it is now).
- * The figures are summed here per group (UTC hour of created_at, role,
+ * or the next worker's 'unknown'), under the row's lock: a row counts at
+ * most once, whatever writes it later.  The figures are summed here per group (UTC hour of created_at, role,
  * alias, provider, upstream model) in memory, and written when the batch's
  * writer closes: one INSERT ... ON CONFLICT DO UPDATE per group and batch,
  * through SPI with a plan prepared once for the worker's life.  Being in
@@ -183,14 +182,14 @@ find_group(UsageRollup *u, TimestampTz hour, const UsageRow *row)
 }
 
 static void
-add_class(UsageRollup *u, UsageGroup *g, const char *code, int sign)
+add_class(UsageRollup *u, UsageGroup *g, const char *code)
 {
 	int			i;
 
 	for (i = 0; i < g->nclasses; i++)
 		if (strncmp(g->class_code[i], code, 2) == 0)
 		{
-			g->class_count[i] += sign;
+			g->class_count[i]++;
 			return;
 		}
 	if (g->nclasses == 0)
@@ -206,12 +205,12 @@ add_class(UsageRollup *u, UsageGroup *g, const char *code, int sign)
 	}
 	memcpy(g->class_code[g->nclasses], code, 2);
 	g->class_code[g->nclasses][2] = '\0';
-	g->class_count[g->nclasses] = sign;
+	g->class_count[g->nclasses] = 1;
 	g->nclasses++;
 }
 
 void
-usage_rollup_add(UsageRollup *u, const UsageRow *row, int sign)
+usage_rollup_add(UsageRollup *u, const UsageRow *row)
 {
 	TimestampTz hour = row->created_at - row->created_at % USECS_PER_HOUR;
 	UsageGroup *g;
@@ -221,33 +220,32 @@ usage_rollup_add(UsageRollup *u, const UsageRow *row, int sign)
 	if (row->created_at % USECS_PER_HOUR < 0)
 		hour -= USECS_PER_HOUR;
 	g = find_group(u, hour, row);
-	g->calls += sign;
+	g->calls++;
 	if (strcmp(row->status, "ok") == 0)
-		g->ok += sign;
+		g->ok++;
 	else if (strcmp(row->status, "error") == 0)
-		g->errors += sign;
+		g->errors++;
 	else if (strcmp(row->status, "cancelled") == 0)
-		g->cancelled += sign;
+		g->cancelled++;
 	else if (strcmp(row->status, "timeout") == 0)
-		g->timeouts += sign;
+		g->timeouts++;
 	else if (strcmp(row->status, "unknown") == 0)
-		g->unknown += sign;
+		g->unknown++;
 	if (row->error_code != NULL && strlen(row->error_code) >= 2)
-		add_class(u, g, row->error_code, sign);
-	g->input_tokens += sign * row->input_tokens;
-	g->output_tokens += sign * row->output_tokens;
-	g->cache_read_tokens += sign * row->cache_read_tokens;
-	g->cache_write_tokens += sign * row->cache_write_tokens;
+		add_class(u, g, row->error_code);
+	g->input_tokens += row->input_tokens;
+	g->output_tokens += row->output_tokens;
+	g->cache_read_tokens += row->cache_read_tokens;
+	g->cache_write_tokens += row->cache_write_tokens;
 	if (row->has_latency)
-		g->hist[usage_hist_bucket(row->latency_ms)] += sign;
+		g->hist[usage_hist_bucket(row->latency_ms)]++;
 	if (row->has_cost)
 	{
 		old = MemoryContextSwitchTo(u->cxt);
 		if (g->cost_usd == (Datum) 0)
 			g->cost_usd = DirectFunctionCall3(numeric_in, CStringGetDatum("0"),
 											  ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
-		g->cost_usd = DirectFunctionCall2(sign > 0 ? numeric_add : numeric_sub,
-										  g->cost_usd, row->cost_usd);
+		g->cost_usd = DirectFunctionCall2(numeric_add, g->cost_usd, row->cost_usd);
 		MemoryContextSwitchTo(old);
 	}
 }

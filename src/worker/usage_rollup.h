@@ -41,8 +41,8 @@ extern int	usage_hist_bucket(double latency_ms);
 
 /* an empty rollup in CurrentMemoryContext, for one batch */
 extern UsageRollup *usage_rollup_create(void);
-/* sign +1: the row counts; -1: it no longer counts as it was */
-extern void usage_rollup_add(UsageRollup *u, const UsageRow *row, int sign);
+/* count a row that just left 'pending' */
+extern void usage_rollup_add(UsageRollup *u, const UsageRow *row);
 /* upsert every group into llm.usage_hourly (if it exists); in a transaction */
 extern void usage_rollup_flush(UsageRollup *u);
 
