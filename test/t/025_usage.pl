@@ -170,6 +170,26 @@ is($node->safe_psql('postgres', q{SET ROLE carol;
 my ($ret, $out, $err) = $node->psql('postgres', q{SET ROLE alice; UPDATE llm.usage_hourly SET calls = 0});
 like($err, qr/permission denied/, 'users cannot write the rollup');
 
+# reading needs no scan of the log, and a day is an index scan of the
+# rollup: 30 days x 24 hours x 200 groups (the rollup of any number of
+# log rows in that many groups; figures made up, so this comes last)
+$node->safe_psql('postgres', q{
+	INSERT INTO llm.usage_hourly (hour, role_name, alias, provider, upstream_model, calls, ok,
+	                              input_tokens, output_tokens, cost_usd, latency_hist)
+	SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '40 days' + h * interval '1 hour',
+	       'r' || g % 20, 'a' || g / 20, 'mock', 'model', 50000, 50000, 5000000, 1000000, 12.5,
+	       '{0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,10000,30000,10000}'
+	  FROM generate_series(0, 30 * 24 - 1) AS h, generate_series(0, 199) AS g;
+	ANALYZE llm.usage_hourly;});
+my $day_sql = q{SELECT count(*), sum(calls) FROM llm.usage_daily
+	WHERE day = (now() AT TIME ZONE 'UTC')::date - 30};
+like($node->safe_psql('postgres', "EXPLAIN $day_sql"), qr/usage_hourly_day/,
+	'a day of llm.usage_daily is read through the index on its day');
+my $plan = $node->safe_psql('postgres', "EXPLAIN (ANALYZE, TIMING OFF) $day_sql");
+my ($ms) = $plan =~ /Execution Time: ([\d.]+) ms/;
+is($node->safe_psql('postgres', $day_sql), '200|240000000', 'a day of 240 million calls in 200 groups');
+cmp_ok($ms, '<', 200, "read in $ms ms (144,000 rollup rows)");
+
 # reading needs no scan of the log
 unlike($node->safe_psql('postgres', q{EXPLAIN SELECT * FROM llm.usage_daily WHERE day = current_date}),
 	qr/requests/, 'llm.usage_daily reads only the rollup');
