@@ -16,6 +16,10 @@
  * them: a batch retried, redone row by row, or lost in a crash never
  * counts twice or not at all.
  *
+ * The upsert runs in a subtransaction (one per batch): an error of the
+ * rollup's own leaves the batch's calls uncounted (said in the server
+ * log), never their audit rows unwritten.
+ *
  * The statement names everything by schema (the worker's search_path is
  * pg_catalog, pg_temp anyway) and runs as llm_gateway_worker, like the
  * rows' writes.  A database without llm.usage_hourly (the table dropped)
@@ -27,6 +31,7 @@
 
 #include <math.h>
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -37,6 +42,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/resowner.h"
 
 #include "worker/usage_rollup.h"
 
@@ -290,17 +296,10 @@ text_or_null(const char *s, char *nulls, int i)
 	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
-void
-usage_rollup_flush(UsageRollup *u)
+static void
+upsert_groups(UsageRollup *u)
 {
-	Oid			nsp;
 	int			i;
-
-	if (u == NULL || u->ngroups == 0)
-		return;
-	nsp = get_namespace_oid("llm", true);
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("usage_hourly", nsp)))
-		return;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -348,4 +347,68 @@ usage_rollup_flush(UsageRollup *u)
 			elog(ERROR, "upsert of llm.usage_hourly failed: %s", SPI_result_code_string(ret));
 	}
 	SPI_finish();
+}
+
+/* Errors that say "not now": the log's batch is retried whole next turn. */
+static bool
+is_transient(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
+}
+
+/*
+ * Write the batch's groups, in a subtransaction: the audit rows must not
+ * depend on the rollup, so an error of its own (a constraint or trigger
+ * someone added to llm.usage_hourly) leaves these calls uncounted, says so
+ * in the server log, and lets the rows commit.  A transient error (a lock,
+ * a timeout) is rethrown: the whole batch is tried again next turn, and
+ * counted then.
+ */
+void
+usage_rollup_flush(UsageRollup *u)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Oid			nsp;
+
+	if (u == NULL || u->ngroups == 0)
+		return;
+	nsp = get_namespace_oid("llm", true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("usage_hourly", nsp)))
+		return;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		upsert_groups(u);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int64		calls = 0;
+		int			i;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		if (is_transient(edata->sqlerrcode))
+			ReThrowError(edata);
+		for (i = 0; i < u->ngroups; i++)
+			calls += u->groups[i]->calls;
+		ereport(LOG,
+				(errmsg("llm_gateway: could not update llm.usage_hourly; " INT64_FORMAT " finished calls are not counted in llm.usage", calls),
+				 errdetail("%s", edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
 }

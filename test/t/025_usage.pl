@@ -170,6 +170,28 @@ is($node->safe_psql('postgres', q{SET ROLE carol;
 my ($ret, $out, $err) = $node->psql('postgres', q{SET ROLE alice; UPDATE llm.usage_hourly SET calls = 0});
 like($err, qr/permission denied/, 'users cannot write the rollup');
 
+# the audit row does not depend on the rollup: a trigger that refuses the
+# upsert leaves the call uncounted (said in the server log), its row complete
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN RAISE EXCEPTION 'no rollup today'; END $$;
+	CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON llm.usage_hourly
+	    FOR EACH ROW EXECUTE FUNCTION refuse();});
+my $calls_before = $node->safe_psql('postgres', 'SELECT sum(calls) FROM llm.usage');
+my $log_offset = -s $node->logfile;
+is($node->safe_psql('postgres', q{SELECT llm_complete('m', 'refused rollup')}),
+	'mock reply to: refused rollup', 'a call while the rollup refuses');
+ok($node->poll_query_until('postgres',
+	q{SELECT status = 'ok' FROM llm.requests WHERE request_body::text LIKE '%refused rollup%'}),
+	'its log row is completed');
+ok($node->wait_for_log(qr/could not update llm.usage_hourly; 1 finished calls are not counted in llm.usage/,
+	$log_offset), 'the server log says the call is not counted');
+$node->safe_psql('postgres', 'DROP TRIGGER refuse ON llm.usage_hourly');
+$node->safe_psql('postgres', q{SELECT llm_complete('m', 'rollup again')});
+$node->poll_query_until('postgres', q{SELECT count(*) = 0 FROM llm.requests WHERE status = 'pending'});
+is($node->safe_psql('postgres', 'SELECT sum(calls) FROM llm.usage'), $calls_before + 1,
+	'the next call counts again, the refused one not');
+
 # reading needs no scan of the log, and a day is an index scan of the
 # rollup: 30 days x 24 hours x 200 groups (the rollup of any number of
 # log rows in that many groups; figures made up, so this comes last)
