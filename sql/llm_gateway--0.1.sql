@@ -868,6 +868,10 @@ SELECT (u.hour AT TIME ZONE 'UTC')::date AS day, u.role_name, u.alias, u.provide
  GROUP BY 1, u.role_name, u.alias, u.provider, u.upstream_model;
 COMMENT ON VIEW llm.usage_daily IS 'llm.usage per UTC day';
 COMMENT ON COLUMN llm.usage.latency_p50_ms IS 'median latency in ms, from the hour''s histogram (within a factor 2^(1/8))';
+COMMENT ON COLUMN llm.usage.latency_p95_ms IS '95th percentile latency in ms (within a factor 2^(1/8))';
+COMMENT ON COLUMN llm.usage.latency_p99_ms IS '99th percentile latency in ms (within a factor 2^(1/8))';
+COMMENT ON COLUMN llm.usage.error_classes IS 'calls with an error_code, by SQLSTATE class: {"LL": 3, "57": 1}';
+COMMENT ON COLUMN llm.usage_daily.latency_p50_ms IS 'median latency in ms over the day''s merged histograms (within a factor 2^(1/8))';
 COMMENT ON COLUMN llm.usage_daily.day IS 'the UTC day of the calls'' created_at';
 
 -- A role sees its own rows; llm_admin all; the worker writes them.  Policy
