@@ -930,3 +930,131 @@ GRANT EXECUTE ON FUNCTION llm.set_quota(text, text, numeric, text, text, text, t
 GRANT EXECUTE ON FUNCTION llm._quota_state() TO llm_admin, llm_user;
 GRANT SELECT ON llm.quota_status TO llm_admin, llm_user;
 GRANT SELECT ON llm.quotas TO llm_gateway_worker;
+-- Usage rollups.  The worker keeps llm.usage_hourly in the same
+-- transactions that complete rows of llm.requests (one upsert per group
+-- and batch), so llm.usage and llm.usage_daily never scan the log.  A
+-- row counts once it leaves 'pending' (completed, or marked 'unknown' by
+-- the next worker); a row completed again replaces its earlier figures
+-- (they are subtracted).  Rollups are not purged with the log.
+-----------------------------------------------------------------------------
+
+CREATE TABLE llm.usage_hourly (
+    hour                timestamptz NOT NULL,
+    role_name           text NOT NULL,
+    alias               text NOT NULL,
+    provider            text,
+    upstream_model      text,
+    calls               bigint NOT NULL DEFAULT 0,
+    ok                  bigint NOT NULL DEFAULT 0,
+    errors              bigint NOT NULL DEFAULT 0,
+    cancelled           bigint NOT NULL DEFAULT 0,
+    timeouts            bigint NOT NULL DEFAULT 0,
+    unknown             bigint NOT NULL DEFAULT 0,
+    error_classes       jsonb NOT NULL DEFAULT '{}',
+    input_tokens        bigint NOT NULL DEFAULT 0,
+    output_tokens       bigint NOT NULL DEFAULT 0,
+    cache_read_tokens   bigint NOT NULL DEFAULT 0,
+    cache_write_tokens  bigint NOT NULL DEFAULT 0,
+    cost_usd            numeric NOT NULL DEFAULT 0,
+    latency_hist        bigint[] NOT NULL DEFAULT '{}'
+);
+-- the upsert's conflict target; a call that never got a target has no provider
+CREATE UNIQUE INDEX usage_hourly_key ON llm.usage_hourly
+    (hour, role_name, alias, provider, upstream_model) NULLS NOT DISTINCT;
+-- a day of llm.usage_daily (its day = this expression) without a scan
+CREATE INDEX usage_hourly_day ON llm.usage_hourly (((hour AT TIME ZONE 'UTC')::date));
+COMMENT ON TABLE llm.usage_hourly IS 'usage rollup behind llm.usage and llm.usage_daily: one row per UTC hour of created_at, role, alias, provider and upstream model, kept by the worker as it completes rows of llm.requests; outlives the log''s retention';
+COMMENT ON COLUMN llm.usage_hourly.hour IS 'the hour (UTC boundaries) of the calls'' created_at';
+COMMENT ON COLUMN llm.usage_hourly.calls IS 'calls that left ''pending'' (ok + errors + cancelled + timeouts + unknown)';
+COMMENT ON COLUMN llm.usage_hourly.unknown IS 'calls a restarted worker found pending and marked ''unknown''';
+COMMENT ON COLUMN llm.usage_hourly.error_classes IS 'calls with an error_code, by SQLSTATE class (its first two characters): {"LL": 3, "57": 1}';
+COMMENT ON COLUMN llm.usage_hourly.cost_usd IS 'sum of llm.requests.cost_usd (calls without prices add nothing)';
+COMMENT ON COLUMN llm.usage_hourly.latency_hist IS 'latency histogram: element 1 counts calls under 1 ms, element k >= 2 those in [2^((k-2)/4), 2^((k-1)/4)) ms (4 buckets per doubling, the last open-ended); trailing empty buckets omitted';
+
+-- element-wise sum of two histograms of any lengths (C: the worker's
+-- upsert calls it once per group and batch)
+CREATE FUNCTION llm._usage_hist_add(a bigint[], b bigint[]) RETURNS bigint[]
+    AS 'MODULE_PATHNAME', 'llm_usage_hist_add'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION llm._usage_hist_add(bigint[], bigint[]) IS 'sum of two latency histograms of llm.usage_hourly';
+
+-- sum of two {key: count} objects; keys whose count is 0 are dropped
+CREATE FUNCTION llm._usage_counts_add(a jsonb, b jsonb) RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_usage_counts_add'
+    LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION llm._usage_counts_add(jsonb, jsonb) IS 'sum of two error_classes objects of llm.usage_hourly';
+
+CREATE AGGREGATE llm._usage_hist_sum(bigint[]) (
+    SFUNC = llm._usage_hist_add, STYPE = bigint[], INITCOND = '{}', PARALLEL = SAFE);
+COMMENT ON AGGREGATE llm._usage_hist_sum(bigint[]) IS 'merges latency histograms of llm.usage_hourly';
+CREATE AGGREGATE llm._usage_counts_sum(jsonb) (
+    SFUNC = llm._usage_counts_add, STYPE = jsonb, INITCOND = '{}', PARALLEL = SAFE);
+COMMENT ON AGGREGATE llm._usage_counts_sum(jsonb) IS 'merges error_classes objects of llm.usage_hourly';
+
+-- The q-quantile (nearest rank) of a histogram, as the geometric middle of
+-- its bucket: within a factor 2^(1/8) (9.1 %) of the true value, or 0.5 ms
+-- under 1 ms.  NULL for an empty histogram.
+CREATE FUNCTION llm._usage_percentile(hist bigint[], q double precision) RETURNS double precision
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (SELECT CASE WHEN c.k = 1 THEN 0.5
+                    ELSE pg_catalog.power(2.0::double precision, (c.k - 2 + 0.5) / 4.0) END
+          FROM (SELECT i AS k,
+                       pg_catalog.sum(hist[i]) OVER (ORDER BY i) AS cum,
+                       pg_catalog.sum(hist[i]) OVER () AS total
+                  FROM pg_catalog.generate_series(1, COALESCE(pg_catalog.cardinality(hist), 0)) AS i) AS c
+         WHERE c.total > 0 AND c.cum >= GREATEST(pg_catalog.ceil(q * c.total), 1)
+         ORDER BY c.k LIMIT 1);
+COMMENT ON FUNCTION llm._usage_percentile(bigint[], double precision) IS 'q-quantile in ms of a latency histogram of llm.usage_hourly, within a factor 2^(1/8)';
+
+-- security_invoker: the rollup's row-level security applies to the reader
+CREATE VIEW llm.usage WITH (security_invoker = true) AS
+SELECT u.hour, u.role_name, u.alias, u.provider, u.upstream_model,
+       u.calls, u.ok, u.errors, u.cancelled, u.timeouts, u.unknown, u.error_classes,
+       u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.cost_usd,
+       llm._usage_percentile(u.latency_hist, 0.50) AS latency_p50_ms,
+       llm._usage_percentile(u.latency_hist, 0.95) AS latency_p95_ms,
+       llm._usage_percentile(u.latency_hist, 0.99) AS latency_p99_ms
+  FROM llm.usage_hourly u;
+COMMENT ON VIEW llm.usage IS 'usage per hour (UTC), role, alias, provider and upstream model: calls by outcome, errors by SQLSTATE class, tokens, cost (numeric USD), latency percentiles (within 9.1 %); a role sees its own rows, llm_admin all';
+
+CREATE VIEW llm.usage_daily WITH (security_invoker = true) AS
+SELECT (u.hour AT TIME ZONE 'UTC')::date AS day, u.role_name, u.alias, u.provider, u.upstream_model,
+       pg_catalog.sum(u.calls)::bigint AS calls, pg_catalog.sum(u.ok)::bigint AS ok,
+       pg_catalog.sum(u.errors)::bigint AS errors, pg_catalog.sum(u.cancelled)::bigint AS cancelled,
+       pg_catalog.sum(u.timeouts)::bigint AS timeouts, pg_catalog.sum(u.unknown)::bigint AS unknown,
+       llm._usage_counts_sum(u.error_classes) AS error_classes,
+       pg_catalog.sum(u.input_tokens)::bigint AS input_tokens,
+       pg_catalog.sum(u.output_tokens)::bigint AS output_tokens,
+       pg_catalog.sum(u.cache_read_tokens)::bigint AS cache_read_tokens,
+       pg_catalog.sum(u.cache_write_tokens)::bigint AS cache_write_tokens,
+       pg_catalog.sum(u.cost_usd) AS cost_usd,
+       llm._usage_percentile(llm._usage_hist_sum(u.latency_hist), 0.50) AS latency_p50_ms,
+       llm._usage_percentile(llm._usage_hist_sum(u.latency_hist), 0.95) AS latency_p95_ms,
+       llm._usage_percentile(llm._usage_hist_sum(u.latency_hist), 0.99) AS latency_p99_ms
+  FROM llm.usage_hourly u
+ GROUP BY 1, u.role_name, u.alias, u.provider, u.upstream_model;
+COMMENT ON VIEW llm.usage_daily IS 'llm.usage per UTC day';
+COMMENT ON COLUMN llm.usage.latency_p50_ms IS 'median latency in ms, from the hour''s histogram (within a factor 2^(1/8))';
+COMMENT ON COLUMN llm.usage.latency_p95_ms IS '95th percentile latency in ms (within a factor 2^(1/8))';
+COMMENT ON COLUMN llm.usage.latency_p99_ms IS '99th percentile latency in ms (within a factor 2^(1/8))';
+COMMENT ON COLUMN llm.usage.error_classes IS 'calls with an error_code, by SQLSTATE class: {"LL": 3, "57": 1}';
+COMMENT ON COLUMN llm.usage_daily.latency_p50_ms IS 'median latency in ms over the day''s merged histograms (within a factor 2^(1/8))';
+COMMENT ON COLUMN llm.usage_daily.day IS 'the UTC day of the calls'' created_at';
+
+-- A role sees its own rows; llm_admin all; the worker writes them.  Policy
+-- names as on llm.requests (own_rows, admin_all).
+ALTER TABLE llm.usage_hourly ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON llm.usage_hourly FOR SELECT USING (role_name = current_user);
+CREATE POLICY admin_all ON llm.usage_hourly FOR SELECT TO llm_admin USING (true);
+CREATE POLICY worker_all ON llm.usage_hourly FOR ALL TO llm_gateway_worker USING (true) WITH CHECK (true);
+
+REVOKE ALL ON llm.usage_hourly FROM PUBLIC;
+GRANT SELECT ON llm.usage_hourly, llm.usage, llm.usage_daily TO llm_admin, llm_user;
+GRANT SELECT, INSERT, UPDATE ON llm.usage_hourly TO llm_gateway_worker;
+GRANT EXECUTE ON FUNCTION llm._usage_hist_add(bigint[], bigint[]), llm._usage_counts_add(jsonb, jsonb),
+                          llm._usage_percentile(bigint[], double precision)
+    TO llm_admin, llm_user, llm_gateway_worker;
+GRANT EXECUTE ON FUNCTION llm._usage_hist_sum(bigint[]), llm._usage_counts_sum(jsonb)
+    TO llm_admin, llm_user;
+-- dumped like the log it summarizes
+SELECT pg_catalog.pg_extension_config_dump('llm.usage_hourly', '');

@@ -22,6 +22,10 @@
  * loop), looked up again when it was updated concurrently, skipped when it
  * was deleted.
  *
+ * Every row that leaves 'pending' is reported to usage_rollup.c, which
+ * writes the usage rollup when the batch's writer closes, in the same
+ * transaction.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -57,6 +61,7 @@
 #include "worker/attempt.h"
 #include "llm_gateway.h"
 #include "worker/log_writer.h"
+#include "worker/usage_rollup.h"
 
 /* The columns of llm.requests, in table order (sql/llm_gateway--0.1.sql). */
 typedef enum LogColumn
@@ -258,6 +263,7 @@ struct LogWriter
 	RegProcedure pkey_eq;
 	bool		defaults_ready;
 	ExprState **def_expr;		/* the plan's defaults, ready in this batch */
+	UsageRollup *usage;			/* the batch's usage, written at close */
 };
 
 /*
@@ -462,6 +468,7 @@ logwriter_open(Oid relid)
 	EvalPlanQualInit(&w->epq, w->estate, NULL, NIL, -1);
 	/* AFTER ROW triggers queue in this level and fire in writer_close() */
 	AfterTriggerBeginQuery();
+	w->usage = usage_rollup_create();
 	MemoryContextSwitchTo(old);
 	return w;
 }
@@ -477,6 +484,8 @@ logwriter_close(LogWriter *w)
 	ExecCloseIndices(w->rri);
 	ExecResetTupleTable(w->estate->es_tupleTable, false);
 	MemoryContextSwitchTo(old);
+	/* after the log's triggers: the rollup adds what the rows say now */
+	usage_rollup_flush(w->usage);
 	FreeExecutorState(w->estate);
 	table_close(w->rel, NoLock);	/* the lock is held to commit */
 }
@@ -636,6 +645,58 @@ slot_is_pending(LogWriter *w, TupleTableSlot *slot)
 	return !isnull && strcmp(TextDatumGetCString(status), "pending") == 0;
 }
 
+static const char *
+slot_text(LogWriter *w, TupleTableSlot *slot, LogColumn col)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, w->att[col], &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static int64
+slot_int8(LogWriter *w, TupleTableSlot *slot, LogColumn col)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, w->att[col], &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+/* Count slot's row (just moved out of 'pending') in the batch's usage. */
+static void
+rollup_row(LogWriter *w, TupleTableSlot *slot)
+{
+	UsageRow	r;
+	bool		isnull;
+	Datum		d;
+
+	r.status = slot_text(w, slot, COL_STATUS);
+	if (r.status == NULL || strcmp(r.status, "pending") == 0)
+		return;
+	d = slot_getattr(slot, w->att[COL_CREATED_AT], &isnull);
+	if (isnull)
+		return;
+	r.created_at = DatumGetTimestampTz(d);
+	r.role_name = slot_text(w, slot, COL_ROLE_NAME);
+	r.alias = slot_text(w, slot, COL_ALIAS);
+	if (r.role_name == NULL || r.alias == NULL)
+		return;
+	r.provider = slot_text(w, slot, COL_PROVIDER);
+	r.upstream_model = slot_text(w, slot, COL_UPSTREAM_MODEL);
+	r.error_code = slot_text(w, slot, COL_ERROR_CODE);
+	r.input_tokens = slot_int8(w, slot, COL_INPUT_TOKENS);
+	r.output_tokens = slot_int8(w, slot, COL_OUTPUT_TOKENS);
+	r.cache_read_tokens = slot_int8(w, slot, COL_CACHE_READ_TOKENS);
+	r.cache_write_tokens = slot_int8(w, slot, COL_CACHE_WRITE_TOKENS);
+	r.cost_usd = slot_getattr(slot, w->att[COL_COST_USD], &isnull);
+	r.has_cost = !isnull;
+	d = slot_getattr(slot, w->att[COL_LATENCY_MS], &isnull);
+	r.has_latency = !isnull;
+	r.latency_ms = isnull ? 0 : DatumGetFloat8(d);
+	usage_rollup_add(w->usage, &r);
+}
+
 /*
  * Apply row's changes to row id: find it through the primary key, lock it
  * without waiting, update it.  only_pending: leave it unless it is still
@@ -647,6 +708,7 @@ update_row(LogWriter *w, int64 id, const LogRow *row, bool only_pending)
 	TupleTableSlot *old = w->oldslot;
 	TupleTableSlot *new = w->newslot;
 	int			natts = new->tts_tupleDescriptor->natts;
+	bool		was_pending;
 	int			i;
 
 	for (;;)
@@ -675,7 +737,8 @@ update_row(LogWriter *w, int64 id, const LogRow *row, bool only_pending)
 		/* changed since our snapshot: look it up again */
 	}
 
-	if (only_pending && !slot_is_pending(w, old))
+	was_pending = slot_is_pending(w, old);
+	if (only_pending && !was_pending)
 	{
 		ExecClearTuple(old);
 		return ROW_GONE;
@@ -698,6 +761,18 @@ update_row(LogWriter *w, int64 id, const LogRow *row, bool only_pending)
 	ExecStoreVirtualTuple(new);
 	EvalPlanQualSetSlot(&w->epq, new);
 	ExecSimpleRelationUpdate(w->rri, w->estate, &w->epq, old, new);
+	/*
+	 * Usage counts the row once: in the transaction that moves it out of
+	 * 'pending' (with the row locked), if the update was done (a BEFORE
+	 * trigger may skip it), with the figures it has then.
+	 */
+	if (was_pending && ItemPointerIsValid(&new->tts_tid))
+	{
+		MemoryContext cxt = MemoryContextSwitchTo(GetPerTupleMemoryContext(w->estate));
+
+		rollup_row(w, new);
+		MemoryContextSwitchTo(cxt);
+	}
 	ExecClearTuple(old);
 	ExecClearTuple(new);
 	return ROW_WRITTEN;
