@@ -396,10 +396,11 @@ COMMENT ON FUNCTION llm_cancel(bigint) IS 'aborts the call of a handle (logged c
 CREATE FUNCTION llm.gateway_status(OUT worker_pid int, OUT slots int, OUT slots_in_use int,
                                    OUT submitted bigint, OUT completed bigint,
                                    OUT abandoned bigint, OUT waited_for_slot bigint,
-                                   OUT flusher_pid int)
+                                   OUT flusher_pid int, OUT quota_checked_calls bigint,
+                                   OUT quota_check_us double precision)
     AS 'MODULE_PATHNAME', 'llm_gateway_status'
     LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
-COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down), the call channel''s counters and the log flusher''s pid (NULL when down)';
+COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down), the call channel''s counters, the log flusher''s pid (NULL when down), and the worker time quota admission and settling took per call (since the server started)';
 -----------------------------------------------------------------------------
 -- Diagnostic adapter functions (src/adapter_sql.c).  They drive a provider
 -- adapter directly, with no network and no configuration tables: what the

@@ -35,6 +35,7 @@
 #include "common/llm_errors.h"
 #include "llm_gateway.h"
 #include "worker/log_flusher.h"
+#include "worker/quota.h"
 #include "providers/adapter.h"
 #include "backend/validate.h"
 #include "backend/sql_api.h"
@@ -246,14 +247,17 @@ llm_complete(PG_FUNCTION_ARGS)
 }
 
 /*
- * llm.gateway_status(): the worker's pid and the channel's counters.
+ * llm.gateway_status(): the worker's pid, the channel's counters, and
+ * what the quota checks have cost the worker per call.
  */
 Datum
 llm_gateway_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[8];
-	bool		nulls[8] = {0};
+	Datum		values[10];
+	bool		nulls[10] = {0};
+	uint64		quota_calls;
+	uint64		quota_ns;
 	LlmChannel *ch;
 	pid_t		pid;
 	int			in_use = 0;
@@ -282,6 +286,10 @@ llm_gateway_status(PG_FUNCTION_ARGS)
 	pid = logflush_pid();
 	values[7] = Int32GetDatum(pid);
 	nulls[7] = (pid == 0);
+	quota_timing(&quota_calls, &quota_ns);
+	values[8] = Int64GetDatum((int64) quota_calls);
+	values[9] = Float8GetDatum(quota_calls > 0 ? (double) quota_ns / 1000.0 / quota_calls : 0.0);
+	nulls[9] = (quota_calls == 0);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -39,6 +39,8 @@
  */
 #include "postgres.h"
 
+#include "portability/instr_time.h"
+
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "executor/spi.h"
@@ -570,8 +572,60 @@ scope_text(int i)
  * row's transaction, once the route is resolved (the targets' prices bound
  * the cost).  Everything that can fail comes before the first reservation.
  */
+static void admit(LlmWorkItem *item);
+static void settle(LlmWorkItem *item);
+
+/*
+ * The quota work of one call is timed (admission plus settling), so
+ * make bench can say what quotas cost per call; counted once per call, at
+ * settling.
+ */
+static instr_time quota_time_spent;
+
 void
 quota_admit(LlmWorkItem *item)
+{
+	instr_time	start;
+	instr_time	end;
+
+	INSTR_TIME_SET_CURRENT(start);
+	admit(item);
+	INSTR_TIME_SET_CURRENT(end);
+	INSTR_TIME_ACCUM_DIFF(quota_time_spent, end, start);
+}
+
+void
+quota_settle(LlmWorkItem *item)
+{
+	instr_time	start;
+	instr_time	end;
+	uint64		ns;
+
+	INSTR_TIME_SET_CURRENT(start);
+	settle(item);
+	INSTR_TIME_SET_CURRENT(end);
+	INSTR_TIME_ACCUM_DIFF(quota_time_spent, end, start);
+	ns = (uint64) (INSTR_TIME_GET_DOUBLE(quota_time_spent) * 1e9);
+	INSTR_TIME_SET_ZERO(quota_time_spent);
+	SpinLockAcquire(&state->mutex);
+	state->timed_calls++;
+	state->timed_ns += ns;
+	SpinLockRelease(&state->mutex);
+}
+
+void
+quota_timing(uint64 *calls, uint64 *ns)
+{
+	LlmQuotaState *st = quota_state();
+
+	SpinLockAcquire(&st->mutex);
+	*calls = st->timed_calls;
+	*ns = st->timed_ns;
+	SpinLockRelease(&st->mutex);
+}
+
+static void
+admit(LlmWorkItem *item)
 {
 	LlmQuotaHold *h;
 	int			i;
@@ -686,8 +740,8 @@ cost_units(const char *cost)
  * nothing if it never reached a provider).  Usage of a window that has
  * rolled over since is dropped with that window.
  */
-void
-quota_settle(LlmWorkItem *item)
+static void
+settle(LlmWorkItem *item)
 {
 	LlmQuotaHold *h = item->quota;
 	bool		unknown;

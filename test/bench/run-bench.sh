@@ -18,6 +18,10 @@
 #     mock at 200 ms (concurrency 256), next to a serial statement and 64
 #     sessions; worker CPU per call; the backend's memory over 100,000 rows
 #     (see the section below for its knobs).
+#  4. Quotas: the worker time admission and settling take per call
+#     (llm.gateway_status().quota_check_us over the run) with four quotas
+#     applying to every call (role, alias, tag, all), pgbench 64 clients
+#     against the mock at 50 ms.
 #
 # Results go to stdout and tmp/bench/results.txt.  Sizes can be changed
 # with BENCH_CALLS (default 3000 per configuration), BENCH_ROUNDS (default
@@ -271,4 +275,24 @@ mem_large=$(peak_anon "$MEM_ROWS")
         "$(echo "($f1 - $f0) * 1000000 / $hz / $ROWS" | bc -l)"
     printf '      backend private memory (peak RssAnon): %d kB over %d rows, %d kB over %d rows\n' \
         "$mem_small" $((MEM_ROWS / 10)) "$mem_large" "$MEM_ROWS"
+} | tee -a "$B/results.txt"
+
+log "quotas: four quotas on every call, $CLIENTS clients, ${LATENCY_MS} ms, 10 s"
+as_run_user "${PSQL[@]}" <<SQL >/dev/null
+SELECT llm.set_quota('bench_role', 'requests', 1e12, 'day', role_name => 'postgres');
+SELECT llm.set_quota('bench_alias', 'total_tokens', 1e12, 'hour', alias => 'bench');
+SELECT llm.set_quota('bench_tag', 'cost_usd', 1e9, 'month', tag_key => 'team', tag_value => 'bench');
+SELECT llm.set_quota('bench_all', 'requests', 1e12, 'minute');
+SQL
+mock_config "$LATENCY_MS"
+echo "SELECT llm_complete('bench', 'quota call', '{\"tags\": {\"team\": \"bench\"}}');" >"$B/pgbench_quota.sql"
+[ "$(id -u)" = 0 ] && chown "$RUN_USER" "$B/pgbench_quota.sql"
+read -r qc0 qa0 < <(as_run_user "${PSQL[@]}" -F ' ' -c "SELECT quota_checked_calls, coalesce(quota_check_us, 0) FROM llm.gateway_status()")
+as_run_user pgbench -n -h "$B" -p "$PORT" -U postgres -c "$CLIENTS" -j 4 -T 10 \
+    -f "$B/pgbench_quota.sql" postgres >"$B/pgbench_quota.log" 2>&1 || true
+read -r qc1 qa1 < <(as_run_user "${PSQL[@]}" -F ' ' -c "SELECT quota_checked_calls, coalesce(quota_check_us, 0) FROM llm.gateway_status()")
+quota_refused=$(as_run_user "${PSQL[@]}" -c "SELECT count(*) FROM llm.requests WHERE error_code = 'LL014'")
+{
+    printf 'quota check (admission + settling, 4 quotas per call): %.2f us of worker time per call over %d calls (target < 10 us); refused %s\n' \
+        "$(echo "($qa1 * $qc1 - $qa0 * $qc0) / ($qc1 - $qc0)" | bc -l)" $((qc1 - qc0)) "$quota_refused"
 } | tee -a "$B/results.txt"
