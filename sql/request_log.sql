@@ -61,3 +61,6 @@ SELECT role_name, status FROM llm.requests ORDER BY id DESC LIMIT 1;
 
 SELECT * FROM llm.gateway_status() WHERE worker_pid IS NULL;
 SELECT slots, slots_in_use FROM llm.gateway_status();
+-- every call so far was timed through quota admission and settling
+SELECT quota_checked_calls > 0 AS quota_timed, quota_check_us > 0 AS quota_time_measured
+  FROM llm.gateway_status();
