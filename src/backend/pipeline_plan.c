@@ -481,11 +481,12 @@ typedef struct PlanWalk
 	int64		bound;			/* rows the node being visited must return; -1: all */
 } PlanWalk;
 
-typedef void (*child_fn) (Plan **child, Plan *parent, bool inner_of_merge, void *arg);
-
-/* Call fn on each child plan's pointer (the targets of lefttree, righttree, plan lists). */
-static void
-for_each_child(Plan *plan, child_fn fn, void *arg)
+/*
+ * Call fn on each child plan's pointer (the targets of lefttree, righttree,
+ * plan lists); estimate.c walks plans with it too.
+ */
+void
+pipeline_for_each_child(Plan *plan, pipeline_child_fn fn, void *arg)
 {
 	ListCell   *lc;
 	List	   *list = NIL;
@@ -527,7 +528,7 @@ max_plan_node_id(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 	int		   *max = arg;
 
 	*max = Max(*max, (*child)->plan_node_id);
-	for_each_child(*child, max_plan_node_id, arg);
+	pipeline_for_each_child(*child, max_plan_node_id, arg);
 }
 
 /*
@@ -576,7 +577,7 @@ wrap_calls(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 	CustomScan *cs;
 
 	walk->bound = bound;
-	for_each_child(*child, wrap_calls, arg);
+	pipeline_for_each_child(*child, wrap_calls, arg);
 	walk->bound = parent_bound;
 	if (inner_of_merge)
 		return;

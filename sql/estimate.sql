@@ -1,0 +1,109 @@
+--
+-- estimate: llm.estimate plans a statement and reports its calls, tokens
+-- and cost range without calling a provider or changing data.
+--
+\getenv mock_port MOCK_PORT
+SELECT 'http://127.0.0.1:' || :'mock_port' AS url \gset
+SELECT llm.add_provider('est_a', 'anthropic', :'url', 'us');
+SELECT llm.add_provider('est_o', 'openai', :'url' || '/v1', 'eu');
+-- prices in USD per million tokens: the cheap target and the dear one
+SELECT llm.add_route('est', 'est_a', 'cheap', 0, 1,
+                     '{"price_input": 1, "price_output": 5}') > 0 AS added;
+SELECT llm.add_route('est', 'est_o', 'dear', 1, 1,
+                     '{"price_input": 3, "price_output": 15, "default_max_tokens": 500}') > 0 AS added;
+-- not used: disabled, or weight 0
+SELECT llm.add_route('est', 'est_o', 'off', 2, 1, '{"price_input": 1000}') > 0 AS added;
+UPDATE llm.routes SET enabled = false WHERE alias = 'est' AND upstream_model = 'off';
+SELECT llm.add_route('est', 'est_o', 'zero', 2, 0, '{"price_input": 1000}') > 0 AS added;
+-- a target without prices, one without an output bound (openai, no max_tokens)
+SELECT llm.add_route('est_noprice', 'est_a', 'm') > 0 AS added;
+SELECT llm.add_route('est_unbounded', 'est_o', 'm', 0, 1, '{"price_input": 2, "price_output": 2}') > 0 AS added;
+
+-- 1,000 rows of 40 bytes ('x' * 40): 10 tokens each by the 4-bytes rule
+CREATE TABLE est_t (id int PRIMARY KEY, body text, grp int, answer text);
+INSERT INTO est_t SELECT i, repeat('x', 40), i % 10, NULL FROM generate_series(1, 1000) i;
+ANALYZE est_t;
+SELECT avg_width FROM pg_stats WHERE tablename = 'est_t' AND attname = 'body';
+SELECT count(*) AS requests_before FROM llm.requests \gset
+
+-- SELECT: 1,000 calls; in = 10 tokens; out = 1024 (anthropic default) or 500
+-- (the dear target's default_max_tokens); cost per call 1*10 + 5*1024 = 5130
+-- and 3*10 + 15*500 = 7530 millionths of a dollar
+SELECT * FROM llm.estimate($$SELECT id, llm_complete('est', body) FROM est_t$$);
+-- the options' max_tokens and system prompt (12 bytes: 3 tokens more)
+SELECT call_site, alias, calls, input_tokens_per_call, max_output_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_complete('est', 'Summarise: ' || body, '{"max_tokens": 100, "system": "Be brief!!!!"}') FROM est_t WHERE grp = 1$$);
+-- exact: the planner's estimate vs the rows counted
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t WHERE id % 7 = 0$$);
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t WHERE id % 7 = 0$$, exact => true);
+-- a LIMIT bounds the calls
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t ORDER BY id LIMIT 5$$, true);
+-- two call sites, in the order written; a join's rows
+SELECT call_site, function, alias, calls, input_tokens_per_call
+  FROM llm.estimate($$SELECT llm_messages('est', jsonb_build_array(jsonb_build_object('role', 'user', 'content', a.body))),
+                             llm_complete('est', b.body || b.body)
+                        FROM est_t a JOIN est_t b ON b.id = a.id + 1 WHERE a.grp = 3$$, exact => true);
+
+-- UPDATE and INSERT ... SELECT: the source rows, exactly; no row changes
+SELECT calls, input_tokens, max_output_tokens, cost_min, cost_max
+  FROM llm.estimate($$UPDATE est_t SET answer = llm_complete('est', body) WHERE grp < 3$$);
+SELECT calls FROM llm.estimate($$UPDATE est_t SET answer = llm_complete('est', body) WHERE grp < 3$$, exact => true);
+CREATE TABLE est_out (id serial, answer text);
+SELECT calls, input_tokens_per_call
+  FROM llm.estimate($$INSERT INTO est_out (answer) SELECT llm_complete('est', body) FROM est_t WHERE grp = 0$$, true);
+SELECT calls FROM llm.estimate($$CREATE TABLE est_ctas AS SELECT llm_complete('est', body) FROM est_t WHERE id <= 20$$, true);
+SELECT count(*) AS answered FROM est_t WHERE answer IS NOT NULL;
+SELECT count(*) AS inserted FROM est_out;
+SELECT to_regclass('est_ctas') AS ctas;
+
+-- targets without prices, or without an output bound: cost unknown
+SELECT alias, max_output_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_complete('est_noprice', body) FROM est_t LIMIT 1$$);
+SELECT alias, max_output_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_complete('est_unbounded', body) FROM est_t LIMIT 1$$);
+SELECT alias, max_output_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_complete('est_unbounded', body, '{"max_tokens": 10}') FROM est_t LIMIT 1$$);
+-- llm.allowed_regions leaves out the dear target
+SET llm.allowed_regions = 'us';
+SELECT cost_min, cost_max FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t LIMIT 1$$);
+RESET llm.allowed_regions;
+-- an alias that is not a constant is unknown: no cost
+SELECT alias, calls, input_tokens_per_call, max_output_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_complete(CASE WHEN grp = 0 THEN 'est' ELSE 'other' END, body) FROM est_t$$);
+-- no call: no row
+SELECT count(*) AS call_sites FROM llm.estimate('SELECT id FROM est_t');
+-- exact mode never runs a volatile function (it reads as NULL)
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body), nextval('est_out_id_seq') FROM est_t WHERE id <= 3$$, true);
+SELECT last_value FROM est_out_id_seq;
+
+-- bad input
+SELECT expect_error($$SELECT * FROM llm.estimate('this is not a query')$$);
+SELECT expect_error($$SELECT * FROM llm.estimate('SELECT 1; SELECT 2')$$);
+SELECT expect_error($$SELECT * FROM llm.estimate('')$$);
+SELECT expect_error($$SELECT * FROM llm.estimate('VACUUM est_t')$$);
+SELECT expect_error($$SELECT * FROM llm.estimate('EXPLAIN SELECT 1')$$);
+SELECT expect_error($$SELECT * FROM llm.estimate(NULL)$$);
+SELECT expect_error($$SELECT * FROM llm.estimate('SELECT llm_complete(''est'', body) FROM no_such_table')$$);
+SELECT expect_error($$SELECT * FROM llm.estimate('WITH d AS (DELETE FROM est_t RETURNING body) SELECT llm_complete(''est'', body) FROM d', true)$$);
+SELECT count(*) AS rows_kept FROM est_t;
+
+-- as the caller: llm_user may estimate, but only over what it may read
+CREATE ROLE regress_est_user IN ROLE llm_user;
+CREATE ROLE regress_est_nobody;
+GRANT SELECT ON est_t TO regress_est_user;
+SET ROLE regress_est_user;
+SELECT calls, cost_min, cost_max FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t LIMIT 2$$, true);
+SELECT expect_error($$SELECT * FROM llm.estimate('SELECT llm_complete(''est'', answer) FROM est_out')$$);
+SELECT expect_error($$SELECT * FROM llm.estimate('UPDATE est_t SET answer = llm_complete(''est'', body)', true)$$);
+RESET ROLE;
+SET ROLE regress_est_nobody;
+SELECT expect_error($$SELECT * FROM llm.estimate('SELECT 1')$$);
+RESET ROLE;
+
+-- the mock saw no request: the log did not grow
+SELECT count(*) - :requests_before AS new_requests FROM llm.requests;
+
+DROP TABLE est_t, est_out;
+DROP ROLE regress_est_user, regress_est_nobody;
+SELECT llm.drop_route(a) FROM unnest(ARRAY['est', 'est_noprice', 'est_unbounded']) AS a;
+SELECT llm.drop_provider(p) FROM unnest(ARRAY['est_a', 'est_o']) AS p;
