@@ -19,18 +19,20 @@ SELECT llm.add_route('est', 'est_o', 'zero', 2, 0, '{"price_input": 1000}') > 0 
 SELECT llm.add_route('est_noprice', 'est_a', 'm') > 0 AS added;
 SELECT llm.add_route('est_unbounded', 'est_o', 'm', 0, 1, '{"price_input": 2, "price_output": 2}') > 0 AS added;
 
--- 1,000 rows of 40 bytes ('x' * 40): 10 tokens each by the 4-bytes rule
+-- 1,000 rows of 40 bytes ('x' * 40): pg_stats says 41 (with the length
+-- header), 11 tokens by the 4-bytes rule
 CREATE TABLE est_t (id int PRIMARY KEY, body text, grp int, answer text);
 INSERT INTO est_t SELECT i, repeat('x', 40), i % 10, NULL FROM generate_series(1, 1000) i;
 ANALYZE est_t;
 SELECT avg_width FROM pg_stats WHERE tablename = 'est_t' AND attname = 'body';
 SELECT count(*) AS requests_before FROM llm.requests \gset
 
--- SELECT: 1,000 calls; in = 10 tokens; out = 1024 (anthropic default) or 500
--- (the dear target's default_max_tokens); cost per call 1*10 + 5*1024 = 5130
--- and 3*10 + 15*500 = 7530 millionths of a dollar
+-- SELECT: 1,000 calls; in = 11 tokens; out = 1024 (anthropic default) or 500
+-- (the dear target's default_max_tokens); cost per call 1*11 + 5*1024 = 5131
+-- and 3*11 + 15*500 = 7533 millionths of a dollar
 SELECT * FROM llm.estimate($$SELECT id, llm_complete('est', body) FROM est_t$$);
--- the options' max_tokens and system prompt (12 bytes: 3 tokens more)
+-- the options' max_tokens and system prompt: 11 + 41 + 12 bytes = 16 tokens;
+-- 100 * (1*16 + 5*100) and 100 * (3*16 + 15*100) millionths
 SELECT call_site, alias, calls, input_tokens_per_call, max_output_tokens_per_call, cost_min, cost_max
   FROM llm.estimate($$SELECT llm_complete('est', 'Summarise: ' || body, '{"max_tokens": 100, "system": "Be brief!!!!"}') FROM est_t WHERE grp = 1$$);
 -- exact: the planner's estimate vs the rows counted
@@ -70,6 +72,12 @@ RESET llm.allowed_regions;
 -- an alias that is not a constant is unknown: no cost
 SELECT alias, calls, input_tokens_per_call, max_output_tokens_per_call, cost_min, cost_max
   FROM llm.estimate($$SELECT llm_complete(CASE WHEN grp = 0 THEN 'est' ELSE 'other' END, body) FROM est_t$$);
+-- a call in a condition counts every row the node reads (the table's 1,000):
+-- an upper bound, as conditions evaluated before it may spare rows
+SELECT calls FROM llm.estimate($$SELECT id FROM est_t WHERE grp = 2 AND llm_complete('est', body) = 'yes'$$);
+SELECT calls FROM llm.estimate($$SELECT id FROM est_t WHERE grp = 2 AND llm_complete('est', body) = 'yes'$$, true);
+-- FOR UPDATE: counted without keeping a lock
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t WHERE id <= 4 FOR UPDATE$$, true);
 -- no call: no row
 SELECT count(*) AS call_sites FROM llm.estimate('SELECT id FROM est_t');
 -- exact mode never runs a volatile function (it reads as NULL)
@@ -92,17 +100,27 @@ CREATE ROLE regress_est_user IN ROLE llm_user;
 CREATE ROLE regress_est_nobody;
 GRANT SELECT ON est_t TO regress_est_user;
 SET ROLE regress_est_user;
-SELECT calls, cost_min, cost_max FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t LIMIT 2$$, true);
+SELECT calls, input_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t LIMIT 2$$, true);
 SELECT expect_error($$SELECT * FROM llm.estimate('SELECT llm_complete(''est'', answer) FROM est_out')$$);
 SELECT expect_error($$SELECT * FROM llm.estimate('UPDATE est_t SET answer = llm_complete(''est'', body)', true)$$);
 RESET ROLE;
-SET ROLE regress_est_nobody;
-SELECT expect_error($$SELECT * FROM llm.estimate('SELECT 1')$$);
+-- under row security the caller sees only its rows, and not the column's
+-- statistics (as pg_stats hides them): text's typical 32 bytes, 8 tokens
+ALTER TABLE est_t ENABLE ROW LEVEL SECURITY;
+CREATE POLICY est_mine ON est_t TO regress_est_user USING (grp = 1);
+SET ROLE regress_est_user;
+SELECT calls, input_tokens_per_call
+  FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t$$, true);
 RESET ROLE;
+ALTER TABLE est_t DISABLE ROW LEVEL SECURITY;
+SELECT r, has_function_privilege(r, 'llm.estimate(text, boolean)', 'EXECUTE')
+  FROM unnest(ARRAY['llm_user', 'llm_admin', 'regress_est_nobody']) AS r;
 
 -- the mock saw no request: the log did not grow
 SELECT count(*) - :requests_before AS new_requests FROM llm.requests;
 
+DROP POLICY est_mine ON est_t;
 DROP TABLE est_t, est_out;
 DROP ROLE regress_est_user, regress_est_nobody;
 SELECT llm.drop_route(a) FROM unnest(ARRAY['est', 'est_noprice', 'est_unbounded']) AS a;

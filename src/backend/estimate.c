@@ -85,6 +85,7 @@ typedef struct SiteWalk
 	PlannedStmt *stmt;
 	List	   *sites;
 	double		loops;
+	int64		bound;			/* rows the node visited must return; -1: all */
 } SiteWalk;
 
 /* ---- finding the calls ---- */
@@ -180,7 +181,10 @@ add_sites(SiteWalk *w, Plan *plan, Node *exprs, bool in_qual, Plan *count_plan)
 		s->node = plan;
 		s->count_node_id = count_plan->plan_node_id;
 		s->in_qual = in_qual;
-		s->calls = w->loops * (in_qual ? rows_read(count_plan, w->stmt) : count_plan->plan_rows);
+		s->calls = in_qual ? rows_read(count_plan, w->stmt) : count_plan->plan_rows;
+		if (!in_qual && w->bound >= 0)
+			s->calls = Min(s->calls, w->bound); /* under a LIMIT */
+		s->calls *= w->loops;
 		s->stmt = w->stmt;
 		w->sites = lappend(w->sites, s);
 	}
@@ -192,6 +196,9 @@ site_walker(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 	SiteWalk   *w = arg;
 	Plan	   *plan = *child;
 	double		loops = w->loops;
+	int64		parent_bound = w->bound;
+
+	w->bound = pipeline_child_bound(parent, parent_bound);
 
 	if (is_pipeline(plan))
 		add_sites(w, plan, (Node *) ((CustomScan *) plan)->custom_scan_tlist, false,
@@ -235,12 +242,13 @@ site_walker(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 	else
 		pipeline_for_each_child(plan, site_walker, w);
 	w->loops = loops;
+	w->bound = parent_bound;
 }
 
 static List *
 find_sites(PlannedStmt *stmt, List *sites)
 {
-	SiteWalk	w = {stmt, sites, 1};
+	SiteWalk	w = {stmt, sites, 1, -1};
 	ListCell   *lc;
 
 	site_walker(&stmt->planTree, NULL, false, &w);
@@ -270,8 +278,10 @@ column_bytes(Oid relid, AttrNumber attno, Oid type, int32 typmod)
 	Oid			user = GetUserId();
 	int32		w;
 
+	/* as has_column_privilege: the table's privilege, else the column's */
 	if (attno <= 0 ||
-		pg_attribute_aclcheck(relid, attno, user, ACL_SELECT) != ACLCHECK_OK ||
+		(pg_class_aclcheck(relid, user, ACL_SELECT) != ACLCHECK_OK &&
+		 pg_attribute_aclcheck(relid, attno, user, ACL_SELECT) != ACLCHECK_OK) ||
 		check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
 		return type_bytes(type, typmod);
 	w = get_attavgwidth(relid, attno);
@@ -390,6 +400,7 @@ expr_bytes(Node *expr, Plan *plan, PlannedStmt *stmt, int depth)
 	Bytes		b = {plan, stmt, depth, 0};
 
 	(void) bytes_walker(expr, &b);
+
 	return b.sum;
 }
 
@@ -607,7 +618,7 @@ plan_statement(const char *query)
 		!IsA(s, DeleteStmt) && !IsA(s, MergeStmt) && !IsA(s, CreateTableAsStmt))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("llm.estimate cannot estimate a %s statement", CreateCommandName(s)),
+				 errmsg("llm.estimate does not take %s statements", CreateCommandName(s)),
 				 errhint("Pass a SELECT, INSERT, UPDATE, DELETE, MERGE or CREATE TABLE AS.")));
 
 	queries = pg_analyze_and_rewrite_fixedparams(rs, query, NULL, 0, NULL);
@@ -628,7 +639,7 @@ plan_statement(const char *query)
 		if (q->commandType == CMD_UTILITY)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("llm.estimate cannot estimate a %s statement",
+					 errmsg("llm.estimate does not take %s statements",
 							CreateCommandName(q->utilityStmt))));
 		stmts = lappend(stmts, pg_plan_query(q, query, CURSOR_OPT_PARALLEL_OK, NULL));
 	}

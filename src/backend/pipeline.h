@@ -52,5 +52,6 @@ extern const LlmCallKind *pipeline_call_kind(Oid funcid);
 
 typedef void (*pipeline_child_fn) (Plan **child, Plan *parent, bool inner_of_merge, void *arg);
 extern void pipeline_for_each_child(Plan *plan, pipeline_child_fn fn, void *arg);
+extern int64 pipeline_child_bound(Plan *parent, int64 parent_bound);
 
 #endif							/* LLM_PIPELINE_H */

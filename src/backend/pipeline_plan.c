@@ -536,10 +536,11 @@ max_plan_node_id(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
  * (parent_bound, -1: all): LIMIT + OFFSET below a Limit with constant ones,
  * the parent's own bound through nodes that return their child's rows one
  * for one (a SubqueryScan or Result without a filter), else all.  Like
- * ExecSetTupleBound, but known when planning, so it reaches our node.
+ * ExecSetTupleBound, but known when planning, so it reaches our node
+ * (and estimate.c's count of calls).
  */
-static int64
-child_bound(Plan *parent, int64 parent_bound)
+int64
+pipeline_child_bound(Plan *parent, int64 parent_bound)
 {
 	Limit	   *limit = (Limit *) parent;
 	Const	   *count;
@@ -573,7 +574,7 @@ wrap_calls(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 {
 	PlanWalk   *walk = arg;
 	int64		parent_bound = walk->bound;
-	int64		bound = child_bound(parent, parent_bound);
+	int64		bound = pipeline_child_bound(parent, parent_bound);
 	CustomScan *cs;
 
 	walk->bound = bound;
