@@ -93,6 +93,13 @@ SELECT expect_error($$SELECT * FROM llm.estimate('EXPLAIN SELECT 1')$$);
 SELECT expect_error($$SELECT * FROM llm.estimate(NULL)$$);
 SELECT expect_error($$SELECT * FROM llm.estimate('SELECT llm_complete(''est'', body) FROM no_such_table')$$);
 SELECT expect_error($$SELECT * FROM llm.estimate('WITH d AS (DELETE FROM est_t RETURNING body) SELECT llm_complete(''est'', body) FROM d', true)$$);
+-- an error while counting leaves the session as it was (read-write)
+SELECT expect_error($$SELECT * FROM llm.estimate('SELECT llm_complete(''est'', body) FROM est_t WHERE 1 / (id - 1) > 0', true)$$);
+BEGIN;
+SELECT expect_error($$SELECT * FROM llm.estimate('SELECT llm_complete(''est'', body) FROM est_t WHERE 1 / (id - 1) > 0', true)$$);
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t WHERE id <= 2$$, true);
+INSERT INTO est_out (answer) VALUES ('written');
+ROLLBACK;
 SELECT count(*) AS rows_kept FROM est_t;
 
 -- as the caller: llm_user may estimate, but only over what it may read
