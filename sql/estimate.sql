@@ -78,6 +78,26 @@ SELECT calls FROM llm.estimate($$SELECT id FROM est_t WHERE grp = 2 AND llm_comp
 SELECT calls FROM llm.estimate($$SELECT id FROM est_t WHERE grp = 2 AND llm_complete('est', body) = 'yes'$$, true);
 -- FOR UPDATE: counted without keeping a lock
 SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t WHERE id <= 4 FOR UPDATE$$, true);
+-- other shapes: an aggregate's argument (once per row read), a correlated
+-- subquery (one run estimated; all runs counted), a CTE, VALUES (each
+-- row its own call site, once), FROM, an upper bound for MERGE (its source rows),
+-- DELETE ... RETURNING, SELECT INTO, a serial plan
+SELECT calls FROM llm.estimate($$SELECT grp, count(llm_complete('est', body)) FROM est_t GROUP BY grp$$);
+SELECT calls FROM llm.estimate($$SELECT grp, count(llm_complete('est', body)) FROM est_t GROUP BY grp$$, true);
+SELECT calls FROM llm.estimate($$SELECT (SELECT llm_complete('est', b.body) FROM est_t b WHERE b.id = a.id + 1) FROM est_t a WHERE a.id <= 10$$);
+SELECT calls FROM llm.estimate($$SELECT (SELECT llm_complete('est', b.body) FROM est_t b WHERE b.id = a.id + 1) FROM est_t a WHERE a.id <= 10$$, true);
+SELECT calls, input_tokens_per_call FROM llm.estimate($$WITH x AS MATERIALIZED (SELECT llm_complete('est', body) AS a FROM est_t WHERE grp = 4) SELECT * FROM x$$, true);
+SELECT calls, input_tokens_per_call FROM llm.estimate($$INSERT INTO est_out (answer) VALUES (llm_complete('est', '12345678')), (llm_complete('est', 'x'))$$, true);
+SELECT calls, input_tokens_per_call FROM llm.estimate($$SELECT * FROM llm_complete('est', 'from a FROM clause')$$, true);
+SELECT calls FROM llm.estimate($$DELETE FROM est_t WHERE grp = 5 RETURNING llm_complete('est', body)$$, true);
+SELECT calls FROM llm.estimate($$MERGE INTO est_t t USING (SELECT generate_series(1, 7) AS id) s ON t.id = s.id
+                                 WHEN MATCHED THEN UPDATE SET answer = llm_complete('est', t.body)$$, true);
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) AS a INTO est_into FROM est_t WHERE id <= 6$$, true);
+SET llm.statement_concurrency = 1;
+SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t ORDER BY id LIMIT 3$$);
+RESET llm.statement_concurrency;
+SELECT count(*) AS rows_kept, count(answer) AS answered FROM est_t;
+SELECT to_regclass('est_into') AS select_into;
 -- no call: no row
 SELECT count(*) AS call_sites FROM llm.estimate('SELECT id FROM est_t');
 -- exact mode never runs a volatile function (it reads as NULL)

@@ -76,6 +76,7 @@ typedef struct CallSite
 	Plan	   *node;			/* evaluates it (for estimates and widths) */
 	int			count_node_id;	/* the node whose rows count in exact mode */
 	bool		in_qual;		/* evaluated per row read, not per row returned */
+	bool		per_loop;		/* evaluated once per run of the node (VALUES) */
 	double		calls;
 	PlannedStmt *stmt;
 } CallSite;
@@ -93,17 +94,31 @@ typedef struct SiteWalk
 typedef struct FindCalls
 {
 	List	   *calls;
+	List	   *agg_calls;		/* in an aggregate's arguments: once per input row */
+	bool		in_agg;
 } FindCalls;
 
 static bool
 find_calls(Node *node, FindCalls *fc)
 {
+	bool		in_agg = fc->in_agg;
+	bool		result;
+
 	if (node == NULL)
 		return false;
 	if (IsA(node, FuncExpr) && pipeline_call_kind(((FuncExpr *) node)->funcid) != NULL)
-		fc->calls = lappend(fc->calls, node);
+	{
+		if (fc->in_agg)
+			fc->agg_calls = lappend(fc->agg_calls, node);
+		else
+			fc->calls = lappend(fc->calls, node);
+	}
 	/* a SubPlan's own plan is walked from stmt->subplans */
-	return expression_tree_walker(node, find_calls, fc);
+	if (IsA(node, Aggref))
+		fc->in_agg = true;
+	result = expression_tree_walker(node, find_calls, fc);
+	fc->in_agg = in_agg;
+	return result;
 }
 
 static double
@@ -165,29 +180,45 @@ is_pipeline(Plan *plan)
 }
 
 static void
-add_sites(SiteWalk *w, Plan *plan, Node *exprs, bool in_qual, Plan *count_plan)
+add_site(SiteWalk *w, FuncExpr *call, Plan *plan, bool in_qual, Plan *count_plan, bool bounded,
+		 bool per_loop)
 {
-	FindCalls	fc = {NIL};
+	CallSite   *s = palloc0(sizeof(CallSite));
+
+	while (is_pipeline(count_plan))
+		count_plan = count_plan->lefttree;	/* not run in exact mode */
+	s->call = call;
+	s->node = plan;
+	s->count_node_id = count_plan->plan_node_id;
+	s->in_qual = in_qual;
+	s->per_loop = per_loop;
+	s->calls = per_loop ? 1 : in_qual ? rows_read(count_plan, w->stmt) : count_plan->plan_rows;
+	if (bounded && !in_qual && w->bound >= 0)
+		s->calls = Min(s->calls, w->bound); /* under a LIMIT */
+	s->calls *= w->loops;
+	s->stmt = w->stmt;
+	w->sites = lappend(w->sites, s);
+}
+
+static void
+add_sites_ext(SiteWalk *w, Plan *plan, Node *exprs, bool in_qual, Plan *count_plan, bool per_loop)
+{
+	FindCalls	fc = {NIL, NIL, false};
 	ListCell   *lc;
 
 	(void) find_calls(exprs, &fc);
-	while (is_pipeline(count_plan))
-		count_plan = count_plan->lefttree;	/* not run in exact mode */
 	foreach(lc, fc.calls)
-	{
-		CallSite   *s = palloc0(sizeof(CallSite));
+		add_site(w, lfirst(lc), plan, in_qual, count_plan, true, per_loop);
+	/* an aggregate's argument: once per row the aggregate reads */
+	foreach(lc, fc.agg_calls)
+		add_site(w, lfirst(lc), plan, false,
+				 count_plan->lefttree != NULL ? count_plan->lefttree : count_plan, false, false);
+}
 
-		s->call = lfirst(lc);
-		s->node = plan;
-		s->count_node_id = count_plan->plan_node_id;
-		s->in_qual = in_qual;
-		s->calls = in_qual ? rows_read(count_plan, w->stmt) : count_plan->plan_rows;
-		if (!in_qual && w->bound >= 0)
-			s->calls = Min(s->calls, w->bound); /* under a LIMIT */
-		s->calls *= w->loops;
-		s->stmt = w->stmt;
-		w->sites = lappend(w->sites, s);
-	}
+static void
+add_sites(SiteWalk *w, Plan *plan, Node *exprs, bool in_qual, Plan *count_plan)
+{
+	add_sites_ext(w, plan, exprs, in_qual, count_plan, false);
 }
 
 static void
@@ -204,9 +235,13 @@ site_walker(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 		add_sites(w, plan, (Node *) ((CustomScan *) plan)->custom_scan_tlist, false,
 				  plan->lefttree);
 	else if (IsA(plan, ModifyTable))
-		/* RETURNING: one evaluation per row modified, at most the source's */
+	{
+		/* RETURNING, MERGE actions: per row modified, at most the source's */
 		add_sites(w, plan, (Node *) ((ModifyTable *) plan)->returningLists, false,
 				  plan->lefttree);
+		add_sites(w, plan, (Node *) ((ModifyTable *) plan)->mergeActionLists, false,
+				  plan->lefttree);
+	}
 	else
 	{
 		add_sites(w, plan, (Node *) plan->targetlist, false, plan);
@@ -222,7 +257,9 @@ site_walker(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 				add_sites(w, plan, ((Result *) plan)->resconstantqual, true, plan);
 				break;
 			case T_ValuesScan:
-				add_sites(w, plan, (Node *) ((ValuesScan *) plan)->values_lists, false, plan);
+				/* each row's expressions run once per scan */
+				add_sites_ext(w, plan, (Node *) ((ValuesScan *) plan)->values_lists, false, plan,
+							  true);
 				break;
 			case T_FunctionScan:
 				add_sites(w, plan, (Node *) ((FunctionScan *) plan)->functions, false, plan);
@@ -325,7 +362,8 @@ var_bytes(Var *var, Plan *plan, PlannedStmt *stmt, int depth)
 			return child ? tle_bytes(child->targetlist, var->varattno, child, stmt, depth, var) :
 				type_bytes(var->vartype, var->vartypmod);
 		case INNER_VAR:
-			child = plan->righttree;
+			/* a MERGE action's source columns are its ModifyTable's inner */
+			child = IsA(plan, ModifyTable) ? plan->lefttree : plan->righttree;
 			return child ? tle_bytes(child->targetlist, var->varattno, child, stmt, depth, var) :
 				type_bytes(var->vartype, var->vartypmod);
 		case INDEX_VAR:
@@ -466,6 +504,7 @@ typedef struct Counts
 	int			n;
 	double	   *rows;			/* by plan_node_id: rows returned */
 	double	   *read;			/* ... and rows read (returned + filtered) */
+	double	   *loops;			/* ... and runs */
 } Counts;
 
 static bool
@@ -479,6 +518,7 @@ count_walker(PlanState *ps, Counts *c)
 		c->rows[id] += ps->instrument->ntuples;
 		c->read[id] += ps->instrument->ntuples + ps->instrument->nfiltered1 +
 			ps->instrument->nfiltered2;
+		c->loops[id] += ps->instrument->nloops;
 	}
 	return planstate_tree_walker(ps, count_walker, c);
 }
@@ -536,6 +576,7 @@ count_exactly(PlannedStmt *orig, const char *query, List *sites)
 	c.n = max_id + 1;
 	c.rows = palloc0(sizeof(double) * c.n);
 	c.read = palloc0(sizeof(double) * c.n);
+	c.loops = palloc0(sizeof(double) * c.n);
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
@@ -582,7 +623,8 @@ count_exactly(PlannedStmt *orig, const char *query, List *sites)
 		CallSite   *s = lfirst(lc);
 
 		if (s->stmt == orig && s->count_node_id >= 0 && s->count_node_id < c.n)
-			s->calls = s->in_qual ? c.read[s->count_node_id] : c.rows[s->count_node_id];
+			s->calls = s->per_loop ? c.loops[s->count_node_id] :
+				s->in_qual ? c.read[s->count_node_id] : c.rows[s->count_node_id];
 	}
 }
 
