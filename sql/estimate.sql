@@ -4,6 +4,9 @@
 --
 \getenv mock_port MOCK_PORT
 SELECT 'http://127.0.0.1:' || :'mock_port' AS url \gset
+-- the later suites' expected output names route ids: give back the ones used here
+SELECT pg_get_serial_sequence('llm.routes', 'id') AS routes_seq \gset
+SELECT last_value AS routes_last, is_called AS routes_called FROM :routes_seq \gset
 SELECT llm.add_provider('est_a', 'anthropic', :'url', 'us');
 SELECT llm.add_provider('est_o', 'openai', :'url' || '/v1', 'eu');
 -- prices in USD per million tokens: the cheap target and the dear one
@@ -152,3 +155,4 @@ DROP TABLE est_t, est_out;
 DROP ROLE regress_est_user, regress_est_nobody;
 SELECT llm.drop_route(a) FROM unnest(ARRAY['est', 'est_noprice', 'est_unbounded']) AS a;
 SELECT llm.drop_provider(p) FROM unnest(ARRAY['est_a', 'est_o']) AS p;
+SELECT setval(:'routes_seq', :routes_last, :'routes_called') = :routes_last AS route_ids_restored;
