@@ -101,6 +101,9 @@ SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t ORD
 RESET llm.statement_concurrency;
 SELECT count(*) AS rows_kept, count(answer) AS answered FROM est_t;
 SELECT to_regclass('est_into') AS select_into;
+-- totals past bigint are NULL (the cost, numeric, has no such limit)
+SELECT calls, input_tokens, max_output_tokens, cost_min
+  FROM llm.estimate($$SELECT llm_complete('est', 'x') FROM generate_series(1, 1000000000000000000)$$);
 -- no call: no row
 SELECT count(*) AS call_sites FROM llm.estimate('SELECT id FROM est_t');
 -- exact mode never runs a volatile function (it reads as NULL)

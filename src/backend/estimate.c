@@ -41,6 +41,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "common/int.h"
 #include "executor/executor.h"
 #include "executor/instrument.h"
 #include "executor/spi.h"
@@ -548,6 +549,18 @@ static const char *const targets_sql =
 "       CASE WHEN bool_and(cost IS NOT NULL) THEN trim_scale(max(cost) * $4::numeric * 0.000001) END"
 "  FROM c";
 
+/* per call * calls as a bigint Datum; false (NULL) past bigint */
+static bool
+mul_tokens(int64 per_call, int64 calls, Datum *result)
+{
+	int64		total;
+
+	if (pg_mul_s64_overflow(per_call, calls, &total))
+		return false;
+	*result = Int64GetDatum(total);
+	return true;
+}
+
 Datum
 llm_estimate(PG_FUNCTION_ARGS)
 {
@@ -617,7 +630,7 @@ llm_estimate(PG_FUNCTION_ARGS)
 			nulls[2] = true;	/* not a constant: unknown */
 		values[3] = Int64GetDatum(calls);
 		values[4] = Int64GetDatum(in_tokens);
-		values[6] = Int64GetDatum(in_tokens * calls);
+		nulls[6] = !mul_tokens(in_tokens, calls, &values[6]);
 		nulls[5] = nulls[7] = nulls[8] = nulls[9] = true;
 		nulls[10] = true;		/* exceeds_quotas: filled once quotas exist */
 
@@ -640,8 +653,8 @@ llm_estimate(PG_FUNCTION_ARGS)
 			if (!isnull)
 			{
 				values[5] = Int64GetDatum(DatumGetInt64(d));
-				values[7] = Int64GetDatum(DatumGetInt64(d) * calls);
-				nulls[5] = nulls[7] = false;
+				nulls[5] = false;
+				nulls[7] = !mul_tokens(DatumGetInt64(d), calls, &values[7]);
 			}
 			d = SPI_getbinval(tup, desc, 2, &isnull);
 			if (!isnull)
@@ -660,8 +673,8 @@ llm_estimate(PG_FUNCTION_ARGS)
 		{
 			/* no targets to cap it: the options' bound is all we know */
 			values[5] = Int64GetDatum(req_max);
-			values[7] = Int64GetDatum(req_max * calls);
-			nulls[5] = nulls[7] = false;
+			nulls[5] = false;
+			nulls[7] = !mul_tokens(req_max, calls, &values[7]);
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
