@@ -1059,3 +1059,20 @@ GRANT EXECUTE ON FUNCTION llm._usage_hist_sum(bigint[]), llm._usage_counts_sum(j
     TO llm_admin, llm_user;
 -- dumped like the log it summarizes
 SELECT pg_catalog.pg_extension_config_dump('llm.usage_hourly', '');
+-- Cost estimate: plan a statement (never run its calls) and report, per
+-- call site, the calls it would make, their tokens and cost range.  Runs
+-- as the caller (no SECURITY DEFINER): it plans and counts only what the
+-- caller may read, and reads llm.routes with the caller's privileges.
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm.estimate(query text, exact boolean DEFAULT false)
+RETURNS TABLE (call_site int, function text, alias text, calls bigint,
+               input_tokens_per_call bigint, max_output_tokens_per_call bigint,
+               input_tokens bigint, max_output_tokens bigint,
+               cost_min numeric, cost_max numeric, exceeds_quotas text[])
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'llm_estimate';
+COMMENT ON FUNCTION llm.estimate(text, boolean) IS 'plans a statement without running its calls: per call site the alias (NULL: not a constant), calls (planner estimate, or counted with exact => true by running the statement read-only with every volatile function as NULL), input tokens (bytes / 4), maximum output tokens, and the cost range in USD over the alias''s targets; exceeds_quotas is NULL until quotas exist';
+
+REVOKE ALL ON FUNCTION llm.estimate(text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION llm.estimate(text, boolean) TO llm_admin, llm_user;

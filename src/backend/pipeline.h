@@ -35,6 +35,7 @@
 #define LLM_PIPELINE_H
 
 #include "nodes/extensible.h"
+#include "nodes/plannodes.h"
 
 #include "backend/sql_api.h"
 
@@ -48,5 +49,9 @@ extern const CustomScanMethods llm_pipeline_scan_methods;
 /* pipeline_plan.c */
 extern void pipeline_init(void);
 extern const LlmCallKind *pipeline_call_kind(Oid funcid);
+
+typedef void (*pipeline_child_fn) (Plan **child, Plan *parent, bool inner_of_merge, void *arg);
+extern void pipeline_for_each_child(Plan *plan, pipeline_child_fn fn, void *arg);
+extern int64 pipeline_child_bound(Plan *parent, int64 parent_bound);
 
 #endif							/* LLM_PIPELINE_H */

@@ -481,11 +481,12 @@ typedef struct PlanWalk
 	int64		bound;			/* rows the node being visited must return; -1: all */
 } PlanWalk;
 
-typedef void (*child_fn) (Plan **child, Plan *parent, bool inner_of_merge, void *arg);
-
-/* Call fn on each child plan's pointer (the targets of lefttree, righttree, plan lists). */
-static void
-for_each_child(Plan *plan, child_fn fn, void *arg)
+/*
+ * Call fn on each child plan's pointer (the targets of lefttree, righttree,
+ * plan lists); estimate.c walks plans with it too.
+ */
+void
+pipeline_for_each_child(Plan *plan, pipeline_child_fn fn, void *arg)
 {
 	ListCell   *lc;
 	List	   *list = NIL;
@@ -527,7 +528,7 @@ max_plan_node_id(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 	int		   *max = arg;
 
 	*max = Max(*max, (*child)->plan_node_id);
-	for_each_child(*child, max_plan_node_id, arg);
+	pipeline_for_each_child(*child, max_plan_node_id, arg);
 }
 
 /*
@@ -535,10 +536,11 @@ max_plan_node_id(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
  * (parent_bound, -1: all): LIMIT + OFFSET below a Limit with constant ones,
  * the parent's own bound through nodes that return their child's rows one
  * for one (a SubqueryScan or Result without a filter), else all.  Like
- * ExecSetTupleBound, but known when planning, so it reaches our node.
+ * ExecSetTupleBound, but known when planning, so it reaches our node
+ * (and estimate.c's count of calls).
  */
-static int64
-child_bound(Plan *parent, int64 parent_bound)
+int64
+pipeline_child_bound(Plan *parent, int64 parent_bound)
 {
 	Limit	   *limit = (Limit *) parent;
 	Const	   *count;
@@ -572,11 +574,11 @@ wrap_calls(Plan **child, Plan *parent, bool inner_of_merge, void *arg)
 {
 	PlanWalk   *walk = arg;
 	int64		parent_bound = walk->bound;
-	int64		bound = child_bound(parent, parent_bound);
+	int64		bound = pipeline_child_bound(parent, parent_bound);
 	CustomScan *cs;
 
 	walk->bound = bound;
-	for_each_child(*child, wrap_calls, arg);
+	pipeline_for_each_child(*child, wrap_calls, arg);
 	walk->bound = parent_bound;
 	if (inner_of_merge)
 		return;
