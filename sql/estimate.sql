@@ -153,6 +153,19 @@ SELECT r, has_function_privilege(r, 'llm.estimate(text, boolean)', 'EXECUTE')
 -- the mock saw no request: the log did not grow
 SELECT count(*) - :requests_before AS new_requests FROM llm.requests;
 
+-- the quotas the statement would exceed: its two sites of 4 calls together
+-- exceed a quota of 5 requests on the alias; a roomy quota and another alias's do not
+SELECT llm.set_quota('est_requests', 'requests', 5, 'day', alias => 'est');
+SELECT llm.set_quota('est_roomy', 'requests', 1000000, 'day');
+SELECT llm.set_quota('est_other', 'requests', 1, 'day', alias => 'est_noprice');
+SELECT llm_complete('claude', 'the worker reloads the quotas') IS NOT NULL AS called;
+SELECT wait_until($$SELECT count(*) = 3 FROM llm.quota_status WHERE quota LIKE 'est\_%'$$);
+SELECT call_site, alias, calls, exceeds_quotas
+  FROM llm.estimate($$SELECT llm_complete('est', body), llm_complete('est', body, '{"max_tokens": 2}') FROM est_t LIMIT 4$$);
+SELECT call_site, alias, calls, exceeds_quotas
+  FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t$$);
+SELECT llm.drop_quota(q) FROM unnest(ARRAY['est_requests', 'est_roomy', 'est_other']) AS q;
+
 DROP POLICY est_mine ON est_t;
 DROP TABLE est_t, est_out;
 DROP ROLE regress_est_user, regress_est_nobody;

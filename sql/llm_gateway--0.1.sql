@@ -1072,7 +1072,7 @@ RETURNS TABLE (call_site int, function text, alias text, calls bigint,
                cost_min numeric, cost_max numeric, exceeds_quotas text[])
 LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'llm_estimate';
-COMMENT ON FUNCTION llm.estimate(text, boolean) IS 'plans a statement without running its calls: per call site the alias (NULL: not a constant), calls (planner estimate, or counted with exact => true by running the statement read-only with every volatile function as NULL), input tokens (bytes / 4), maximum output tokens, and the cost range in USD over the alias''s targets; exceeds_quotas is NULL until quotas exist';
+COMMENT ON FUNCTION llm.estimate(text, boolean) IS 'plans a statement without running its calls: per call site the alias (NULL: not a constant), calls (planner estimate, or counted with exact => true by running the statement read-only with every volatile function as NULL), input tokens (bytes / 4), maximum output tokens, the cost range in USD over the alias''s targets, and the quotas (of llm.quota_status) that the statement''s calls together would exceed';
 
 REVOKE ALL ON FUNCTION llm.estimate(text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION llm.estimate(text, boolean) TO llm_admin, llm_user;

@@ -523,6 +523,102 @@ const_option(List *args, const char *key, JsonbValue *buf)
 }
 
 /* per target of the alias: the output bound and cost; aggregated over them */
+/*
+ * The quotas the statement would exceed, by call site: a quota counts the
+ * calls of every site it applies to (every call, the alias, a role the
+ * caller is a member of, a tag of constant options), and is exceeded when
+ * its room left in the window (limit - used - reserved) is less than their
+ * requests, tokens or maximum cost together.  A figure that is unknown
+ * (NULL) adds nothing, so what is listed is exceeded for sure.  Read from
+ * llm.quota_status, which shows the caller only the quotas it may see.
+ * $1-$6: per site (in order) alias, calls, input tokens, maximum output
+ * tokens, maximum cost, options.
+ */
+static const char *const quotas_sql =
+"WITH s AS ("
+"  SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::numeric[], $6::jsonb[])"
+"         WITH ORDINALITY AS s(alias, calls, tin, tout, cost, opts, site)"
+"), m AS ("
+"  SELECT q.quota, q.metric, q.quota_limit - q.used - q.reserved AS room, s.*"
+"    FROM llm.quota_status q JOIN s"
+"      ON q.scope = 'all'"
+"      OR (q.scope = 'alias' AND q.scope_value = s.alias)"
+"      OR (q.scope = 'role'"
+"          AND pg_has_role(current_user, to_regrole(quote_ident(q.scope_value))::oid, 'MEMBER'))"
+"      OR (q.scope = 'tag'"
+"          AND s.opts -> 'tags' ->> split_part(q.scope_value, '=', 1)"
+"              = substr(q.scope_value, strpos(q.scope_value, '=') + 1))"
+"), x AS ("
+"  SELECT quota FROM m GROUP BY quota, metric, room"
+"  HAVING room < CASE metric WHEN 'requests' THEN sum(calls)"
+"                            WHEN 'input_tokens' THEN sum(tin)"
+"                            WHEN 'output_tokens' THEN sum(tout)"
+"                            WHEN 'total_tokens' THEN sum(tin) + coalesce(sum(tout), 0)"
+"                            WHEN 'cost_usd' THEN sum(cost) END"
+")"
+"SELECT site, array_agg(DISTINCT quota ORDER BY quota) FROM m JOIN x USING (quota) GROUP BY site";
+
+/* One call site's row, kept until the quotas are known. */
+typedef struct SiteRow
+{
+	Datum		values[11];
+	bool		nulls[11];
+	Datum		options;		/* the call's options if a constant jsonb, else 0 */
+} SiteRow;
+
+/* Fill exceeds_quotas of every row: the quotas the statement would exceed, or {}. */
+static void
+fill_exceeded_quotas(SiteRow *rows, int n)
+{
+	Oid			types[6] = {TEXTARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+	NUMERICARRAYOID, JSONBARRAYOID};
+	Oid			elem[6] = {TEXTOID, INT8OID, INT8OID, INT8OID, NUMERICOID, JSONBOID};
+	int			col[6] = {2, 3, 6, 7, 9, -1};	/* values[] column; -1: the options */
+	Datum		args[6];
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *enulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			a;
+	int			i;
+	uint64		r;
+
+	for (i = 0; i < n; i++)
+	{
+		rows[i].values[10] = PointerGetDatum(construct_empty_array(TEXTOID));
+		rows[i].nulls[10] = false;
+	}
+	if (n == 0)
+		return;
+	for (a = 0; a < 6; a++)
+	{
+		int16		len;
+		bool		byval;
+		char		align;
+
+		for (i = 0; i < n; i++)
+		{
+			elems[i] = col[a] >= 0 ? rows[i].values[col[a]] : rows[i].options;
+			enulls[i] = col[a] >= 0 ? rows[i].nulls[col[a]] : rows[i].options == (Datum) 0;
+		}
+		get_typlenbyvalalign(elem[a], &len, &byval, &align);
+		args[a] = PointerGetDatum(construct_md_array(elems, enulls, 1, dims, lbs,
+													 elem[a], len, byval, align));
+	}
+	if (SPI_execute_with_args(quotas_sql, 6, types, args, NULL, true, 0) != SPI_OK_SELECT)
+		return;
+	for (r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		site = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2, &isnull);
+
+		if (!isnull && site >= 1 && site <= n)
+			rows[site - 1].values[10] = SPI_datumTransfer(d, false, -1);
+	}
+}
+
 static const char *const targets_sql =
 "WITH t AS ("
 "  SELECT least(coalesce($3::numeric,"
@@ -572,6 +668,9 @@ llm_estimate(PG_FUNCTION_ARGS)
 	ListCell   *lc;
 	int			n = 0;
 	Oid			argtypes[4] = {TEXTOID, INT8OID, INT8OID, INT8OID};
+	SiteRow    *rows;
+	int			nrows = 0;
+	int			i;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -596,6 +695,7 @@ llm_estimate(PG_FUNCTION_ARGS)
 	list_sort(sites, site_cmp);
 
 	SPI_connect();
+	rows = palloc0(sizeof(SiteRow) * Max(list_length(sites), 1));
 	foreach(lc, sites)
 	{
 		CallSite   *s = lfirst(lc);
@@ -632,7 +732,6 @@ llm_estimate(PG_FUNCTION_ARGS)
 		values[4] = Int64GetDatum(in_tokens);
 		nulls[6] = !mul_tokens(in_tokens, calls, &values[6]);
 		nulls[5] = nulls[7] = nulls[8] = nulls[9] = true;
-		nulls[10] = true;		/* exceeds_quotas: filled once quotas exist */
 
 		args[0] = CStringGetTextDatum(alias != NULL ? alias : "");
 		args[1] = Int64GetDatum(in_tokens);
@@ -676,8 +775,17 @@ llm_estimate(PG_FUNCTION_ARGS)
 			nulls[5] = false;
 			nulls[7] = !mul_tokens(req_max, calls, &values[7]);
 		}
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		memcpy(rows[nrows].values, values, sizeof(values));
+		memcpy(rows[nrows].nulls, nulls, sizeof(nulls));
+		rows[nrows].options = list_length(f->args) > 2 && IsA(lthird(f->args), Const) &&
+			!((Const *) lthird(f->args))->constisnull &&
+			((Const *) lthird(f->args))->consttype == JSONBOID ?
+			((Const *) lthird(f->args))->constvalue : (Datum) 0;
+		nrows++;
 	}
+	fill_exceeded_quotas(rows, nrows);
+	for (i = 0; i < nrows; i++)
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, rows[i].values, rows[i].nulls);
 	SPI_finish();
 	return (Datum) 0;
 }
