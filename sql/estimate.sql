@@ -150,6 +150,13 @@ ALTER TABLE est_t DISABLE ROW LEVEL SECURITY;
 SELECT r, has_function_privilege(r, 'llm.estimate(text, boolean)', 'EXECUTE')
   FROM unnest(ARRAY['llm_user', 'llm_admin', 'regress_est_nobody']) AS r;
 
+-- a wrapper the planner cannot see into, mislabelled STABLE, runs in the
+-- exact count: its call is refused before anything is sent
+CREATE FUNCTION est_hidden(t text) RETURNS text LANGUAGE plpgsql STABLE
+  AS $$ BEGIN RETURN llm_complete('est', t); END $$;
+SELECT expect_error($$SELECT * FROM llm.estimate('SELECT llm_complete(''est'', body), est_hidden(body) FROM est_t LIMIT 1', true)$$);
+DROP FUNCTION est_hidden(text);
+
 -- the mock saw no request: the log did not grow
 SELECT count(*) - :requests_before AS new_requests FROM llm.requests;
 

@@ -27,6 +27,8 @@
 #include "utils/snapmgr.h"
 
 #include "backend/estimate.h"
+#include "common/llm_errors.h"
+#include "backend/sql_api.h"
 
 static Node *
 null_volatile_mutator(Node *node, void *ctx)
@@ -165,6 +167,7 @@ estimate_count_exactly(PlannedStmt *orig, const char *query, List *sites)
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	XactReadOnly = true;
+	llm_calls_forbidden = true;
 	PG_TRY();
 	{
 		/* permissions were checked on the original; reading needs no more */
@@ -188,16 +191,13 @@ estimate_count_exactly(PlannedStmt *orig, const char *query, List *sites)
 
 		/* leave the caller's transaction as it was, then report */
 		XactReadOnly = save_read_only;
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
+		llm_calls_forbidden = false;
+		edata = llm_subxact_caught(cxt, owner);
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
 	XactReadOnly = save_read_only;
+	llm_calls_forbidden = false;
 	RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;

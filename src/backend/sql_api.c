@@ -81,6 +81,9 @@ check_database(void)
 	checked_db = MyDatabaseId;
 }
 
+/* set while llm.estimate counts rows exactly: no call may leave then */
+bool		llm_calls_forbidden = false;
+
 /*
  * Check and build one call: the message header, the data that follows it,
  * and whether its failure is returned as NULL / an error object
@@ -96,6 +99,12 @@ prepare_call(text *model, Jsonb *history, Jsonb *options, LlmPreparedCall *call)
 	StringInfoData data;
 
 	llm_check_preloaded();
+	if (llm_calls_forbidden)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("llm.estimate does not call providers, but the statement it counts made a call"),
+				 errdetail("A function the planner cannot see into (a PL/pgSQL or STABLE wrapper) called alias \"%s\".", alias),
+				 errhint("Estimate without exact => true, or mark the wrapper VOLATILE so it is left out of the count.")));
 	check_database();
 	validate_call(alias, history, options, &spec);
 

@@ -48,6 +48,7 @@ typedef struct LlmCallKind
 } LlmCallKind;
 
 extern const LlmCallKind llm_messages_kind;
+extern bool llm_calls_forbidden;	/* llm.estimate's exact count is running */
 extern const LlmCallKind *llm_call_kind_named(const char *symbol);
 
 #endif							/* LLM_SQL_API_H */

@@ -15,6 +15,9 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "utils/resowner.h"
+
 #include "common/llm_errors.h"
 
 /*
@@ -98,4 +101,24 @@ llm_fail_class_name(LlmFailClass fail_class)
 			return "fatal";
 	}
 	return "unknown";
+}
+
+/*
+ * In the PG_CATCH of a BeginInternalSubTransaction() block: copy the error
+ * (into cxt), roll the subtransaction back, and return to cxt and owner,
+ * the memory context and resource owner from before the subtransaction.
+ * The caller decides whether to rethrow the copy.
+ */
+ErrorData *
+llm_subxact_caught(MemoryContext cxt, ResourceOwner owner)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return edata;
 }

@@ -16,6 +16,8 @@
 #ifndef LLM_ERRORS_H
 #define LLM_ERRORS_H
 
+#include "utils/resowner.h"
+
 #include "utils/elog.h"
 
 #include "providers/adapter.h"
@@ -51,5 +53,6 @@
 
 extern void llm_error_for_status(int status, LlmError *err);
 extern const char *llm_fail_class_name(LlmFailClass fail_class);
+extern ErrorData *llm_subxact_caught(MemoryContext cxt, ResourceOwner owner);
 
 #endif							/* LLM_ERRORS_H */

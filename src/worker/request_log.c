@@ -41,6 +41,7 @@
 #include "worker/log_writer.h"
 #include "worker/request_log.h"
 #include "worker/worker_session.h"
+#include "common/llm_errors.h"
 
 /*
  * Bounds on every log transaction.  The lock wait is short: while the
@@ -172,12 +173,7 @@ write_item_alone(Oid relid, Batch *b, LlmWorkItem *item)
 	{
 		ErrorData  *edata;
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
+		edata = llm_subxact_caught(cxt, owner);
 		if (is_transient(edata->sqlerrcode))
 			ReThrowError(edata);
 		item->log_error = MemoryContextStrdup(item->cxt, edata->message);

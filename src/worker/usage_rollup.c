@@ -45,6 +45,7 @@
 #include "utils/resowner.h"
 
 #include "worker/usage_rollup.h"
+#include "common/llm_errors.h"
 
 typedef struct UsageGroup
 {
@@ -393,12 +394,7 @@ usage_rollup_flush(UsageRollup *u)
 		int64		calls = 0;
 		int			i;
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
+		edata = llm_subxact_caught(cxt, owner);
 		if (is_transient(edata->sqlerrcode))
 			ReThrowError(edata);
 		for (i = 0; i < u->ngroups; i++)
