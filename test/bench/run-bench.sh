@@ -281,7 +281,7 @@ log "quotas: four quotas on every call, $CLIENTS clients, ${LATENCY_MS} ms, 10 s
 as_run_user "${PSQL[@]}" <<SQL >/dev/null
 SELECT llm.set_quota('bench_role', 'requests', 1e12, 'day', role_name => 'postgres');
 SELECT llm.set_quota('bench_alias', 'total_tokens', 1e12, 'hour', alias => 'bench');
-SELECT llm.set_quota('bench_tag', 'cost_usd', 1e9, 'month', tag_key => 'team', tag_value => 'bench');
+SELECT llm.set_quota('bench_tag', 'cost_usd', 1e6, 'month', tag_key => 'team', tag_value => 'bench');
 SELECT llm.set_quota('bench_all', 'requests', 1e12, 'minute');
 SQL
 mock_config "$LATENCY_MS"
