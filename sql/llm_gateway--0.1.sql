@@ -400,7 +400,7 @@ CREATE FUNCTION llm.gateway_status(OUT worker_pid int, OUT slots int, OUT slots_
                                    OUT quota_check_us double precision)
     AS 'MODULE_PATHNAME', 'llm_gateway_status'
     LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
-COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down), the call channel''s counters, the log flusher''s pid (NULL when down), and the worker time quota admission and settling took per call (since the server started)';
+COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down), the call channel''s counters, the log flusher''s pid (NULL when down), and the worker CPU time quota admission and settling took per call (since the server started)';
 -----------------------------------------------------------------------------
 -- Diagnostic adapter functions (src/adapter_sql.c).  They drive a provider
 -- adapter directly, with no network and no configuration tables: what the
@@ -876,6 +876,27 @@ BEGIN
        AND (SELECT count(*) FROM llm.quotas) >= 128 THEN
         RAISE EXCEPTION 'there are already 128 quotas, the most the worker holds'
             USING ERRCODE = '54000', HINT = 'Drop unused quotas with llm.drop_quota().';
+    END IF;
+    IF set_quota.metric IS NULL OR set_quota.metric NOT IN ('requests', 'input_tokens', 'output_tokens', 'total_tokens', 'cost_usd') THEN
+        RAISE EXCEPTION 'unknown quota metric "%"', set_quota.metric
+            USING ERRCODE = '22023', HINT = 'Use requests, input_tokens, output_tokens, total_tokens or cost_usd.';
+    END IF;
+    IF set_quota.time_window IS NULL OR set_quota.time_window NOT IN ('minute', 'hour', 'day', 'month') THEN
+        RAISE EXCEPTION 'unknown quota window "%"', set_quota.time_window
+            USING ERRCODE = '22023', HINT = 'Use minute, hour, day or month (calendar windows in llm.quota_timezone).';
+    END IF;
+    IF set_quota.quota_limit IS NULL OR set_quota.quota_limit < 0
+       OR (set_quota.metric = 'cost_usd' AND (set_quota.quota_limit > 100000000
+                                             OR set_quota.quota_limit <> round(set_quota.quota_limit, 10)))
+       OR (set_quota.metric <> 'cost_usd' AND (set_quota.quota_limit > 1000000000000000
+                                              OR set_quota.quota_limit <> trunc(set_quota.quota_limit))) THEN
+        RAISE EXCEPTION 'quota limit % is out of range for metric %', coalesce(set_quota.quota_limit::text, 'NULL'), set_quota.metric
+            USING ERRCODE = '22003',
+                  HINT = 'Requests and tokens: an integer from 0 to 10^15; cost_usd: 0 to 10^8 USD with at most 10 decimals.';
+    END IF;
+    IF set_quota.warn_at IS NOT NULL AND (set_quota.warn_at <= 0 OR set_quota.warn_at > 1) THEN
+        RAISE EXCEPTION 'warn_at % is not a fraction of the limit', set_quota.warn_at
+            USING ERRCODE = '22003', HINT = 'Give warn_at above 0 and at most 1, e.g. 0.8, or NULL for no warning.';
     END IF;
     s := CASE WHEN role_name IS NOT NULL THEN 'role' WHEN alias IS NOT NULL THEN 'alias'
               WHEN tag_key IS NOT NULL THEN 'tag' ELSE 'all' END;

@@ -39,7 +39,7 @@
  */
 #include "postgres.h"
 
-#include "portability/instr_time.h"
+#include <time.h>
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -576,37 +576,40 @@ static void admit(LlmWorkItem *item);
 static void settle(LlmWorkItem *item);
 
 /*
- * The quota work of one call is timed (admission plus settling), so
- * make bench can say what quotas cost per call; counted once per call, at
- * settling.
+ * The quota work of one call is timed in CPU time of the worker
+ * (admission plus settling), so make bench can say what quotas cost per
+ * call; counted once per call, at settling.
  */
-static instr_time quota_time_spent;
+static uint64 quota_cpu_ns;
+
+static uint64
+cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+		return 0;
+	return (uint64) ts.tv_sec * UINT64CONST(1000000000) + (uint64) ts.tv_nsec;
+}
 
 void
 quota_admit(LlmWorkItem *item)
 {
-	instr_time	start;
-	instr_time	end;
+	uint64		start = cpu_ns();
 
-	INSTR_TIME_SET_CURRENT(start);
 	admit(item);
-	INSTR_TIME_SET_CURRENT(end);
-	INSTR_TIME_ACCUM_DIFF(quota_time_spent, end, start);
+	quota_cpu_ns += cpu_ns() - start;
 }
 
 void
 quota_settle(LlmWorkItem *item)
 {
-	instr_time	start;
-	instr_time	end;
+	uint64		start = cpu_ns();
 	uint64		ns;
 
-	INSTR_TIME_SET_CURRENT(start);
 	settle(item);
-	INSTR_TIME_SET_CURRENT(end);
-	INSTR_TIME_ACCUM_DIFF(quota_time_spent, end, start);
-	ns = (uint64) (INSTR_TIME_GET_DOUBLE(quota_time_spent) * 1e9);
-	INSTR_TIME_SET_ZERO(quota_time_spent);
+	ns = quota_cpu_ns + (cpu_ns() - start);
+	quota_cpu_ns = 0;
 	SpinLockAcquire(&state->mutex);
 	state->timed_calls++;
 	state->timed_ns += ns;

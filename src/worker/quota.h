@@ -73,7 +73,7 @@ typedef struct LlmQuotaState
 	int			nquotas;
 	/* what admitting and settling cost the worker (llm.gateway_status) */
 	uint64		timed_calls;	/* calls admitted and settled */
-	uint64		timed_ns;		/* worker time spent in quota_admit and quota_settle */
+	uint64		timed_ns;		/* worker CPU time spent in quota_admit and quota_settle */
 	LlmQuotaShared quotas[LLM_MAX_QUOTAS];
 } LlmQuotaState;
 
