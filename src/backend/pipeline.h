@@ -26,7 +26,8 @@
  *						on the scan tuple: so the parent sees the same
  *						columns at the same positions as before
  *	 custom_private		list of one int8 Const: the rows the parent needs
- *						(a constant LIMIT + OFFSET right above), -1 when
+ *						(a constant LIMIT + OFFSET above, through subquery
+ *						scans and Results without a filter), -1 when
  *						unknown
  *
  *-------------------------------------------------------------------------
