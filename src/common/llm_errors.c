@@ -122,3 +122,17 @@ llm_subxact_caught(MemoryContext cxt, ResourceOwner owner)
 	CurrentResourceOwner = owner;
 	return edata;
 }
+
+/*
+ * Errors that say "not now" to the worker's log transactions (a lock held
+ * elsewhere, the lock or statement timeout, a deadlock, a serialization
+ * failure): the same batch may well succeed next turn.
+ */
+bool
+llm_error_is_transient(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
+}

@@ -54,5 +54,6 @@
 extern void llm_error_for_status(int status, LlmError *err);
 extern const char *llm_fail_class_name(LlmFailClass fail_class);
 extern ErrorData *llm_subxact_caught(MemoryContext cxt, ResourceOwner owner);
+extern bool llm_error_is_transient(int sqlerrcode);
 
 #endif							/* LLM_ERRORS_H */

@@ -645,56 +645,26 @@ slot_is_pending(LogWriter *w, TupleTableSlot *slot)
 	return !isnull && strcmp(TextDatumGetCString(status), "pending") == 0;
 }
 
-static const char *
-slot_text(LogWriter *w, TupleTableSlot *slot, LogColumn col)
-{
-	bool		isnull;
-	Datum		d = slot_getattr(slot, w->att[col], &isnull);
-
-	return isnull ? NULL : TextDatumGetCString(d);
-}
-
-static int64
-slot_int8(LogWriter *w, TupleTableSlot *slot, LogColumn col)
-{
-	bool		isnull;
-	Datum		d = slot_getattr(slot, w->att[col], &isnull);
-
-	return isnull ? 0 : DatumGetInt64(d);
-}
-
 /* Count slot's row (just moved out of 'pending') in the batch's usage. */
 static void
 rollup_row(LogWriter *w, TupleTableSlot *slot)
 {
-	UsageRow	r;
-	bool		isnull;
-	Datum		d;
+	UsageColumns c;
 
-	r.status = slot_text(w, slot, COL_STATUS);
-	if (r.status == NULL || strcmp(r.status, "pending") == 0)
-		return;
-	d = slot_getattr(slot, w->att[COL_CREATED_AT], &isnull);
-	if (isnull)
-		return;
-	r.created_at = DatumGetTimestampTz(d);
-	r.role_name = slot_text(w, slot, COL_ROLE_NAME);
-	r.alias = slot_text(w, slot, COL_ALIAS);
-	if (r.role_name == NULL || r.alias == NULL)
-		return;
-	r.provider = slot_text(w, slot, COL_PROVIDER);
-	r.upstream_model = slot_text(w, slot, COL_UPSTREAM_MODEL);
-	r.error_code = slot_text(w, slot, COL_ERROR_CODE);
-	r.input_tokens = slot_int8(w, slot, COL_INPUT_TOKENS);
-	r.output_tokens = slot_int8(w, slot, COL_OUTPUT_TOKENS);
-	r.cache_read_tokens = slot_int8(w, slot, COL_CACHE_READ_TOKENS);
-	r.cache_write_tokens = slot_int8(w, slot, COL_CACHE_WRITE_TOKENS);
-	r.cost_usd = slot_getattr(slot, w->att[COL_COST_USD], &isnull);
-	r.has_cost = !isnull;
-	d = slot_getattr(slot, w->att[COL_LATENCY_MS], &isnull);
-	r.has_latency = !isnull;
-	r.latency_ms = isnull ? 0 : DatumGetFloat8(d);
-	usage_rollup_add(w->usage, &r);
+	c.status = w->att[COL_STATUS];
+	c.created_at = w->att[COL_CREATED_AT];
+	c.role_name = w->att[COL_ROLE_NAME];
+	c.alias = w->att[COL_ALIAS];
+	c.provider = w->att[COL_PROVIDER];
+	c.upstream_model = w->att[COL_UPSTREAM_MODEL];
+	c.error_code = w->att[COL_ERROR_CODE];
+	c.input_tokens = w->att[COL_INPUT_TOKENS];
+	c.output_tokens = w->att[COL_OUTPUT_TOKENS];
+	c.cache_read_tokens = w->att[COL_CACHE_READ_TOKENS];
+	c.cache_write_tokens = w->att[COL_CACHE_WRITE_TOKENS];
+	c.cost_usd = w->att[COL_COST_USD];
+	c.latency_ms = w->att[COL_LATENCY_MS];
+	usage_rollup_add_slot(w->usage, slot, &c);
 }
 
 /*

@@ -75,15 +75,6 @@ typedef enum TryResult
 static bool unknown_done = false;	/* rows of previous workers marked */
 static bool retrying = false;	/* the last batch was put off (for the log) */
 
-/* Errors that say "not now": the same batch may well succeed next turn. */
-static bool
-is_transient(int sqlerrcode)
-{
-	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		sqlerrcode == ERRCODE_QUERY_CANCELED ||
-		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
-		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
-}
 
 /*
  * SET LOCAL: the session source outranks every database, role and
@@ -174,7 +165,7 @@ write_item_alone(Oid relid, Batch *b, LlmWorkItem *item)
 		ErrorData  *edata;
 
 		edata = llm_subxact_caught(cxt, owner);
-		if (is_transient(edata->sqlerrcode))
+		if (llm_error_is_transient(edata->sqlerrcode))
 			ReThrowError(edata);
 		item->log_error = MemoryContextStrdup(item->cxt, edata->message);
 		item->log_deferred = false;
@@ -283,7 +274,7 @@ run_batch(Batch *b, char **reason)
 
 	*reason = NULL;
 	r = try_batch(b, false, &err, reason);
-	if (r == TRY_FAILED && !is_transient(err->sqlerrcode) && b->kind != BATCH_UNKNOWN)
+	if (r == TRY_FAILED && !llm_error_is_transient(err->sqlerrcode) && b->kind != BATCH_UNKNOWN)
 	{
 		ereport(LOG,
 				(errmsg("llm_gateway: writing a batch of llm.requests failed; writing its rows one by one"),
@@ -294,7 +285,7 @@ run_batch(Batch *b, char **reason)
 	}
 	if (r == TRY_UNAVAILABLE)
 		return REQLOG_UNAVAILABLE;
-	if (r == TRY_FAILED && is_transient(err->sqlerrcode))
+	if (r == TRY_FAILED && llm_error_is_transient(err->sqlerrcode))
 	{
 		if (!retrying)
 			ereport(LOG,

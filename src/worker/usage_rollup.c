@@ -350,14 +350,56 @@ upsert_groups(UsageRollup *u)
 	SPI_finish();
 }
 
-/* Errors that say "not now": the log's batch is retried whole next turn. */
-static bool
-is_transient(int sqlerrcode)
+
+static const char *
+slot_text(TupleTableSlot *slot, AttrNumber att)
 {
-	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
-		sqlerrcode == ERRCODE_QUERY_CANCELED ||
-		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
-		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
+	bool		isnull;
+	Datum		d = slot_getattr(slot, att, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static int64
+slot_int8(TupleTableSlot *slot, AttrNumber att)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, att, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+void
+usage_rollup_add_slot(UsageRollup *u, TupleTableSlot *slot, const UsageColumns *c)
+{
+	UsageRow	r;
+	bool		isnull;
+	Datum		d;
+
+	r.status = slot_text(slot, c->status);
+	if (r.status == NULL || strcmp(r.status, "pending") == 0)
+		return;
+	d = slot_getattr(slot, c->created_at, &isnull);
+	if (isnull)
+		return;
+	r.created_at = DatumGetTimestampTz(d);
+	r.role_name = slot_text(slot, c->role_name);
+	r.alias = slot_text(slot, c->alias);
+	if (r.role_name == NULL || r.alias == NULL)
+		return;
+	r.provider = slot_text(slot, c->provider);
+	r.upstream_model = slot_text(slot, c->upstream_model);
+	r.error_code = slot_text(slot, c->error_code);
+	r.input_tokens = slot_int8(slot, c->input_tokens);
+	r.output_tokens = slot_int8(slot, c->output_tokens);
+	r.cache_read_tokens = slot_int8(slot, c->cache_read_tokens);
+	r.cache_write_tokens = slot_int8(slot, c->cache_write_tokens);
+	r.cost_usd = slot_getattr(slot, c->cost_usd, &isnull);
+	r.has_cost = !isnull;
+	d = slot_getattr(slot, c->latency_ms, &isnull);
+	r.has_latency = !isnull;
+	r.latency_ms = isnull ? 0 : DatumGetFloat8(d);
+	usage_rollup_add(u, &r);
 }
 
 /*
@@ -395,7 +437,7 @@ usage_rollup_flush(UsageRollup *u)
 		int			i;
 
 		edata = llm_subxact_caught(cxt, owner);
-		if (is_transient(edata->sqlerrcode))
+		if (llm_error_is_transient(edata->sqlerrcode))
 			ReThrowError(edata);
 		for (i = 0; i < u->ngroups; i++)
 			calls += u->groups[i]->calls;

@@ -12,6 +12,7 @@
 #define LLM_USAGE_ROLLUP_H
 
 #include "datatype/timestamp.h"
+#include "executor/tuptable.h"
 
 /* The figures of one row of llm.requests that left 'pending'. */
 typedef struct UsageRow
@@ -33,6 +34,24 @@ typedef struct UsageRow
 	bool		has_latency;
 } UsageRow;
 
+/* Where a log row's figures are in llm.requests' tuples (log_writer.c's column map). */
+typedef struct UsageColumns
+{
+	AttrNumber	status;
+	AttrNumber	created_at;
+	AttrNumber	role_name;
+	AttrNumber	alias;
+	AttrNumber	provider;
+	AttrNumber	upstream_model;
+	AttrNumber	error_code;
+	AttrNumber	input_tokens;
+	AttrNumber	output_tokens;
+	AttrNumber	cache_read_tokens;
+	AttrNumber	cache_write_tokens;
+	AttrNumber	cost_usd;
+	AttrNumber	latency_ms;
+} UsageColumns;
+
 typedef struct UsageRollup UsageRollup;
 
 /* Latency histogram: 4 buckets per doubling of ms, see the install script. */
@@ -43,6 +62,8 @@ extern int	usage_hist_bucket(double latency_ms);
 extern UsageRollup *usage_rollup_create(void);
 /* count a row that just left 'pending' */
 extern void usage_rollup_add(UsageRollup *u, const UsageRow *row);
+/* the same, from a row of llm.requests just moved out of 'pending' */
+extern void usage_rollup_add_slot(UsageRollup *u, TupleTableSlot *slot, const UsageColumns *c);
 /* upsert every group into llm.usage_hourly (if it exists); in a transaction */
 extern void usage_rollup_flush(UsageRollup *u);
 

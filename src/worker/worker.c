@@ -427,33 +427,6 @@ wait_timeout(long retry_ms)
 	return Min(curl_ms, retry_ms);
 }
 
-/* how long recent calls took, submission to answer (moving average, ms) */
-static double recent_call_ms = 0;
-
-/* the longest a turn is put off to gather work (see gather_under_load) */
-#define LLM_GATHER_MAX_US 2000
-
-/*
- * Under load (more than LLM_POLL_MAX_IN_FLIGHT calls in flight), start a
- * turn at most every 1 % of the recent calls' latency (at most
- * LLM_GATHER_MAX_US) after the previous one: a turn's fixed costs (its
- * log transactions, the flush before sending) then serve every call that
- * arrived or was answered meanwhile, instead of one or two.  A call waits
- * at most that much longer, against a latency a hundred times as long.
- * Signals are handled when the sleep ends.
- */
-static void
-gather_under_load(TimestampTz last_turn)
-{
-	long		us;
-
-	if (recent_call_ms <= 0 || http_active() <= LLM_POLL_MAX_IN_FLIGHT)
-		return;
-	us = Min((long) (recent_call_ms * 10.0), LLM_GATHER_MAX_US) -
-		(long) (GetCurrentTimestamp() - last_turn);
-	if (us > 0)
-		pg_usleep(us);
-}
 
 static void
 complete_log_rows(void)
@@ -502,8 +475,6 @@ complete_log_rows(void)
 							(long long) item->request_id, item->log_error)));
 		dlist_delete(&item->node);
 		guarded(item_deliver, item);
-		recent_call_ms = recent_call_ms > 0 ?
-			recent_call_ms * 0.875 + item->latency_ms * 0.125 : item->latency_ms;
 		item_free(item);
 	}
 }
@@ -575,7 +546,6 @@ llm_worker_main(Datum main_arg)
 	char	   *unavailable;
 	int			epoll_pos;
 	long		retry_ms = -1;
-	TimestampTz last_turn = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -630,8 +600,6 @@ llm_worker_main(Datum main_arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		nevents = wait_for_events(wes, retention_wait_ms(wait_timeout(retry_ms)),
 								  events, lengthof(events));
-		gather_under_load(last_turn);
-		last_turn = GetCurrentTimestamp();
 		for (i = 0; i < nevents; i++)
 		{
 			if (events[i].events & WL_LATCH_SET)
