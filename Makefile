@@ -24,15 +24,24 @@ SHLIB_LINK  = -lcurl -lcrypto
 REGRESS      = setup validation adapters messages errors on_error pipeline estimate quotas request_log routing credentials log_paths
 REGRESS_OPTS = --temp-config=test/regress.conf --temp-instance=./tmp_check --encoding=UTF8
 
+# Isolation specs (specs/*.spec) interleave sessions step by step, on their
+# own temporary instance; the worker serves the database they run in.
+ISOLATION      = quota_race
+ISOLATION_OPTS = --temp-config=test/regress.conf --temp-instance=./tmp_check_iso --encoding=UTF8
+
 # TAP tests live under test/t (PostgreSQL::Test::Cluster); "make tapcheck"
 # runs them (installcheck runs only pg_regress, so the two report apart).
 PROVE_TESTS ?= test/t/*.pl
 
-EXTRA_CLEAN = tmp_check results regression.diffs regression.out log test/master.key
+EXTRA_CLEAN = tmp_check tmp_check_iso output_iso results regression.diffs regression.out log test/master.key
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# after the include, which sets it: pgxs.mk expands it only when the
+# isolation suite runs, and test/regress.conf names this database
+ISOLATION_TESTDB = contrib_regression
 
 $(OBJS): $(wildcard src/*.h src/*/*.h)
 

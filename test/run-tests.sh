@@ -75,7 +75,9 @@ f=$(grep -cE '\.\.\. FAILED' "$OUT/regress.log" || true)
 record pg_regress "$p" "$f"
 if [ $rc -ne 0 ]; then
     cat "$OUT/regress.log" >&2
-    [ -f "$STAGE/regression.diffs" ] && head -200 "$STAGE/regression.diffs" >&2
+    for d in "$STAGE/regression.diffs" "$STAGE/output_iso/regression.diffs"; do
+        [ -f "$d" ] && head -200 "$d" >&2
+    done
 fi
 fi
 
