@@ -39,6 +39,7 @@
 #include "worker/log_flusher.h"
 #include "worker/retention.h"
 #include "worker/quota.h"
+#include "worker/worker_timing.h"
 #include "llm_gateway.h"
 
 PG_MODULE_MAGIC;
@@ -126,6 +127,7 @@ llm_shmem_request(void)
 	RequestAddinShmemSpace(logflush_shmem_size());
 	RequestAddinShmemSpace(progress_shmem_size());
 	RequestAddinShmemSpace(quota_shmem_size());
+	RequestAddinShmemSpace(worker_timing_shmem_size());
 	RequestNamedLWLockTranche("llm_gateway", 1);
 }
 
@@ -140,6 +142,7 @@ llm_shmem_startup(void)
 	logflush_shmem_init();
 	progress_shmem_init();
 	quota_shmem_init();
+	worker_timing_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -35,7 +35,7 @@
 #include "common/llm_errors.h"
 #include "llm_gateway.h"
 #include "worker/log_flusher.h"
-#include "worker/quota.h"
+#include "worker/worker_timing.h"
 #include "providers/adapter.h"
 #include "backend/validate.h"
 #include "backend/sql_api.h"
@@ -257,16 +257,15 @@ llm_complete(PG_FUNCTION_ARGS)
 
 /*
  * llm.gateway_status(): the worker's pid, the channel's counters, and
- * what the quota checks have cost the worker per call.
+ * what the quota checks and the usage rollup have cost the worker per call
+ * (columns in LlmTimedWork's order).
  */
 Datum
 llm_gateway_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[10];
-	bool		nulls[10] = {0};
-	uint64		quota_calls;
-	uint64		quota_ns;
+	Datum		values[8 + 2 * LLM_TIMED_NKINDS];
+	bool		nulls[8 + 2 * LLM_TIMED_NKINDS] = {0};
 	LlmChannel *ch;
 	pid_t		pid;
 	int			in_use = 0;
@@ -295,10 +294,17 @@ llm_gateway_status(PG_FUNCTION_ARGS)
 	pid = logflush_pid();
 	values[7] = Int32GetDatum(pid);
 	nulls[7] = (pid == 0);
-	quota_timing(&quota_calls, &quota_ns);
-	values[8] = Int64GetDatum((int64) quota_calls);
-	values[9] = Float8GetDatum(quota_calls > 0 ? (double) quota_ns / 1000.0 / quota_calls : 0.0);
-	nulls[9] = (quota_calls == 0);
+	for (i = 0; i < LLM_TIMED_NKINDS; i++)
+	{
+		uint64		calls;
+		uint64		ns;
+		int			col = 8 + 2 * i;
+
+		worker_timing_read((LlmTimedWork) i, &calls, &ns);
+		values[col] = Int64GetDatum((int64) calls);
+		values[col + 1] = Float8GetDatum(calls > 0 ? (double) ns / 1000.0 / calls : 0.0);
+		nulls[col + 1] = (calls == 0);
+	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -39,8 +39,6 @@
  */
 #include "postgres.h"
 
-#include <time.h>
-
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "executor/spi.h"
@@ -62,6 +60,7 @@
 #include "llm_gateway.h"
 #include "worker/attempt.h"
 #include "worker/quota.h"
+#include "worker/worker_timing.h"
 
 char	   *llm_quota_timezone = NULL;
 
@@ -582,49 +581,23 @@ static void settle(LlmWorkItem *item);
  */
 static uint64 quota_cpu_ns;
 
-static uint64
-cpu_ns(void)
-{
-	struct timespec ts;
-
-	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
-		return 0;
-	return (uint64) ts.tv_sec * UINT64CONST(1000000000) + (uint64) ts.tv_nsec;
-}
-
 void
 quota_admit(LlmWorkItem *item)
 {
-	uint64		start = cpu_ns();
+	uint64		start = worker_cpu_ns();
 
 	admit(item);
-	quota_cpu_ns += cpu_ns() - start;
+	quota_cpu_ns += worker_cpu_ns() - start;
 }
 
 void
 quota_settle(LlmWorkItem *item)
 {
-	uint64		start = cpu_ns();
-	uint64		ns;
+	uint64		start = worker_cpu_ns();
 
 	settle(item);
-	ns = quota_cpu_ns + (cpu_ns() - start);
+	worker_timing_add(LLM_TIMED_QUOTA, 1, quota_cpu_ns + (worker_cpu_ns() - start));
 	quota_cpu_ns = 0;
-	SpinLockAcquire(&state->mutex);
-	state->timed_calls++;
-	state->timed_ns += ns;
-	SpinLockRelease(&state->mutex);
-}
-
-void
-quota_timing(uint64 *calls, uint64 *ns)
-{
-	LlmQuotaState *st = quota_state();
-
-	SpinLockAcquire(&st->mutex);
-	*calls = st->timed_calls;
-	*ns = st->timed_ns;
-	SpinLockRelease(&st->mutex);
 }
 
 static void

@@ -71,9 +71,6 @@ typedef struct LlmQuotaState
 	slock_t		mutex;			/* readers copy under it; only the worker writes */
 	bool		loaded;			/* the worker has loaded llm.quotas */
 	int			nquotas;
-	/* what admitting and settling cost the worker (llm.gateway_status) */
-	uint64		timed_calls;	/* calls admitted and settled */
-	uint64		timed_ns;		/* worker CPU time spent in quota_admit and quota_settle */
 	LlmQuotaShared quotas[LLM_MAX_QUOTAS];
 } LlmQuotaState;
 
@@ -81,7 +78,6 @@ typedef struct LlmQuotaState
 extern char *llm_quota_timezone;
 
 extern Size quota_shmem_size(void);
-extern void quota_timing(uint64 *calls, uint64 *ns);
 extern void quota_shmem_init(void);
 extern LlmQuotaState *quota_state(void);
 

@@ -45,6 +45,7 @@
 #include "utils/resowner.h"
 
 #include "worker/usage_rollup.h"
+#include "worker/worker_timing.h"
 #include "common/llm_errors.h"
 
 typedef struct UsageGroup
@@ -74,6 +75,7 @@ typedef struct UsageGroup
 struct UsageRollup
 {
 	MemoryContext cxt;
+	uint64		cpu_ns;			/* worker CPU time spent here for this batch */
 	int			ngroups;
 	int			size;
 	UsageGroup **groups;
@@ -369,8 +371,23 @@ slot_int8(TupleTableSlot *slot, AttrNumber att)
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
+static void add_slot(UsageRollup *u, TupleTableSlot *slot, const UsageColumns *c);
+
+/*
+ * Both entry points are timed in the worker's CPU time (worker_timing.c):
+ * make bench reports what the rollup adds per call.
+ */
 void
 usage_rollup_add_slot(UsageRollup *u, TupleTableSlot *slot, const UsageColumns *c)
+{
+	uint64		start = worker_cpu_ns();
+
+	add_slot(u, slot, c);
+	u->cpu_ns += worker_cpu_ns() - start;
+}
+
+static void
+add_slot(UsageRollup *u, TupleTableSlot *slot, const UsageColumns *c)
 {
 	UsageRow	r;
 	bool		isnull;
@@ -410,14 +427,33 @@ usage_rollup_add_slot(UsageRollup *u, TupleTableSlot *slot, const UsageColumns *
  * a timeout) is rethrown: the whole batch is tried again next turn, and
  * counted then.
  */
+static void flush(UsageRollup *u);
+
 void
 usage_rollup_flush(UsageRollup *u)
+{
+	uint64		start = worker_cpu_ns();
+	int64		calls = 0;
+	int			i;
+
+	if (u == NULL)
+		return;
+	for (i = 0; i < u->ngroups; i++)
+		calls += u->groups[i]->calls;
+	flush(u);
+	if (calls > 0)
+		worker_timing_add(LLM_TIMED_ROLLUP, calls, u->cpu_ns + (worker_cpu_ns() - start));
+	u->cpu_ns = 0;
+}
+
+static void
+flush(UsageRollup *u)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	Oid			nsp;
 
-	if (u == NULL || u->ngroups == 0)
+	if (u->ngroups == 0)
 		return;
 	nsp = get_namespace_oid("llm", true);
 	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("usage_hourly", nsp)))

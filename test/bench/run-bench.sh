@@ -21,7 +21,12 @@
 #  4. Quotas: the worker time admission and settling take per call
 #     (llm.gateway_status().quota_check_us over the run) with four quotas
 #     applying to every call (role, alias, tag, all), pgbench 64 clients
-#     against the mock at 50 ms.
+#     against the mock at 50 ms; and in the same run what the usage rollup
+#     (llm.gateway_status().rollup_us) costs per call.
+#  5. Usage views over a big log: BENCH_LOG_ROWS (default 10,000,000) rows
+#     of llm.requests over 30 days, with their rollup; a day of
+#     llm.usage_daily read through the view, against the same figures
+#     summed from llm.requests (what a view over the log would do).
 #
 # Results go to stdout and tmp/bench/results.txt.  Sizes can be changed
 # with BENCH_CALLS (default 3000 per configuration), BENCH_ROUNDS (default
@@ -289,12 +294,83 @@ echo "SELECT llm_complete('bench', 'quota call', '{\"tags\": {\"team\": \"bench\
 [ "$(id -u)" = 0 ] && chown "$RUN_USER" "$B/pgbench_quota.sql"
 # the first call loads the quotas and rebuilds their windows from the log: not a per-call cost
 as_run_user "${PSQL[@]}" -c "SELECT llm_complete('bench', 'quota warm-up', '{\"tags\": {\"team\": \"bench\"}}')" >/dev/null
-read -r qc0 qa0 < <(as_run_user "${PSQL[@]}" -F ' ' -c "SELECT quota_checked_calls, coalesce(quota_check_us, 0) FROM llm.gateway_status()")
+TIMINGS="SELECT quota_checked_calls, coalesce(quota_check_us, 0), rolled_up_calls, coalesce(rollup_us, 0) FROM llm.gateway_status()"
+read -r qc0 qa0 rc0 ra0 < <(as_run_user "${PSQL[@]}" -F ' ' -c "$TIMINGS")
 as_run_user pgbench -n -h "$B" -p "$PORT" -U postgres -c "$CLIENTS" -j 4 -T 10 \
     -f "$B/pgbench_quota.sql" postgres >"$B/pgbench_quota.log" 2>&1 || true
-read -r qc1 qa1 < <(as_run_user "${PSQL[@]}" -F ' ' -c "SELECT quota_checked_calls, coalesce(quota_check_us, 0) FROM llm.gateway_status()")
+read -r qc1 qa1 rc1 ra1 < <(as_run_user "${PSQL[@]}" -F ' ' -c "$TIMINGS")
 quota_refused=$(as_run_user "${PSQL[@]}" -c "SELECT count(*) FROM llm.requests WHERE error_code = 'LL014'")
 {
     printf 'quota check (admission + settling, 4 quotas per call): %.2f us of worker CPU per call over %d calls (target < 10 us); refused %s\n' \
         "$(echo "($qa1 * $qc1 - $qa0 * $qc0) / ($qc1 - $qc0)" | bc -l)" $((qc1 - qc0)) "$quota_refused"
+    printf 'usage rollup (aggregation + upsert in the completing transaction): %.2f us of worker CPU per call over %d calls\n' \
+        "$(echo "($ra1 * $rc1 - $ra0 * $rc0) / ($rc1 - $rc0)" | bc -l)" $((rc1 - rc0))
+} | tee -a "$B/results.txt"
+
+# 5. The usage views do not scan the log.  Synthetic completed rows (8
+# roles, aliases bulk0-3, 30 days) go straight into llm.requests, and their
+# rollup is computed from them in SQL, as the worker would have kept it
+# (test 025_usage checks the worker's rollup equals these sums); the
+# rollup of the calls made above is the worker's own.
+LOG_ROWS=${BENCH_LOG_ROWS:-10000000}
+log "usage views: a day of llm.usage_daily with $LOG_ROWS rows in llm.requests"
+t0=$(date +%s)
+as_run_user "${PSQL[@]}" <<SQL >/dev/null
+SET synchronous_commit = off;
+SET maintenance_work_mem = '1GB';
+INSERT INTO llm.requests (created_at, finished_at, status, alias, provider, upstream_model, role_name,
+                          attempts, input_tokens, output_tokens, cost_usd, latency_ms, error_code)
+SELECT t, t + interval '1 s', CASE WHEN i % 50 = 0 THEN 'error' ELSE 'ok' END,
+       'bulk' || (i % 4), 'mock', 'model' || (i % 4), 'role' || (i % 8), 1,
+       100 + i % 900, 20 + i % 300, (100 + i % 900) * 0.000003 + (20 + i % 300) * 0.000015,
+       50 + (i % 2000), CASE WHEN i % 50 = 0 THEN 'LL005' END
+  FROM generate_series(1, $LOG_ROWS) i,
+       LATERAL (SELECT date_trunc('day', now()) - interval '29 days'
+                       + (i::float8 / $LOG_ROWS) * interval '30 days' AS t) ts;
+WITH b AS (
+    SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+           role_name, alias, provider, upstream_model,
+           CASE WHEN latency_ms < 1 THEN 1 ELSE floor(4 * ln(latency_ms) / ln(2))::int + 2 END AS bucket,
+           count(*) AS calls, count(*) FILTER (WHERE status = 'ok') AS ok,
+           count(*) FILTER (WHERE status = 'error') AS errors,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, sum(cost_usd) AS cost_usd
+      FROM llm.requests WHERE alias LIKE 'bulk%' GROUP BY 1, 2, 3, 4, 5, 6),
+g AS (
+    SELECT hour, role_name, alias, provider, upstream_model, sum(calls) AS calls, sum(ok) AS ok,
+           sum(errors) AS errors, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+           sum(cost_usd) AS cost_usd,
+           array_agg(calls ORDER BY bucket) AS counts, array_agg(bucket ORDER BY bucket) AS buckets
+      FROM b GROUP BY 1, 2, 3, 4, 5)
+INSERT INTO llm.usage_hourly (hour, role_name, alias, provider, upstream_model, calls, ok, errors,
+                              error_classes, input_tokens, output_tokens, cost_usd, latency_hist)
+SELECT hour, role_name, alias, provider, upstream_model, calls, ok, errors,
+       CASE WHEN errors > 0 THEN jsonb_build_object('LL', errors) ELSE '{}' END,
+       input_tokens, output_tokens, cost_usd,
+       ARRAY(SELECT coalesce(counts[array_position(buckets, k)], 0)
+               FROM generate_series(1, buckets[array_upper(buckets, 1)]) k)
+  FROM g;
+ANALYZE llm.requests;
+ANALYZE llm.usage_hourly;
+SQL
+fill_s=$(( $(date +%s) - t0 ))
+# exec_ms QUERY: the median of 5 executions' "Execution Time" (after one warm-up)
+exec_ms() {
+    local i
+    for i in 0 1 2 3 4 5; do
+        as_run_user "${PSQL[@]}" -c "EXPLAIN (ANALYZE, FORMAT JSON) $1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Execution Time"])'
+    done | tail -n 5 | sort -g | sed -n 3p
+}
+DAY="(now() AT TIME ZONE 'UTC')::date"
+view_ms=$(exec_ms "SELECT * FROM llm.usage_daily WHERE day = $DAY")
+log_ms=$(exec_ms "SELECT role_name, alias, provider, upstream_model, count(*), count(*) FILTER (WHERE status = 'error'),
+    sum(input_tokens), sum(output_tokens), sum(cost_usd),
+    percentile_cont(array[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms)
+  FROM llm.requests WHERE created_at >= $DAY::timestamp AT TIME ZONE 'UTC'
+   AND created_at < ($DAY + 1)::timestamp AT TIME ZONE 'UTC'
+ GROUP BY 1, 2, 3, 4")
+read -r rows_log rows_rollup day_rows < <(as_run_user "${PSQL[@]}" -F ' ' -c "SELECT (SELECT count(*) FROM llm.requests), (SELECT count(*) FROM llm.usage_hourly), (SELECT sum(calls) FROM llm.usage_daily WHERE day = $DAY)")
+{
+    printf 'usage views: a day of llm.usage_daily (%s calls) reads in %.2f ms with %s rows in llm.requests (%s rollup rows; filled in %d s);\n' \
+        "$day_rows" "$view_ms" "$rows_log" "$rows_rollup" "$fill_s"
+    printf '      the same day summed from llm.requests takes %.1f ms: %.0fx\n' "$log_ms" "$(echo "$log_ms / $view_ms" | bc -l)"
 } | tee -a "$B/results.txt"
