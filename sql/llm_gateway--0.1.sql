@@ -397,10 +397,11 @@ CREATE FUNCTION llm.gateway_status(OUT worker_pid int, OUT slots int, OUT slots_
                                    OUT submitted bigint, OUT completed bigint,
                                    OUT abandoned bigint, OUT waited_for_slot bigint,
                                    OUT flusher_pid int, OUT quota_checked_calls bigint,
-                                   OUT quota_check_us double precision)
+                                   OUT quota_check_us double precision,
+                                   OUT rolled_up_calls bigint, OUT rollup_us double precision)
     AS 'MODULE_PATHNAME', 'llm_gateway_status'
     LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
-COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down), the call channel''s counters, the log flusher''s pid (NULL when down), and the worker CPU time quota admission and settling took per call (since the server started)';
+COMMENT ON FUNCTION llm.gateway_status() IS 'the worker''s pid (NULL when down), the call channel''s counters, the log flusher''s pid (NULL when down), the worker CPU time quota admission and settling took per call, and the CPU time the usage rollup took per call it counted (since the server started)';
 -----------------------------------------------------------------------------
 -- Diagnostic adapter functions (src/adapter_sql.c).  They drive a provider
 -- adapter directly, with no network and no configuration tables: what the

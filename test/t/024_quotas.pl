@@ -160,6 +160,39 @@ SELECT llm_complete('m', 'sales 1', '{"tags": {"team": "sales"}}');});
 is($out, "mock reply to: support 1\nmock reply to: sales 1", 'a tag quota limits only the calls with that tag value');
 like($err, qr/LL014: quota "tagq" exceeded: requests of tag team = "support" per day/, 'the second support call is refused');
 
+# --- retries and fallbacks count what they really cost ----------------------
+# 'fb' falls over from a dear target nobody answers (port 9) to a cheap one:
+# the call reserves at the dear price and settles at the cheap one's real cost
+sql(q{SELECT llm.add_provider('down', 'anthropic', 'http://127.0.0.1:9');
+SELECT llm.set_credential('down', 'k');
+SELECT llm.add_route('fb', 'down', 'dear-model', 0, 1, '{"price_input": 100, "price_output": 100}');
+SELECT llm.add_route('fb', 'mock', 'cheap-model', 1, 1, '{"price_input": 1, "price_output": 1}');
+SELECT llm.set_quota('fbq', 'cost_usd', 1, 'day', alias => 'fb');
+SELECT llm.set_quota('fbn', 'requests', 10, 'day', alias => 'fb');
+SELECT llm.add_route('rt', 'mock', 'anthropic-mock');
+SELECT llm.set_quota('rtn', 'requests', 10, 'day', alias => 'rt');
+SELECT llm.set_quota('rtt', 'total_tokens', 100000, 'day', alias => 'rt');});
+($out, $err) = session(q{SELECT llm_complete('fb', 'fallback call', '{"max_tokens": 10}')});
+is("$out$err", 'mock reply to: fallback call', 'the call falls over to the cheap target');
+is(sql(q{SELECT attempts || ' ' || provider || ' ' || (cost_usd > 0) FROM llm.requests WHERE alias = 'fb'}),
+	'2 mock t', 'two attempts logged, the cheap target answered');
+is(sql(q{SELECT q.used = r.cost_usd FROM llm.quota_status q, llm.requests r WHERE q.quota = 'fbq' AND r.alias = 'fb'}),
+	't', 'cost quota: settled at the cost the log has (the cheap target), not the dear reservation');
+is(sql(q{SELECT used FROM llm.quota_status WHERE quota = 'fbn'}), '1', 'a call that fell over counts one request');
+# the dear target bounds the reservation: 0.005 USD is below its worst case
+sql(q{SELECT llm.set_quota('fbq', 'cost_usd', 0.005, 'day', alias => 'fb')});
+($out, $err) = session(q{SELECT llm_complete('fb', 'second fallback call', '{"max_tokens": 10}')});
+like($err, qr/LL014: quota "fbq" exceeded: cost_usd .*\nDETAIL:  Used 0\.0000\d+, reserved 0, by calls in flight, this call needs up to 0\.01\d+;|LL014: quota "fbq" exceeded: cost_usd .*\nDETAIL:  Used 0\.0000\d+, reserved 0 by calls in flight, this call needs up to 0\.01\d+;/,
+	'the reservation is at the dearest target the call may fall over to');
+# a retried call (the first attempt gets a 503) counts one request and the
+# tokens of the attempt that answered
+($out, $err) = session(q{SELECT llm_complete('rt', 'retried [[mock:fail_first=1,status=503]]')});
+is("$out$err", 'mock reply to: retried', 'the call is answered on its second attempt');
+is(sql(q{SELECT attempts FROM llm.requests WHERE alias = 'rt'}), '2', 'two attempts logged');
+is(sql(q{SELECT used FROM llm.quota_status WHERE quota = 'rtn'}), '1', 'a retried call counts one request');
+is(sql(q{SELECT q.used = r.input_tokens + r.output_tokens FROM llm.quota_status q, llm.requests r WHERE q.quota = 'rtt' AND r.alias = 'rt'}),
+	't', 'and the tokens the log has for it');
+
 # pg_dump keeps the quotas (a configuration table of the extension)
 my ($dump_out, $dump_err);
 IPC::Run::run([ 'pg_dump', '--data-only', '-t', 'llm.quotas', '-d', $node->connstr('postgres') ],
