@@ -1,7 +1,9 @@
 # Quotas: exactly N calls admitted under a race of sessions and of a
 # pipeline, token and cost limits never exceeded by settled usage, a group
 # role's quota shared by its members, the refusal's exact fields, warn_at,
-# a window rolling over, and usage kept across a restart and a crash.
+# retries and fallbacks counted at what they really cost (reserved at the
+# dearest target), a window rolling over, and usage kept across a restart
+# and a crash.
 use strict;
 use warnings;
 use FindBin;
@@ -175,14 +177,16 @@ SELECT llm.set_quota('rtt', 'total_tokens', 100000, 'day', alias => 'rt');});
 ($out, $err) = session(q{SELECT llm_complete('fb', 'fallback call', '{"max_tokens": 10}')});
 is("$out$err", 'mock reply to: fallback call', 'the call falls over to the cheap target');
 is(sql(q{SELECT attempts || ' ' || provider || ' ' || (cost_usd > 0) FROM llm.requests WHERE alias = 'fb'}),
-	'2 mock t', 'two attempts logged, the cheap target answered');
+	'3 mock true', 'three attempts logged (two at the dead target), the cheap target answered');
 is(sql(q{SELECT q.used = r.cost_usd FROM llm.quota_status q, llm.requests r WHERE q.quota = 'fbq' AND r.alias = 'fb'}),
 	't', 'cost quota: settled at the cost the log has (the cheap target), not the dear reservation');
 is(sql(q{SELECT used FROM llm.quota_status WHERE quota = 'fbn'}), '1', 'a call that fell over counts one request');
 # the dear target bounds the reservation: 0.005 USD is below its worst case
 sql(q{SELECT llm.set_quota('fbq', 'cost_usd', 0.005, 'day', alias => 'fb')});
 ($out, $err) = session(q{SELECT llm_complete('fb', 'second fallback call', '{"max_tokens": 10}')});
-like($err, qr/LL014: quota "fbq" exceeded: cost_usd .*\nDETAIL:  Used 0\.0000\d+, reserved 0, by calls in flight, this call needs up to 0\.01\d+;|LL014: quota "fbq" exceeded: cost_usd .*\nDETAIL:  Used 0\.0000\d+, reserved 0 by calls in flight, this call needs up to 0\.01\d+;/,
+# worst case at 100 USD per million: 85 bytes of request JSON + 10 output tokens
+# = 0.0095 USD (at the cheap target's price it would be 0.000095)
+like($err, qr/LL014: quota "fbq" exceeded: cost_usd of model alias "fb" per day\nDETAIL:  Used 0\.0000\d+ USD, reserved 0 USD by calls in flight, this call needs up to 0\.0095 USD;/,
 	'the reservation is at the dearest target the call may fall over to');
 # a retried call (the first attempt gets a 503) counts one request and the
 # tokens of the attempt that answered
