@@ -167,7 +167,7 @@ write_image_part(Translation *t, StringInfo parts, bool *first_part,
 
 	if (stype == NULL || strcmp(stype, "base64") != 0)
 		return provider_unsupported(err, t->target,
-									psprintf("image sources of type \"%s\" (send the image as base64)",
+									psprintf("image sources of type \"%s\"",
 											 stype ? stype : "(none)"));
 	if (media == NULL || data == NULL)
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,

@@ -260,10 +260,14 @@ gemini_schema_is_empty_object(JsonbValue *schema)
 {
 	JsonbContainer *obj = json_value_container(schema, false);
 	JsonbContainer *props;
+	const char *type;
 
 	if (schema == NULL || schema->type == jbvNull)
 		return true;
 	if (obj == NULL)
+		return false;
+	type = json_get_cstring(obj, "type");
+	if (type != NULL && strcmp(type, "object") != 0)
 		return false;
 	props = json_get_object(obj, "properties");
 	return json_get(obj, "anyOf") == NULL &&
