@@ -2,9 +2,10 @@
  *
  * gemini.h
  *	  Internal interface of the Gemini generateContent protocol, split in
- *	  three: the request body (gemini_request.c), JSON Schema translated to
- *	  Gemini's schema subset (gemini_schema.c) and answers and errors
- *	  (gemini_response.c, which also registers the "gemini" kind).
+ *	  four: the request body (gemini_request.c), JSON Schema translated to
+ *	  Gemini's schema subset (gemini_schema.c), answers and errors
+ *	  (gemini_response.c), and the "gemini" kind's URL, auth and
+ *	  registration (gemini.c).
  *
  * runs in: worker (and backends, for the diagnostic adapter functions).
  * Pure, like every adapter (see providers/adapter.h).
