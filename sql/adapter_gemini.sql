@@ -120,6 +120,12 @@ SELECT jsonb_pretty(llm.adapter_build_request('gemini',
 SELECT r->>'url' AS url, r->'body' AS body
   FROM llm.adapter_build_request('gemini', '{"messages": [{"role": "user", "content": "Hi"}]}',
        'tunedModels/my model', NULL, '{"api_version": "v1"}') AS r;
+-- safety_settings are copied; a value that is not an array is refused
+SELECT llm.adapter_build_request('gemini', '{"messages": [{"role": "user", "content": "x"}]}', 'm', NULL,
+       '{"safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]}')->'body'->'safetySettings' AS safety;
+SELECT llm.adapter_build_request('gemini', '{"messages": [{"role": "user", "content": "x"}]}', 'm', NULL,
+       '{"safety_settings": "none"}');
+\echo :LAST_ERROR_SQLSTATE
 -- url images are refused; a reserved header is refused; a bad schema_mode
 SELECT llm.adapter_build_request('gemini', '{"messages": [{"role": "user", "content": [
   {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]}', 'm');
@@ -192,6 +198,9 @@ SELECT t AS thinking, llm.adapter_build_request('gemini',
          'm')->'body'->'generationConfig' AS generation_config
   FROM unnest(ARRAY['{"type": "enabled", "budget_tokens": 2048}', '{"type": "disabled"}',
                     '{"type": "adaptive"}']) AS t;
+
+SELECT pg_temp.build_error('{"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "enabled"}}') AS error;
+SELECT pg_temp.build_error('{"messages": [{"role": "user", "content": "x"}], "thinking": {"type": "sometimes"}}') AS error;
 
 -- tool results: the name comes from the tool_use with that id (nearest
 -- earlier); an error result uses the "error" key; ids of other providers are
