@@ -262,7 +262,7 @@ SELECT llm.adapter_build_request('openai',
 \echo :LAST_ERROR_SQLSTATE
 
 -- argument checks
-SELECT llm.adapter_build_request('gemini', '{"messages": []}', 'm');
+SELECT llm.adapter_build_request('no_such_kind', '{"messages": []}', 'm');
 \echo :LAST_ERROR_SQLSTATE
 SELECT llm.adapter_parse_response('bedrock', 200, '{}');
 \echo :LAST_ERROR_SQLSTATE
