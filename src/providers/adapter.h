@@ -189,5 +189,6 @@ extern double provider_parse_retry_after(const char *value);
 extern const LlmProvider llm_provider_anthropic;
 extern const LlmProvider llm_provider_openai;
 extern const LlmProvider llm_provider_azure_openai;
+extern const LlmProvider llm_provider_ollama;
 
 #endif							/* LLM_PROVIDER_H */
