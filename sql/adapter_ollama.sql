@@ -156,3 +156,25 @@ SELECT r->>'stop_reason' AS stop, r->'content' AS content
          "choices": [{"index": 0, "finish_reason": "function_call",
                       "message": {"role": "assistant", "content": null,
                                   "function_call": {"name": "g", "arguments": "{}"}}}]}') AS r;
+
+--
+-- Through the worker, against the mock's Ollama endpoint (no key: nothing
+-- to store with llm.set_credential)
+--
+\getenv mock_port MOCK_PORT
+SELECT 'http://127.0.0.1:' || :'mock_port' AS url \gset
+SELECT llm.add_provider('o_local', 'ollama', :'url');
+SELECT llm.add_route('o', 'o_local', 'llama3.2') > 0 AS added;
+SELECT llm_complete('o', 'Hello there', '{"max_tokens": 20}');
+-- a tool call comes back as tool_use with a synthesised id, then the result goes back
+SELECT a->>'stop_reason' AS stop, a->'content'->0->>'type' AS type, a->'content'->0->>'name' AS name,
+       a->'content'->0->'input' AS input, a->'content'->0->>'id' LIKE 'call_%' AS has_id
+  FROM llm_messages('o', '[{"role": "user", "content": "find cats [[mock:tool]]"}]',
+                    '{"tools": [{"name": "search", "input_schema": {"type": "object"}}]}') AS a;
+SELECT a->'content'->0->>'text' AS text
+  FROM llm_messages('o', '[{"role": "user", "content": "find cats"},
+       {"role": "assistant", "content": [{"type": "tool_use", "id": "call_x", "name": "search", "input": {"query": "cats"}}]},
+       {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_x", "content": "3 cats"}]}]',
+       '{"tools": [{"name": "search", "input_schema": {"type": "object"}}]}') AS a;
+SELECT status, provider, input_tokens > 0 AS counted, stop_reason, error_code
+  FROM llm.requests WHERE alias = 'o' ORDER BY id;
