@@ -163,6 +163,8 @@ SELECT r->>'stop_reason' AS stop, r->'content' AS content
 --
 \getenv mock_port MOCK_PORT
 SELECT 'http://127.0.0.1:' || :'mock_port' AS url \gset
+-- later files print route ids: this section leaves the id sequence as it found it
+SELECT last_value AS seq_last, is_called AS seq_called FROM llm.routes_id_seq \gset
 SELECT llm.add_provider('o_local', 'ollama', :'url');
 SELECT llm.add_route('o', 'o_local', 'llama3.2') > 0 AS added;
 SELECT llm_complete('o', 'Hello there', '{"max_tokens": 20}');
@@ -178,3 +180,6 @@ SELECT a->'content'->0->>'text' AS text
        '{"tools": [{"name": "search", "input_schema": {"type": "object"}}]}') AS a;
 SELECT status, provider, input_tokens > 0 AS counted, stop_reason, error_code
   FROM llm.requests WHERE alias = 'o' ORDER BY id;
+SELECT llm.drop_route('o');
+SELECT llm.drop_provider('o_local');
+SELECT setval('llm.routes_id_seq', :seq_last, :'seq_called') > 0 AS restored;
