@@ -141,16 +141,24 @@ text_only(OllamaTranslation *t, JsonbValue *content, StringInfo text,
 	return true;
 }
 
-/* The name of the tool_use block (in an earlier message) whose id is id. */
+/*
+ * The name of the tool_use block whose id is id.  Only the assistant turn
+ * just before is searched: a tool_result answers that turn (the Messages
+ * rule), and a wider search would make a long hostile history quadratic
+ * in the worker; for the same reason only its first TOOL_NAME_SCAN blocks
+ * are looked at (a result past them goes with its tool_call_id alone).
+ */
+#define TOOL_NAME_SCAN 256
+
 static const char *
 tool_name_for(OllamaTranslation *t, int before, const char *id)
 {
-	for (int m = before - 1; m >= 0; m--)
+	if (before > 0)
 	{
-		JsonbContainer *msg = json_value_container(json_array_elem(t->messages, m), false);
+		JsonbContainer *msg = json_value_container(json_array_elem(t->messages, before - 1), false);
 		JsonbContainer *blocks = json_get_array(msg, "content");
 
-		for (int i = 0; i < json_array_size(blocks); i++)
+		for (int i = 0; i < Min(json_array_size(blocks), TOOL_NAME_SCAN); i++)
 		{
 			JsonbContainer *b = json_value_container(json_array_elem(blocks, i), false);
 			const char *bid = json_get_cstring(b, "id");
