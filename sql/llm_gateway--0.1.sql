@@ -76,7 +76,7 @@ CREATE INDEX ON llm.requests (status) WHERE status = 'pending';
 COMMENT ON TABLE llm.requests IS 'audit log: one row per call, committed by the worker before the provider is contacted';
 COMMENT ON COLUMN llm.requests.provider IS 'the provider of the target that answered (or was tried last)';
 COMMENT ON COLUMN llm.requests.cost_usd IS 'cost from the answering target''s prices (route options price_input, price_output, price_cache_read, price_cache_write, USD per million tokens); NULL without prices';
-COMMENT ON COLUMN llm.requests.attempts_detail IS 'one object per attempt: route_id, provider, model, http_status, error_code, latency_ms';
+COMMENT ON COLUMN llm.requests.attempts_detail IS 'one object per attempt: route_id, provider, model, credential (the key''s label, when the provider has keys), http_status, error_code, latency_ms';
 
 SELECT pg_catalog.pg_extension_config_dump('llm.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('llm.routes', '');

@@ -190,5 +190,6 @@ extern const LlmProvider llm_provider_anthropic;
 extern const LlmProvider llm_provider_openai;
 extern const LlmProvider llm_provider_azure_openai;
 extern const LlmProvider llm_provider_gemini;
+extern const LlmProvider llm_provider_ollama;
 
 #endif							/* LLM_PROVIDER_H */

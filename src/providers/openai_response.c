@@ -82,10 +82,22 @@ write_tool_use(StringInfo blocks, const char *id, const char *name, JsonbValue *
 	appendStringInfoChar(blocks, '}');
 }
 
+/*
+ * OpenAI-compatible servers fill fields they do not use with empty values
+ * ("function_call": {"name": "", "arguments": ""}, "refusal": "",
+ * "finish_reason": "", a tool call with an empty id): an empty string
+ * means absent, so no phantom tool_use block or wrong stop reason.
+ */
+static bool
+is_placeholder(const char *s)
+{
+	return s == NULL || s[0] == '\0';
+}
+
 static const char *
 map_finish_reason(const char *finish)
 {
-	if (finish == NULL)
+	if (is_placeholder(finish))
 		return "end_turn";
 	if (strcmp(finish, "length") == 0 || strcmp(finish, "model_length") == 0)
 		return "max_tokens";
@@ -140,14 +152,14 @@ write_answer_blocks(StringInfo blocks, JsonbContainer *msg, bool *refused)
 		JsonbContainer *fn = json_get_object(call, "function");
 		const char *id = json_get_cstring(call, "id");
 
-		if (fn == NULL)
+		if (fn == NULL || is_placeholder(json_get_cstring(fn, "name")))
 			continue;
 		/* tool_result must name the call: invent an id when a server omits it */
-		write_tool_use(blocks, id ? id : psprintf("call_%d", i),
+		write_tool_use(blocks, !is_placeholder(id) ? id : psprintf("call_%d", i),
 					   json_get_cstring(fn, "name"), json_get(fn, "arguments"));
 		tools++;
 	}
-	if (legacy != NULL)
+	if (legacy != NULL && !is_placeholder(json_get_cstring(legacy, "name")))
 	{
 		write_tool_use(blocks, psprintf("call_%d", ncalls),
 					   json_get_cstring(legacy, "name"), json_get(legacy, "arguments"));

@@ -369,6 +369,12 @@ log_attempt(LlmWorkItem *item)
 	json_append_string(buf, item->target.provider_name);
 	json_append_key(buf, &first, "model");
 	json_append_string(buf, item->target.upstream_model);
+	/* which key was used: its label, never the secret */
+	if (item->cand[item->cur].ncredentials > 0)
+	{
+		json_append_key(buf, &first, "credential");
+		json_append_string(buf, item->cand[item->cur].credential_labels[item->cand[item->cur].credential_at]);
+	}
 	json_append_key(buf, &first, "http_status");
 	if (item->http_status > 0)
 		appendStringInfo(buf, "%ld", item->http_status);

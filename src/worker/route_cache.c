@@ -228,14 +228,28 @@ wipe_secret_copy(void *arg)
 	explicit_bzero(secret, strlen(secret));
 }
 
+/* A copy of a secret in CurrentMemoryContext, wiped when that context goes. */
+static char *
+copy_secret(const char *secret)
+{
+	char	   *copy = pstrdup(secret);
+	MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
+
+	cb->func = wipe_secret_copy;
+	cb->arg = copy;
+	MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
+	return copy;
+}
+
 /*
  * Copy a cached target into the caller's context: the cache may reload.
- * The copy of the secret is wiped when that context is reset or deleted.
+ * The copies of the secrets are wiped when that context is reset or
+ * deleted.
  */
 void
 routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 {
-	const char *secret;
+	LlmProviderCredentials *pc = src->credentials;
 
 	*dst = *src;
 	dst->alias = pstrdup(src->alias);
@@ -244,18 +258,31 @@ routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 	dst->target.provider_name = pstrdup(src->target.provider_name);
 	dst->target.base_url = pstrdup(src->target.base_url);
 	dst->target.upstream_model = pstrdup(src->target.upstream_model);
-	/* several enabled credentials are used in turn */
-	secret = credentials_next_secret(src->credentials);
+	/*
+	 * Several enabled credentials are used in turn: each call starts with
+	 * the next one, and carries the others, in the same order, for when a
+	 * key is refused (router.c tries each at most once per target).
+	 */
 	dst->target.secret = NULL;
-	if (secret)
+	dst->ncredentials = 0;
+	dst->credential_secrets = NULL;
+	dst->credential_labels = NULL;
+	dst->credential_at = 0;
+	if (pc != NULL && pc->ncredentials > 0)
 	{
-		char	   *copy = pstrdup(secret);
-		MemoryContextCallback *cb = palloc0(sizeof(MemoryContextCallback));
+		uint32		start = pc->next++;
 
-		cb->func = wipe_secret_copy;
-		cb->arg = copy;
-		MemoryContextRegisterResetCallback(CurrentMemoryContext, cb);
-		dst->target.secret = copy;
+		dst->ncredentials = pc->ncredentials;
+		dst->credential_secrets = palloc(sizeof(char *) * pc->ncredentials);
+		dst->credential_labels = palloc(sizeof(char *) * pc->ncredentials);
+		for (int i = 0; i < pc->ncredentials; i++)
+		{
+			LlmCredential *c = &pc->credentials[(start + i) % pc->ncredentials];
+
+			dst->credential_secrets[i] = copy_secret(c->secret);
+			dst->credential_labels[i] = pstrdup(c->label);
+		}
+		dst->target.secret = dst->credential_secrets[0];
 	}
 	dst->credentials = NULL;	/* the cached list goes with the next reload */
 	dst->credential_error = NULL;

@@ -33,6 +33,17 @@ typedef struct LlmRouteTarget
 	struct LlmProviderCredentials *credentials;
 	char	   *credential_error;
 	char	   *credential_hint;
+
+	/*
+	 * Copies only: every usable credential of the provider, in rotation
+	 * order from the one this call starts with, so that a key the provider
+	 * refuses (401/403) gives way to the next before the call falls over to
+	 * another target.  credential_at indexes the one in target.secret.
+	 */
+	int			ncredentials;
+	char	  **credential_secrets;
+	char	  **credential_labels;
+	int			credential_at;
 } LlmRouteTarget;
 
 /* An alias: its enabled targets, by priority (lower first), then age. */

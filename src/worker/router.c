@@ -375,6 +375,36 @@ after_failure(LlmWorkItem *item)
 		}
 	}
 
+	/*
+	 * A refused key (401/403): the provider's next enabled credential, each
+	 * at most once for this target, before falling over.  The breaker hears
+	 * nothing yet: the target answered, and the next attempt's outcome is
+	 * its verdict.
+	 */
+	if (err->fail_class == LLM_FAIL_CREDENTIAL)
+	{
+		LlmRouteTarget *rt = &item->cand[item->cur];
+
+		if (rt->credential_at + 1 < rt->ncredentials)
+		{
+			rt->credential_at++;
+			rt->target.secret = rt->credential_secrets[rt->credential_at];
+			item->target.secret = rt->target.secret;
+			item->tries_on_cur = 0;
+			item_retry(item);
+			return true;
+		}
+		if (rt->ncredentials > 1)
+		{
+			MemoryContext old = MemoryContextSwitchTo(item->cxt);
+
+			err->hint = psprintf("All %d enabled credentials of provider \"%s\" were refused; "
+								 "replace them with llm.set_credential().",
+								 rt->ncredentials, item->target.provider_name);
+			MemoryContextSwitchTo(old);
+		}
+	}
+
 	/* this target is done for this call: fall over */
 	item->cand_done[item->cur] = true;
 	report_health(item, false);

@@ -40,7 +40,8 @@ PG_FUNCTION_INFO_V1(llm_fuzz);
 
 static const LlmProvider *const adapters[] = {
 	&llm_provider_anthropic, &llm_provider_openai, &llm_provider_azure_openai,
-	&llm_provider_gemini
+	&llm_provider_gemini,
+	&llm_provider_ollama
 };
 
 static MemoryContext fuzz_cxt;
