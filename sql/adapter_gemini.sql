@@ -254,6 +254,8 @@ SELECT llm.adapter_build_request('gemini',
 \getenv mock_port MOCK_PORT
 SELECT llm.add_provider('mock_gemini', 'gemini', 'http://127.0.0.1:' || :'mock_port', 'local');
 SELECT llm.set_credential('mock_gemini', 'test-key-gemini');
+-- the route ids later files print must not depend on this file: restored at the end
+SELECT last_value AS seq_last, is_called AS seq_called FROM llm.routes_id_seq \gset
 SELECT llm.add_route('gem', 'mock_gemini', 'gemini-2.0-flash') > 0 AS added;
 SELECT llm_complete('gem', 'Hello there');
 SELECT a->'content' AS content, a->>'stop_reason' AS stop_reason, a->>'model' AS model,
@@ -300,3 +302,4 @@ SELECT llm_complete('gem', 'Hello');
 
 -- leave no providers behind for the files that follow
 SELECT llm.drop_provider(p) FROM unnest(ARRAY['mock_gemini', 'mock_gemini_bad', 'mock_anthropic_fb']) AS p;
+SELECT setval('llm.routes_id_seq', :seq_last, :'seq_called') > 0 AS restored;
