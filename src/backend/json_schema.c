@@ -30,6 +30,7 @@
 
 #include <ctype.h>
 
+#include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -50,7 +51,10 @@ jsonb_depth(Jsonb *j)
 	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
 	{
 		if (tok == WJB_BEGIN_ARRAY || tok == WJB_BEGIN_OBJECT)
-			max = Max(max, ++depth);
+		{
+			depth++;
+			max = Max(max, depth);
+		}
 		else if (tok == WJB_END_ARRAY || tok == WJB_END_OBJECT)
 			depth--;
 	}
@@ -428,4 +432,29 @@ json_schema_parse_answer(const char *text, size_t len, char **violation)
 	if (doc == NULL)
 		*violation = psprintf("$: the answer is not JSON (%s)", why);
 	return doc;
+}
+
+PG_FUNCTION_INFO_V1(llm_json_schema_violation);
+
+/*
+ * llm.json_schema_violation(schema jsonb, answer text) -> text: what
+ * llm_extract would say of this answer text (NULL: it follows the schema).
+ */
+Datum
+llm_json_schema_violation(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *schema = PG_GETARG_JSONB_P(0);
+	text	   *answer = PG_GETARG_TEXT_PP(1);
+	char	   *problem;
+	Jsonb	   *doc;
+
+	if (!json_schema_check(schema, &problem))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_extract: %s", problem),
+				 errhint("Pass a JSON Schema object, e.g. '{\"type\": \"object\", \"properties\": {...}}'.")));
+	doc = json_schema_parse_answer(VARDATA_ANY(answer), VARSIZE_ANY_EXHDR(answer), &problem);
+	if (doc != NULL && json_schema_validate(&schema->root, doc, &problem))
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(problem));
 }
