@@ -91,7 +91,10 @@ INSERT INTO so_cases VALUES
   (22, '{"type": "object"}', 'not json'),
   (23, '{"type": "object"}', ''),
   (24, '{"type": "object"}', '{"a": 1} trailing'),
-  (25, '{}', '"anything"');
+  (25, '{}', '"anything"'),
+  (26, '{"type": "object", "required": ["a"]}', E'```json\n{"a": 1}\n```'),
+  (27, '{"type": "object", "required": ["a"]}', E' \n```\n{"b": 1}\n```\n'),
+  (28, '{"const": "x"}', '"' || repeat('é', 40) || '"');
 SELECT n, llm.json_schema_violation(schema, answer) AS violation FROM so_cases ORDER BY n;
 -- hostile answers: 10,000 levels deep is a violation, not a crash
 SELECT llm.json_schema_violation('{"type": "array"}', repeat('[', 10000) || repeat(']', 10000)) AS deep_answer;

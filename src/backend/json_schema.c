@@ -31,6 +31,7 @@
 #include <ctype.h>
 
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -161,8 +162,9 @@ show(JsonbValue *v)
 	json_append_value(&buf, v);
 	if (buf.len > 60)
 	{
-		buf.len = 57;
-		buf.data[57] = '\0';
+		/* at a character boundary: the text goes into messages */
+		buf.len = pg_mbcliplen(buf.data, buf.len, 57);
+		buf.data[buf.len] = '\0';
 		appendStringInfoString(&buf, "...");
 	}
 	return buf.data;
@@ -389,7 +391,9 @@ json_schema_validate(JsonbContainer *schema, Jsonb *doc, char **violation)
 
 /*
  * The answer text as JSON, or NULL and why not (a violation: too deep,
- * not JSON).  Never raises on the provider's text.
+ * not JSON).  Never raises on the provider's text.  A Markdown code fence
+ * around the JSON (```json ... ```), which models add even when asked
+ * for JSON only, is taken off.
  */
 Jsonb *
 json_schema_parse_answer(const char *text, size_t len, char **violation)
@@ -402,6 +406,20 @@ json_schema_parse_answer(const char *text, size_t len, char **violation)
 	Jsonb	   *doc;
 
 	*violation = NULL;
+	while (len > 0 && isspace((unsigned char) *text))
+		text++, len--;
+	while (len > 0 && isspace((unsigned char) text[len - 1]))
+		len--;
+	if (len >= 6 && strncmp(text, "```", 3) == 0 && strncmp(text + len - 3, "```", 3) == 0)
+	{
+		const char *nl = memchr(text, '\n', len - 3);
+
+		if (nl != NULL)
+		{
+			len -= (nl + 1 - text) + 3;
+			text = nl + 1;
+		}
+	}
 	for (i = 0; i < len; i++)
 	{
 		char		c = text[i];
