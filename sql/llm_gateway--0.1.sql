@@ -1098,3 +1098,23 @@ COMMENT ON FUNCTION llm.estimate(text, boolean) IS 'plans a statement without ru
 
 REVOKE ALL ON FUNCTION llm.estimate(text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION llm.estimate(text, boolean) TO llm_admin, llm_user;
+
+-----------------------------------------------------------------------------
+-- Structured output: llm_extract asks for JSON following a schema
+-- (output_config), checks the answer against it, asks once more on a
+-- mismatch, and fails with LL015 (docs/design.md §24).
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm_extract(model text, prompt text, schema jsonb, options jsonb DEFAULT '{}')
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_extract'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_extract(text, text, jsonb, jsonb) IS 'one call to the model alias asking for JSON that follows the schema (output_config); returns the parsed answer, checked against the schema (type, required, enum, const, properties, additionalProperties, items, minItems, maxItems); a non-conforming answer is asked again once, then fails with LL015';
+GRANT EXECUTE ON FUNCTION llm_extract(text, text, jsonb, jsonb) TO llm_user;
+
+CREATE FUNCTION llm.json_schema_violation(schema jsonb, answer text)
+RETURNS text
+    AS 'MODULE_PATHNAME', 'llm_json_schema_violation'
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION llm.json_schema_violation(jsonb, text) IS 'what llm_extract says of an answer text against a schema: the first violation as "<JSON path>: <expected>", or NULL when it follows the schema; no network';
+GRANT EXECUTE ON FUNCTION llm.json_schema_violation(jsonb, text) TO llm_admin, llm_user;

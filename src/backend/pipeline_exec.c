@@ -284,6 +284,19 @@ pipeline_begin(CustomScanState *node, EState *estate, int eflags)
 		ExecSetTupleBound(ps->bound, outerPlanState(ps));
 }
 
+/* The SQL arguments of one of the row's calls (the row is held until its calls are taken). */
+static void
+call_args(PipelineCallSpec *spec, PipelineRow *row, NullableDatum *args)
+{
+	int			k;
+
+	for (k = 0; k < spec->nargs; k++)
+		if (spec->arg_cols[k] == 0)
+			args[k] = spec->consts[k];
+		else
+			args[k].value = slot_getattr(row->tuple, spec->arg_cols[k], &args[k].isnull);
+}
+
 /*
  * Submit the row's next call; false if it must wait (no slot free now, or
  * the backend's pipelines are at llm.statement_concurrency) while this
@@ -299,17 +312,12 @@ submit_next(PipelineState *ps, PipelineRow *row)
 	LlmPreparedCall prepared;
 	MemoryContext old;
 	bool		ok = true;
-	int			k;
 
 	if (!may_wait && pipelined_in_flight >= ps->concurrency)
 		return false;
 
 	old = MemoryContextSwitchTo(ps->prepare_cxt);
-	for (k = 0; k < spec->nargs; k++)
-		if (spec->arg_cols[k] == 0)
-			args[k] = spec->consts[k];
-		else
-			args[k].value = slot_getattr(row->tuple, spec->arg_cols[k], &args[k].isnull);
+	call_args(spec, row, args);
 	spec->kind->prepare(args, &prepared);
 	if (may_wait)
 		call->handle = channel_submit(&prepared.hdr, prepared.data.data, prepared.data.len,
@@ -379,6 +387,7 @@ take(PipelineState *ps, PipelineRow *row, PipelineCall *call)
 {
 	int			j = call - row->calls;
 	LlmCallResult result;
+	NullableDatum args[FUNC_MAX_ARGS] = {{0}};
 	MemoryContext old;
 
 	/* closed from here on, whatever channel_take does */
@@ -390,7 +399,8 @@ take(PipelineState *ps, PipelineRow *row, PipelineCall *call)
 		ps->calls_failed++;
 	ps->input_tokens += result.usage.input_tokens;
 	ps->output_tokens += result.usage.output_tokens;
-	row->answers[j] = ps->specs[j].kind->result(&result, call->on_error_null,
+	call_args(&ps->specs[j], row, args);
+	row->answers[j] = ps->specs[j].kind->result(args, &result, call->on_error_null,
 												&row->answer_nulls[j]);
 	MemoryContextSwitchTo(old);
 }

@@ -15,6 +15,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
@@ -40,9 +42,11 @@
 #include "backend/validate.h"
 #include "backend/sql_api.h"
 #include "backend/call_result.h"
+#include "backend/json_schema.h"
 
 PG_FUNCTION_INFO_V1(llm_messages);
 PG_FUNCTION_INFO_V1(llm_complete);
+PG_FUNCTION_INFO_V1(llm_extract);
 PG_FUNCTION_INFO_V1(llm_gateway_status);
 PG_FUNCTION_INFO_V1(llm_config_changed);
 PG_FUNCTION_INFO_V1(llm_provider_kinds);
@@ -171,39 +175,218 @@ messages_prepare(const NullableDatum *args, LlmPreparedCall *call)
 }
 
 static Datum
-messages_result(const LlmCallResult *r, bool on_error_null, bool *isnull)
+messages_result(const NullableDatum *args, const LlmCallResult *r, bool on_error_null,
+				bool *isnull)
 {
 	return llm_call_result(r, on_error_null, false, isnull);
+}
+
+/* the history of one user turn */
+static Jsonb *
+user_turn(const char *prompt)
+{
+	StringInfoData hist;
+
+	initStringInfo(&hist);
+	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
+	json_append_string(&hist, prompt);
+	appendStringInfoString(&hist, "}]");
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data)));
 }
 
 /* llm_complete(model text, prompt text, options jsonb): one user turn */
 static void
 complete_prepare(const NullableDatum *args, LlmPreparedCall *call)
 {
-	StringInfoData hist;
-
 	require_args(args, "prompt", "Filter out NULL rows, or coalesce() the prompt.");
-	initStringInfo(&hist);
-	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
-	json_append_string(&hist, text_to_cstring(DatumGetTextPP(args[1].value)));
-	appendStringInfoString(&hist, "}]");
 	prepare_call(DatumGetTextPP(args[0].value),
-				 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data))),
+				 user_turn(text_to_cstring(DatumGetTextPP(args[1].value))),
 				 options_arg(&args[2]), call);
 }
 
 /* the joined text of the answer's text blocks (tool calls and thinking left out) */
 static Datum
-complete_result(const LlmCallResult *r, bool on_error_null, bool *isnull)
+complete_result(const NullableDatum *args, const LlmCallResult *r, bool on_error_null,
+				bool *isnull)
 {
 	return llm_call_result(r, on_error_null, true, isnull);
+}
+
+/*
+ * llm_extract(model text, prompt text, schema jsonb, options jsonb): the
+ * prompt with output_config built from the schema; its options are the
+ * caller's plus output_config, and timeout_ms (for the retry) when given.
+ */
+static Jsonb *
+extract_options(const NullableDatum *args, int timeout_ms)
+{
+	Jsonb	   *options = options_arg(&args[3]);
+	Jsonb	   *schema;
+	char	   *problem;
+	StringInfoData add;
+
+	if (args[2].isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("schema must not be NULL"),
+				 errhint("Pass a JSON Schema object, e.g. '{\"type\": \"object\", \"properties\": {...}}'.")));
+	schema = DatumGetJsonbP(args[2].value);
+	if (!json_schema_check(schema, &problem))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_extract: %s", problem),
+				 errhint("Pass a JSON Schema object, e.g. '{\"type\": \"object\", \"properties\": {...}}'.")));
+	if (JB_ROOT_IS_OBJECT(options) && json_get(&options->root, "output_config") != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("llm_extract sets option \"output_config\" from its schema argument"),
+				 errhint("Leave output_config out of the options.")));
+	if (!JB_ROOT_IS_OBJECT(options))
+		return options;			/* validate_call says what is wrong */
+
+	initStringInfo(&add);
+	appendStringInfoString(&add, "{\"output_config\":{\"format\":{\"type\":\"json_schema\",\"schema\":");
+	appendStringInfoString(&add, JsonbToCString(NULL, &schema->root, VARSIZE(schema)));
+	appendStringInfoString(&add, "}}");
+	if (timeout_ms > 0)
+		appendStringInfo(&add, ",\"timeout_ms\":%d", timeout_ms);
+	appendStringInfoChar(&add, '}');
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(options),
+											  DirectFunctionCall1(jsonb_in, CStringGetDatum(add.data))));
+}
+
+static void
+extract_prepare(const NullableDatum *args, LlmPreparedCall *call)
+{
+	require_args(args, "prompt", "Filter out NULL rows, or coalesce() the prompt.");
+	prepare_call(DatumGetTextPP(args[0].value),
+				 user_turn(text_to_cstring(DatumGetTextPP(args[1].value))),
+				 extract_options(args, 0), call);
+}
+
+/*
+ * A finished llm_extract call: the answer's JSON if it follows the schema
+ * (true), else false with the violation.  A failed call raises or gives
+ * NULL (*isnull) as llm_complete does.  *latency_ms: how long the call took
+ * by the worker's clock (gateway.latency_ms).
+ */
+static bool
+extract_check(const NullableDatum *args, const LlmCallResult *r, bool on_error_null,
+			  bool *isnull, Jsonb **doc, char **said, char **violation, double *latency_ms)
+{
+	Jsonb	   *answer;
+	JsonbContainer *content;
+	JsonbContainer *gw;
+	StringInfoData buf;
+	int			i;
+
+	*doc = NULL;
+	if (r->outcome != LLM_OUTCOME_OK)
+	{
+		(void) llm_call_result(r, on_error_null, true, isnull);
+		return false;
+	}
+	answer = DatumGetJsonbP(llm_call_result(r, on_error_null, false, isnull));
+	content = json_get_array(&answer->root, "content");
+	initStringInfo(&buf);
+	for (i = 0; i < json_array_size(content); i++)
+	{
+		JsonbContainer *block = json_value_container(json_array_elem(content, i), false);
+		const char *type = json_get_cstring(block, "type");
+		const char *t = json_get_cstring(block, "text");
+
+		if (type != NULL && strcmp(type, "text") == 0 && t != NULL)
+			appendStringInfoString(&buf, t);
+	}
+	*said = buf.data;
+	gw = json_get_object(&answer->root, "gateway");
+	if (!json_get_float8(gw, "latency_ms", latency_ms))
+		*latency_ms = 0;
+	*doc = json_schema_parse_answer(buf.data, buf.len, violation);
+	if (*doc == NULL)
+		return false;
+	if (json_schema_validate(&DatumGetJsonbP(args[2].value)->root, *doc, violation))
+		return true;
+	*doc = NULL;
+	return false;
+}
+
+/* LL015, or NULL with on_error "null" */
+static Datum
+extract_mismatch(const char *violation, bool retried, bool on_error_null, bool *isnull)
+{
+	if (on_error_null)
+	{
+		*isnull = true;
+		return (Datum) 0;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_LLM_SCHEMA_MISMATCH),
+			 errmsg("llm_extract: the answer does not follow the schema: %s", violation),
+			 retried ? errdetail("The model was asked twice; this is the second answer's first violation.")
+			 : errdetail("There was no time left in the call's timeout_ms to ask again."),
+			 errhint("Say more about the expected fields in the prompt, or loosen the schema.")));
+	pg_unreachable();
+}
+
+/*
+ * Give the answer if it follows the schema; else ask once more within the
+ * call's deadline (the first answer and the violation as feedback), and
+ * give that answer or LL015.
+ */
+static Datum
+extract_result(const NullableDatum *args, const LlmCallResult *r, bool on_error_null,
+			   bool *isnull)
+{
+	Jsonb	   *doc;
+	char	   *said = NULL;
+	char	   *violation = NULL;
+	double		latency_ms;
+	LlmPreparedCall call;
+	LlmCallResult again;
+	int			left_ms;
+	StringInfoData hist;
+
+	*isnull = false;
+	if (extract_check(args, r, on_error_null, isnull, &doc, &said, &violation, &latency_ms))
+		return JsonbPGetDatum(doc);
+	if (violation == NULL)
+		return (Datum) 0;		/* the call failed: NULL (on_error "null") */
+
+	/* the first call's deadline, counted from its submission */
+	extract_prepare(args, &call);
+	left_ms = call.hdr.timeout_ms - (int) ceil(latency_ms);
+	pfree(call.data.data);
+	if (left_ms <= 0)
+		return extract_mismatch(violation, false, on_error_null, isnull);
+
+	initStringInfo(&hist);
+	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
+	json_append_string(&hist, text_to_cstring(DatumGetTextPP(args[1].value)));
+	appendStringInfoString(&hist, "},{\"role\":\"assistant\",\"content\":");
+	json_append_string(&hist, said[0] ? said : "(no answer)");
+	appendStringInfoString(&hist, "},{\"role\":\"user\",\"content\":");
+	json_append_string(&hist, psprintf("Your answer does not follow the JSON schema: %s. "
+									   "Answer again with only the JSON.", violation));
+	appendStringInfoString(&hist, "}]");
+	prepare_call(DatumGetTextPP(args[0].value),
+				 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data))),
+				 extract_options(args, left_ms), &call);
+	channel_call(&call.hdr, call.data.data, call.data.len, call.hdr.timeout_ms, &again);
+	pfree(call.data.data);
+	if (extract_check(args, &again, on_error_null, isnull, &doc, &said, &violation, &latency_ms))
+		return JsonbPGetDatum(doc);
+	if (violation == NULL)
+		return (Datum) 0;
+	return extract_mismatch(violation, true, on_error_null, isnull);
 }
 
 /* name: the C symbol, which is also the SQL name */
 const LlmCallKind llm_messages_kind = {"llm_messages", llm_messages, messages_prepare, messages_result};
 static const LlmCallKind llm_complete_kind = {"llm_complete", llm_complete, complete_prepare, complete_result};
+static const LlmCallKind llm_extract_kind = {"llm_extract", llm_extract, extract_prepare, extract_result};
 
-static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind};
+static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind, &llm_extract_kind};
 
 /* The call kind whose C entry has this symbol name; NULL if none. */
 const LlmCallKind *
@@ -232,7 +415,7 @@ run_call(const LlmCallKind *kind, FunctionCallInfo fcinfo)
 	kind->prepare(fcinfo->args, &call);
 	channel_call(&call.hdr, call.data.data, call.data.len, call.hdr.timeout_ms, &result);
 	pfree(call.data.data);
-	answer = kind->result(&result, call.on_error_null, &isnull);
+	answer = kind->result(fcinfo->args, &result, call.on_error_null, &isnull);
 	fcinfo->isnull = isnull;
 	return answer;
 }
@@ -253,6 +436,15 @@ Datum
 llm_complete(PG_FUNCTION_ARGS)
 {
 	return run_call(&llm_complete_kind, fcinfo);
+}
+
+/*
+ * llm_extract(model text, prompt text, schema jsonb, options jsonb DEFAULT '{}') -> jsonb
+ */
+Datum
+llm_extract(PG_FUNCTION_ARGS)
+{
+	return run_call(&llm_extract_kind, fcinfo);
 }
 
 /*

@@ -43,8 +43,13 @@ typedef struct LlmCallKind
 	PGFunction	fn;
 	/* check the SQL arguments (all of them, defaults filled) and build the call */
 	void		(*prepare) (const NullableDatum *args, LlmPreparedCall *call);
-	/* the finished call as SQL: the answer, NULL / an error object, or raise */
-	Datum		(*result) (const LlmCallResult *r, bool on_error_null, bool *isnull);
+	/*
+	 * the finished call as SQL: the answer, NULL / an error object, or
+	 * raise; args are the ones prepare had (llm_extract reads its schema
+	 * there, and may make one more call)
+	 */
+	Datum		(*result) (const NullableDatum *args, const LlmCallResult *r,
+						   bool on_error_null, bool *isnull);
 } LlmCallKind;
 
 extern const LlmCallKind llm_messages_kind;

@@ -32,11 +32,11 @@
 
 static const char *const messages_options[] = {
 	"system", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences",
-	"tools", "tool_choice", "metadata", "thinking", NULL
+	"tools", "tool_choice", "metadata", "thinking", "output_config", NULL
 };
 static const char *const gateway_options[] = {"timeout_ms", "tags", "on_error", NULL};
 
-#define OPTION_HINT "Valid options: system, max_tokens, temperature, top_p, top_k, stop_sequences, tools, tool_choice, metadata, thinking, timeout_ms, tags, on_error."
+#define OPTION_HINT "Valid options: system, max_tokens, temperature, top_p, top_k, stop_sequences, tools, tool_choice, metadata, thinking, output_config, timeout_ms, tags, on_error."
 
 static bool
 in_list(const char *const *list, const char *key)
@@ -347,6 +347,44 @@ check_stop_sequences(JsonbValue *v)
 }
 
 /*
+ * output_config: {"format": {"type": "json_schema", "schema": {...}}}, the
+ * Messages structured-output shape every adapter translates.  Other
+ * members of output_config (e.g. effort) pass through to Anthropic.
+ */
+#define OUTPUT_CONFIG_HINT "Use {\"format\": {\"type\": \"json_schema\", \"schema\": {\"type\": \"object\", ...}}}."
+
+static void
+check_output_config(JsonbValue *v)
+{
+	JsonbContainer *c = json_value_container(v, false);
+	JsonbValue *format;
+	JsonbContainer *f;
+	const char *type;
+	JsonbValue *schema;
+
+	if (c == NULL)
+		bad(psprintf("option \"output_config\" must be a JSON object, not %s", type_name(v)),
+			OUTPUT_CONFIG_HINT);
+	format = json_get(c, "format");
+	if (format == NULL)
+		return;
+	f = json_value_container(format, false);
+	if (f == NULL)
+		bad(psprintf("option \"output_config\".format must be a JSON object, not %s", type_name(format)),
+			OUTPUT_CONFIG_HINT);
+	type = json_get_cstring(f, "type");
+	if (type == NULL || strcmp(type, "json_schema") != 0)
+		bad(type ? psprintf("option \"output_config\".format.type must be \"json_schema\", not \"%s\"", type)
+			: pstrdup("option \"output_config\".format needs \"type\": \"json_schema\""),
+			OUTPUT_CONFIG_HINT);
+	schema = json_get(f, "schema");
+	if (schema == NULL || json_value_container(schema, false) == NULL)
+		bad(schema ? psprintf("option \"output_config\".format.schema must be a JSON object, not %s", type_name(schema))
+			: pstrdup("option \"output_config\".format needs a \"schema\" object"),
+			OUTPUT_CONFIG_HINT);
+}
+
+/*
  * Validate one call and build its canonical request.
  */
 void
@@ -432,6 +470,8 @@ validate_call(const char *alias, Jsonb *history, Jsonb *options, LlmCallSpec *sp
 			check_tools(&val);
 		else if (strcmp(name, "tool_choice") == 0)
 			check_tool_choice(&val);
+		else if (strcmp(name, "output_config") == 0)
+			check_output_config(&val);
 		else if ((strcmp(name, "metadata") == 0 || strcmp(name, "thinking") == 0) &&
 				 json_value_container(&val, false) == NULL)
 			bad(psprintf("option \"%s\" must be a JSON object, not %s", name, type_name(&val)),

@@ -14,6 +14,10 @@
  * Provider options (llm.providers.options):
  *	 anthropic_version	value of the anthropic-version header (2023-06-01)
  *	 headers			extra request headers, e.g. {"anthropic-beta": "..."}
+ *	 structured_output	"native" (default: output_config is sent as it is,
+ *						the GA Messages field) or "tool" (output_config as a
+ *						forced tool call, forced_output.c: for proxies and
+ *						models that do not know output_config)
  * Route options (llm.routes.options):
  *	 max_tokens			cap on the request's max_tokens
  *	 default_max_tokens	max_tokens when the request names none (else 1024)
@@ -26,6 +30,7 @@
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
+#include "providers/forced_output.h"
 
 #define ANTHROPIC_DEFAULT_VERSION	"2023-06-01"
 
@@ -38,6 +43,27 @@ static bool anthropic_parse_response(const LlmCall *call, const LlmTarget *targe
 									 const LlmHttpResult *res, LlmAnswer *out,
 									 LlmError *err);
 static void anthropic_parse_error(const LlmHttpResult *res, LlmError *err);
+
+/* provider option structured_output: "tool" (true), "native" or absent (false) */
+static bool
+forced_tool_output(const LlmTarget *target, bool *forced, LlmError *err)
+{
+	const char *mode;
+
+	*forced = false;
+	if (!provider_option_string(target, "structured_output", &mode, err))
+		return false;
+	if (mode == NULL || strcmp(mode, "native") == 0)
+		return true;
+	if (strcmp(mode, "tool") == 0)
+	{
+		*forced = true;
+		return true;
+	}
+	provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
+				  "provider option \"structured_output\" must be \"native\" or \"tool\"");
+	return false;
+}
 
 const LlmProvider llm_provider_anthropic = {
 	"anthropic",				/* kind */
@@ -63,7 +89,8 @@ static bool
 anthropic_build_request(const LlmCall *call, const LlmTarget *target,
 						LlmHttpRequest *out, LlmError *err)
 {
-	JsonbContainer *req = &call->request->root;
+	Jsonb	   *request = call->request;
+	JsonbContainer *req = &request->root;
 	const char *version;
 	int64		max_tokens;
 	JsonbIterator *it;
@@ -71,10 +98,19 @@ anthropic_build_request(const LlmCall *call, const LlmTarget *target,
 	JsonbIteratorToken tok;
 	bool		first = true;
 	bool		skip = false;
+	bool		forced;
 
 	memset(out, 0, sizeof(*out));
 	initStringInfo(&out->body);
 
+	if (!forced_tool_output(target, &forced, err))
+		return false;
+	if (forced && JsonContainerIsObject(req))
+	{
+		if (!forced_output_request(call->request, &request, err))
+			return false;
+		req = &request->root;
+	}
 	if (!JsonContainerIsObject(req))
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
 							 "canonical request must be a JSON object");
@@ -193,6 +229,15 @@ anthropic_parse_response(const LlmCall *call, const LlmTarget *target,
 	out->cache_read_input_tokens = usage_count(usage, "cache_read_input_tokens");
 
 	json_append_container(&out->content, content);
+	if (json_get(&call->request->root, "output_config") != NULL)
+	{
+		bool		forced;
+
+		if (!forced_tool_output(target, &forced, err))
+			return false;
+		if (forced)
+			return forced_output_answer(out, err);
+	}
 	return true;
 }
 

@@ -23,6 +23,9 @@ extern bool azure_build_request(const LlmCall *call, const LlmTarget *target,
 								LlmHttpRequest *out, LlmError *err);
 extern void openai_write_text_part(StringInfo parts, const char *text);
 
+/* openai_format.c: output_config as response_format */
+extern void openai_write_response_format(StringInfo buf, bool *first, JsonbContainer *req);
+
 /* openai_response.c: 2xx answer -> canonical answer (both kinds) */
 extern bool openai_parse_response(const LlmCall *call, const LlmTarget *target,
 								  const LlmHttpResult *res, LlmAnswer *out,

@@ -679,6 +679,7 @@ openai_build(const LlmCall *call, const LlmTarget *target,
 	copy_member(t.buf, &first, req, "temperature", "temperature");
 	copy_member(t.buf, &first, req, "top_p", "top_p");
 	copy_member(t.buf, &first, req, "stop_sequences", "stop");
+	openai_write_response_format(t.buf, &first, req);
 
 	tools = json_get_array(req, "tools");
 	if (json_array_size(tools) > 0)

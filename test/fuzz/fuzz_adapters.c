@@ -30,6 +30,8 @@
 #include "common/json_util.h"
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
+#include "providers/forced_output.h"
+#include "backend/json_schema.h"
 
 PG_MODULE_MAGIC;
 
@@ -79,6 +81,18 @@ fuzz_one(const uint8_t *data, size_t size)
 	{
 		case 0:					/* a 2xx answer */
 			(void) p->parse_response(&call, &target, &res, &answer, &err);
+			/* structured output: a forced-tool answer's content, llm_extract's check */
+			{
+				char	   *msg;
+				Jsonb	   *doc;
+
+				provider_init_answer(&answer);
+				appendBinaryStringInfo(&answer.content, body, len);
+				(void) forced_output_answer(&answer, &err);
+				doc = json_schema_parse_answer(body, len, &msg);
+				if (doc != NULL && JB_ROOT_IS_OBJECT(doc) && json_schema_check(doc, &msg))
+					(void) json_schema_validate(&doc->root, doc, &msg);
+			}
 			break;
 		case 1:					/* an error answer */
 			res.status = 400 + (len > 0 ? (uint8_t) body[0] % 200 : 0);
@@ -96,6 +110,7 @@ fuzz_one(const uint8_t *data, size_t size)
 				call.request = req;
 				memset(&out, 0, sizeof(out));
 				(void) p->build_request(&call, &target, &out, &err);
+				(void) forced_output_request(req, &req, &err);
 			}
 			break;
 	}

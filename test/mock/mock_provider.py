@@ -124,7 +124,7 @@ class BadRequest(Exception):
 #    defaults (CLI / control API). Precedence: global < header < markers.
 # =============================================================================
 
-_INT_KEYS = frozenset(("status", "fail_first", "large", "cache", "retry_after_ms",
+_INT_KEYS = frozenset(("status", "fail_first", "bad_json_first", "large", "cache", "retry_after_ms",
                        "retry_after_date", "trickle_bytes"))
 _FLOAT_KEYS = frozenset(("latency", "trickle"))
 
@@ -167,7 +167,8 @@ def markers_in(text, into):
 class Call:
     """What the reply engine needs from a provider request, markers already removed."""
     __slots__ = ("model", "system", "last_text", "tool_result", "tool_flag", "last_directives",
-                 "input_tokens", "tools", "tool_choice", "forced_name", "max_tokens", "stops", "stream")
+                 "input_tokens", "tools", "tool_choice", "forced_name", "max_tokens", "stops", "stream",
+                 "schema", "bad_json")
 
     def __init__(self, model):
         self.model = model
@@ -177,6 +178,8 @@ class Call:
         self.max_tokens = None
         self.stops = []
         self.stream = False
+        self.schema = None          # the structured-output schema asked for, if any
+        self.bad_json = False       # answer it with an object missing a required key
 
     def finish(self, system_raw, last_raw, last_result, words):
         """Set the derived fields from the raw system text, the raw last-user text, the
@@ -201,6 +204,50 @@ class Result:
                  "input_tokens", "output_tokens", "cache")
 
 
+_SCHEMA_MAX_DEPTH = 32
+
+
+def schema_value(schema, text, depth=0):
+    """A deterministic value following a JSON schema: strings "mock <text>", numbers and
+    integers 1, booleans true, enums/const their (first) value, arrays one item, objects every
+    property. Unknown or too deep schemas give null."""
+    if not isinstance(schema, dict) or depth > _SCHEMA_MAX_DEPTH:
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    t = schema.get("type")
+    if isinstance(t, list):
+        t = next((x for x in t if x != "null"), t[0] if t else None)
+    if t is None and isinstance(schema.get("properties"), dict):
+        t = "object"
+    if t == "object":
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        return {k: schema_value(v, text, depth + 1) for k, v in props.items()}
+    if t == "array":
+        n = max(1, schema.get("minItems", 1) if isinstance(schema.get("minItems"), int) else 1)
+        return [schema_value(schema.get("items"), text, depth + 1) for _ in range(n)]
+    if t == "string":
+        return "mock " + text
+    if t in ("number", "integer"):
+        return 1
+    if t == "boolean":
+        return True
+    return None
+
+
+def bad_schema_value(schema, text):
+    """A value that does not follow the schema: the object without its first required
+    property (or its first property), else a string where the schema wants something else."""
+    v = schema_value(schema, text)
+    if isinstance(v, dict) and v:
+        req = [k for k in schema.get("required") or () if k in v]
+        del v[req[0] if req else next(iter(v))]
+        return v
+    return "mock: not what the schema asks for" if not isinstance(v, str) else 0
+
+
 def make_reply(call, d):
     """Deterministic reply for a call under directives d. Reasons: end | length | stop | tool."""
     r = Result()
@@ -220,6 +267,12 @@ def make_reply(call, d):
         r.text = "calling " + name
         r.reason = "tool"
         r.output_tokens = count_words(r.text) + count_words(call.last_text)
+        return r
+    elif call.schema is not None:                   # structured output: JSON, never cut
+        value = (bad_schema_value if call.bad_json else schema_value)(call.schema, call.last_text)
+        r.text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        r.reason = "end"
+        r.output_tokens = len(r.text.split())
         return r
     else:
         text = "mock reply to: " + call.last_text
@@ -380,6 +433,9 @@ class Anthropic(Api):
             call.tool_choice = kind
         elif kind == "tool":
             call.forced_name = tc.get("name")
+        fmt = (body.get("output_config") or {}).get("format") or {}
+        if fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+            call.schema = fmt["schema"]
         return call.finish(system, last_raw, last_res, words)
 
     def render(self, ex, call, r):
@@ -503,6 +559,9 @@ class OpenAI(Api):
             call.tool_choice = "any"
         elif isinstance(tc, dict):
             call.forced_name = (tc.get("function") or tc).get("name")
+        rf = body.get("response_format") or {}
+        if rf.get("type") == "json_schema" and isinstance((rf.get("json_schema") or {}).get("schema"), dict):
+            call.schema = rf["json_schema"]["schema"]
         return call.finish(" ".join(systems), last_raw, last_res, words)
 
     def render(self, ex, call, r):
@@ -675,6 +734,10 @@ class Gemini(Api):
                 call.forced_name = allowed[0]
             else:
                 call.tool_choice = "any"
+        schema = (_g(gc, "responseJsonSchema", "response_json_schema")
+                  or _g(gc, "responseSchema", "response_schema"))
+        if isinstance(schema, dict):
+            call.schema = schema
         return call.finish(system, last_raw, last_res, words)
 
     def render(self, ex, call, r):
@@ -852,6 +915,8 @@ class Ollama(Api):
         call.stops = str_list(opts.get("stop"))
         call.tools = [n for n in ((t.get("function") or t).get("name") for t in body.get("tools") or ()) if n]
         call.stream = body.get("stream") is not False
+        if isinstance(body.get("format"), dict):
+            call.schema = body["format"]
         return call.finish(" ".join(systems), last_raw, last_res, words)
 
     def render(self, ex, call, r):
@@ -1149,6 +1214,13 @@ class MockState:
             return (status, hdrs + self.retry_headers(d), b, ct)
         if d.get("error200"):
             return (200, api.headers(ex), api.error200(ex), JSON_CT)
+        if call.schema is not None:
+            call.bad_json = bool(d.get("bad_json"))
+            if d.get("bad_json_first", 0) > 0:
+                key = "bad_json|" + (d.get("key") or ex.path)
+                n = self.fail_counts.get(key, 0) + 1
+                self.fail_counts[key] = n
+                call.bad_json = n <= d["bad_json_first"]
         plan = api.render(ex, call, make_reply(call, d))
         if d.get("malformed"):
             b = plan[2]

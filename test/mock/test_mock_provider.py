@@ -1131,6 +1131,59 @@ class TestControl(MockTest):
 # Runner: last line "N passed, M failed"
 # -----------------------------------------------------------------------------
 
+# -----------------------------------------------------------------------------
+# Structured output
+# -----------------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                         "score": {"type": "number"}, "ok": {"type": "boolean"},
+                         "color": {"enum": ["red", "green"]}, "kind": {"const": "person"},
+                         "tags": {"type": "array", "items": {"type": "string"}},
+                         "address": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+EXPECTED = {"name": "mock Ann is 5", "age": 1, "score": 1, "ok": True, "color": "red",
+            "kind": "person", "tags": ["mock Ann is 5"], "address": {"city": "mock Ann is 5"}}
+
+
+class TestStructuredOutput(MockTest):
+    def test_every_protocol_answers_an_object_built_from_the_schema(self):
+        cases = (
+            ("/v1/messages", anth("Ann is 5", output_config={"format": {"type": "json_schema", "schema": SCHEMA}}), AH,
+             lambda b: b["content"][0]["text"]),
+            ("/v1/chat/completions", oai("Ann is 5", response_format={"type": "json_schema", "json_schema": {"name": "o", "schema": SCHEMA, "strict": True}}), OH,
+             lambda b: b["choices"][0]["message"]["content"]),
+            (GEMINI, gem("Ann is 5", generationConfig={"responseMimeType": "application/json", "responseSchema": SCHEMA}), GH,
+             lambda b: b["candidates"][0]["content"]["parts"][0]["text"]),
+            (GEMINI, gem("Ann is 5", generationConfig={"responseJsonSchema": SCHEMA}), GH,
+             lambda b: b["candidates"][0]["content"]["parts"][0]["text"]),
+            ("/api/chat", oll("Ann is 5", format=SCHEMA), {}, lambda b: b["message"]["content"]),
+        )
+        for path, body, hdr, text in cases:
+            st, _, b = post(path, body, hdr)
+            self.assertEqual(st, 200, path)
+            self.assertEqual(json.loads(text(b)), EXPECTED, path)
+
+    def test_no_schema_no_json(self):
+        st, _, b = post("/v1/chat/completions", oai("Ann", response_format={"type": "json_object"}), OH)
+        self.assertEqual(b["choices"][0]["message"]["content"], "mock reply to: Ann")
+
+    def test_bad_json_first_drops_the_first_required_key(self):
+        body = anth("Ann is 5 [[mock:bad_json_first=2,key=bj]]",
+                    output_config={"format": {"type": "json_schema", "schema": SCHEMA}})
+        for _ in range(2):
+            st, _, b = post("/v1/messages", body, AH)
+            got = json.loads(b["content"][0]["text"])
+            self.assertNotIn("name", got)
+            self.assertEqual(got["age"], 1)
+        st, _, b = post("/v1/messages", body, AH)
+        self.assertEqual(json.loads(b["content"][0]["text"]), EXPECTED)
+        # bad_json: always; counted per key, so another key starts again
+        st, _, b = post("/v1/messages", anth("x [[mock:bad_json]]", output_config={"format": {"type": "json_schema", "schema": SCHEMA}}), AH)
+        self.assertNotIn("name", json.loads(b["content"][0]["text"]))
+        st, _, b = post("/v1/messages", anth("x [[mock:bad_json_first=1,key=other]]", output_config={"format": {"type": "json_schema", "schema": SCHEMA}}), AH)
+        self.assertNotIn("name", json.loads(b["content"][0]["text"]))
+
+
 def main():
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
