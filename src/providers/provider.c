@@ -33,6 +33,7 @@ static const LlmProvider *const registry[] = {
 	&llm_provider_anthropic,
 	&llm_provider_openai,
 	&llm_provider_azure_openai,
+	&llm_provider_bedrock,
 	NULL
 };
 
