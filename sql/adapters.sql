@@ -264,7 +264,7 @@ SELECT llm.adapter_build_request('openai',
 -- argument checks
 SELECT llm.adapter_build_request('gemini', '{"messages": []}', 'm');
 \echo :LAST_ERROR_SQLSTATE
-SELECT llm.adapter_parse_response('bedrock', 200, '{}');
+SELECT llm.adapter_parse_response('no_such_kind', 200, '{}');
 \echo :LAST_ERROR_SQLSTATE
 SELECT llm.adapter_build_request('openai', '[]', 'm');
 \echo :LAST_ERROR_SQLSTATE
