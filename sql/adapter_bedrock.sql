@@ -43,7 +43,8 @@ SELECT r->>'url' AS url,
 
 -- a session token is sent and signed; an ARN model id is one path label
 -- (':' -> %3A, '/' -> %2F); a base_url path prefix is kept; string content
--- and a system block array; no max_tokens means no inferenceConfig.  The
+-- and a system block array; cache_control becomes a cachePoint block after
+-- its block; no max_tokens means no inferenceConfig.  The
 -- diagnostic function has no region argument: provider_options.region
 -- stands for the provider's region column.
 SELECT r->>'url' AS url,
@@ -52,7 +53,7 @@ SELECT r->>'url' AS url,
        substring(r->'headers'->>'authorization' FROM 'SignedHeaders=[^,]*') AS signed,
        r->'body' AS body
   FROM llm.adapter_build_request('bedrock',
-    '{"system": [{"type": "text", "text": "S1"}, {"type": "text", "text": "S2"}], "messages": [{"role": "user", "content": "Hi"}], "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "any"}}',
+    '{"system": [{"type": "text", "text": "S1", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "S2"}], "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}], "tools": [{"name": "f", "input_schema": {"type": "object"}}], "tool_choice": {"type": "any"}}',
     'arn:aws:bedrock:eu-west-1:123456789012:inference-profile/eu.anthropic.claude-v2:1',
     '{"access_key_id": "ASIAEXAMPLE", "secret_access_key": "s3cr3t/key", "session_token": "FwoGZXIvYXdzEXAMPLE+token=="}',
     '{"region": "eu-west-1"}', '{}', 'http://127.0.0.1:9999/proxy/') AS r;

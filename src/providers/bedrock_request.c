@@ -276,6 +276,12 @@ bedrock_content(const LlmTarget *target, StringInfo buf, JsonbValue *content,
 			open_block(buf, &first, "text");
 			json_append_string(buf, text ? text : "");
 			appendStringInfoChar(buf, '}');
+			/* Anthropic's cache breakpoint is a block of its own in Converse */
+			if (!in_tool_result && json_get_object(b, "cache_control") != NULL)
+			{
+				open_block(buf, &first, "cachePoint");
+				appendStringInfoString(buf, "{\"type\":\"default\"}}");
+			}
 		}
 		else if (strcmp(type, "image") == 0)
 		{
@@ -366,7 +372,7 @@ write_system(const LlmTarget *target, StringInfo buf, bool *first, JsonbValue *s
 										psprintf("system blocks of type \"%s\"", type ? type : "(none)"));
 	}
 	json_append_key(buf, first, "system");
-	return bedrock_content(target, buf, system, true, err);
+	return bedrock_content(target, buf, system, false, err);
 }
 
 static bool
@@ -562,8 +568,10 @@ bedrock_build_request(const LlmCall *call, const LlmTarget *target,
 	path = psprintf("%s/model/%s/converse", prefix,
 					sigv4_uri_encode(target->upstream_model,
 									 strlen(target->upstream_model), false));
-	out->url = psprintf("%.*s%s", (int) (strstr(base, "://") + 3 - base), base,
-						psprintf("%s%s", host, path));
+	/* base is scheme://host + prefix, so this is the URL of exactly that path */
+	out->url = psprintf("%s/model/%s/converse", base,
+						sigv4_uri_encode(target->upstream_model,
+										 strlen(target->upstream_model), false));
 
 	/* signature; the clock is read here, sigv4.c is pure */
 	sigv4_amz_date(time(NULL), amz_date);
