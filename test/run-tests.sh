@@ -12,7 +12,7 @@
 #
 # While developing, arguments pick suites: "mock", "regress [TESTS]" (e.g.
 # regress setup log_paths), "tap [FILES]" (e.g. tap test/t/003_cancel.pl),
-# "fuzz".  Runs from several checkouts of this machine take turns (one lock),
+# "fuzz", "unit".  Runs from several checkouts of this machine take turns (one lock),
 # because each installs the extension into the same PostgreSQL tree.
 
 source "$(dirname "$0")/lib.sh"
@@ -99,6 +99,21 @@ if [ $rc -ne 0 ]; then
         [ -f "$l" ] && { echo "---- $l" >&2; tail -60 "$l" >&2; }
     done
 fi
+fi
+
+# 3b. Standalone C unit tests (SigV4 vectors), no server.
+if want unit; then
+log "suite: unit"
+if bash "$LLM_ROOT/test/unit/run-unit.sh" >"$OUT/unit.log" 2>&1; then rc=0; else rc=$?; fi
+line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/unit.log" | tail -1 || true)
+if [ -n "$line" ]; then
+    p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
+    [ $rc -ne 0 ] && [ "$f" = 0 ] && f=1
+    record unit "$p" "$f"
+else
+    record unit 0 1
+fi
+[ $rc -ne 0 ] && tail -40 "$OUT/unit.log" >&2
 fi
 
 # 4. Coverage-guided fuzzing of the provider adapters (libFuzzer), short run.

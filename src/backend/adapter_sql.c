@@ -76,6 +76,8 @@ llm_adapter_build_request(PG_FUNCTION_ARGS)
 	target.secret = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
 	target.provider_options = object_arg(fcinfo, 4, "provider_options");
 	target.route_options = object_arg(fcinfo, 5, "route_options");
+	/* no region argument: provider_options.region stands for llm.providers.region */
+	target.region = json_get_cstring(&target.provider_options->root, "region");
 	base_url = PG_ARGISNULL(6) ? pstrdup("http://provider.invalid")
 		: text_to_cstring(PG_GETARG_TEXT_PP(6));
 	/* the worker stores base URLs without a trailing slash; so do we */

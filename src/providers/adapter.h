@@ -128,6 +128,7 @@ typedef struct LlmTarget
 	const char *base_url;		/* no trailing slash */
 	const char *upstream_model;
 	const char *secret;			/* plaintext key, worker only; NULL if none */
+	const char *region;			/* llm.providers.region, or NULL */
 	Jsonb	   *provider_options;	/* llm.providers.options, never NULL */
 	Jsonb	   *route_options;	/* llm.routes.options, never NULL */
 } LlmTarget;
@@ -190,6 +191,7 @@ extern const LlmProvider llm_provider_anthropic;
 extern const LlmProvider llm_provider_openai;
 extern const LlmProvider llm_provider_azure_openai;
 extern const LlmProvider llm_provider_gemini;
+extern const LlmProvider llm_provider_bedrock;
 extern const LlmProvider llm_provider_ollama;
 
 #endif							/* LLM_PROVIDER_H */

@@ -34,6 +34,7 @@ static const LlmProvider *const registry[] = {
 	&llm_provider_openai,
 	&llm_provider_azure_openai,
 	&llm_provider_gemini,
+	&llm_provider_bedrock,
 	&llm_provider_ollama,
 	NULL
 };

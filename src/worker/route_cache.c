@@ -175,6 +175,7 @@ reload(void)
 			rt->kind = text_or_null(tup, desc, 6);
 			rt->target.base_url = text_or_null(tup, desc, 7);
 			rt->region = text_or_null(tup, desc, 8);
+			rt->target.region = rt->region;
 			rt->target.provider_options = jsonb_copy_col(tup, desc, 9);
 			rt->priority = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 			rt->weight = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
@@ -255,6 +256,7 @@ routes_copy_target(const LlmRouteTarget *src, LlmRouteTarget *dst)
 	dst->alias = pstrdup(src->alias);
 	dst->kind = pstrdup(src->kind);
 	dst->region = src->region ? pstrdup(src->region) : NULL;
+	dst->target.region = dst->region;
 	dst->target.provider_name = pstrdup(src->target.provider_name);
 	dst->target.base_url = pstrdup(src->target.base_url);
 	dst->target.upstream_model = pstrdup(src->target.upstream_model);

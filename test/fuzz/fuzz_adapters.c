@@ -43,6 +43,7 @@ PG_FUNCTION_INFO_V1(llm_fuzz);
 static const LlmProvider *const adapters[] = {
 	&llm_provider_anthropic, &llm_provider_openai, &llm_provider_azure_openai,
 	&llm_provider_gemini,
+	&llm_provider_bedrock,
 	&llm_provider_ollama
 };
 
@@ -68,6 +69,10 @@ fuzz_one(const uint8_t *data, size_t size)
 	target.base_url = "http://provider.invalid";
 	target.upstream_model = "fuzz-model";
 	target.secret = "fuzz-secret";
+	/* bedrock signs only with a well-formed AWS credential and a region */
+	if (p == &llm_provider_bedrock)
+		target.secret = "{\"access_key_id\": \"AKIDFUZZ\", \"secret_access_key\": \"fuzz/secret\", \"session_token\": \"tok\"}";
+	target.region = "us-east-1";
 	target.provider_options = empty;
 	target.route_options = empty;
 	memset(&call, 0, sizeof(call));

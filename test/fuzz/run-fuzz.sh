@@ -29,6 +29,7 @@ clang -O1 -g -fPIC -shared -fsanitize=fuzzer-no-link -Wall -Werror \
     "$LLM_ROOT/test/fuzz/fuzz_adapters.c" \
     "$LLM_ROOT"/src/providers/*.c "$LLM_ROOT/src/common/json_util.c" "$LLM_ROOT/src/common/llm_errors.c" \
     "$LLM_ROOT/src/backend/json_schema.c" \
+    "$LLM_ROOT/src/common/sigv4.c" -lcrypto \
     -Wl,--whole-archive "$FUZZER_LIB" -Wl,--no-whole-archive -lstdc++
 
 # seeds: every fixture for every adapter and entry point (first byte)

@@ -13,6 +13,8 @@ The contract (CLI, markers, endpoints, control API) is documented in README.md b
 import argparse
 import asyncio
 import email.utils
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -23,7 +25,7 @@ import sys
 import time
 import traceback
 from collections import deque
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 # =============================================================================
 # 1. Constants and small helpers
@@ -758,6 +760,43 @@ class Gemini(Api):
 
 # ---- 4.4 Bedrock Converse -----------------------------------------------------
 
+def _sigv4_uri(path):
+    """Canonical URI of a non-S3 request: dot and empty segments removed, encoded once more."""
+    out = []
+    for seg in path.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(seg)
+    norm = "/" + "/".join(out)
+    if out and path.endswith("/"):
+        norm += "/"
+    return quote(norm, safe="/~")
+
+
+def sigv4_signature(secret, method, path, query, headers, signed, body, amz_date, scope):
+    """AWS SigV4 signature (hex) of a request as received.
+
+    headers: lower-case name -> value; signed: the SignedHeaders names;
+    scope: "yyyymmdd/region/service/aws4_request"."""
+    pairs = []
+    for item in query.split("&") if query else ():
+        k, _, v = item.partition("=")
+        pairs.append((quote(unquote(k), safe="~"), quote(unquote(v), safe="~")))
+    canon_headers = "".join(f"{n}:{' '.join(headers.get(n, '').split())}\n" for n in signed)
+    creq = "\n".join([method, _sigv4_uri(path), "&".join(f"{k}={v}" for k, v in sorted(pairs)),
+                      canon_headers, ";".join(signed), hashlib.sha256(body).hexdigest()])
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                     hashlib.sha256(creq.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in scope.split("/"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+
+
 class Bedrock(Api):
     name = "bedrock"
     ERRORS = {400: "ValidationException", 401: "UnrecognizedClientException",
@@ -777,6 +816,9 @@ class Bedrock(Api):
         "InternalServerException": "The server encountered an internal error while processing the request.",
         "ServiceUnavailableException": "Service unavailable. Please try again later.",
         "MissingAuthenticationTokenException": "Missing Authentication Token",
+        "InvalidSignatureException": ("The request signature we calculated does not match the "
+                                      "signature you provided. Check your AWS Secret Access Key and "
+                                      "signing method. Consult the service documentation for details."),
         "SerializationException": "Unexpected character in the request body.",
     }
     STOP = {"end": "end_turn", "length": "max_tokens", "stop": "stop_sequence", "tool": "tool_use"}
@@ -788,7 +830,8 @@ class Bedrock(Api):
         etype = etype or self.ERRORS.get(status) or (
             "InternalServerException" if status >= 500 else "ValidationException")
         domain = ("com.amazon.coral.service" if etype in ("UnrecognizedClientException",
-                                                          "MissingAuthenticationTokenException")
+                                                          "MissingAuthenticationTokenException",
+                                                          "InvalidSignatureException")
                   else "com.amazon.bedrock")
         return self.plan(ex, status, {"message": message or self.MESSAGES[etype]},
                          f"x-amzn-ErrorType: {etype}:http://internal.amazon.com/coral/{domain}/\r\n")
@@ -819,7 +862,26 @@ class Bedrock(Api):
             return self.error(ex, 403, etype="MissingAuthenticationTokenException")
         if is_bad_key(key):
             return self.error(ex, 403, etype="UnrecognizedClientException")
+        secret = ex.state.config.get("aws_secret_access_key")
+        if secret and info.get("scheme") == "sigv4" and not self.signature_ok(ex, info, secret):
+            ex.entry["aws_auth"]["verified"] = False
+            return self.error(ex, 403, etype="InvalidSignatureException")
+        if secret and info.get("scheme") == "sigv4":
+            ex.entry["aws_auth"]["verified"] = True
         return None
+
+    @staticmethod
+    def signature_ok(ex, info, secret):
+        """Recompute the SigV4 signature with the configured secret (host must be signed)."""
+        h = ex.req.headers
+        signed = [n for n in info.get("SignedHeaders", "").split(";") if n]
+        scope = "/".join(info.get("Credential", "").split("/")[1:])
+        amz_date = h.get("x-amz-date", "")
+        if "host" not in signed or not scope or not amz_date or any(n not in h for n in signed):
+            return False
+        want = sigv4_signature(secret, ex.req.method, ex.path, ex.query, h, signed,
+                               ex.req.body or b"", amz_date, scope)
+        return hmac.compare_digest(want, info.get("Signature", ""))
 
     def parse(self, body, ex):
         msgs = body.get("messages")
@@ -971,7 +1033,7 @@ class MockState:
         self.quiet = args.quiet
         self.defaults = {"latency_ms": args.latency_ms, "fail_first": args.fail_first,
                          "fail_status": args.fail_status, "retry_after": args.retry_after,
-                         "directives": ""}
+                         "directives": "", "aws_secret_access_key": args.aws_secret_access_key}
         anthropic, openai = Anthropic(), OpenAI()
         self.routes = {"/v1/messages": anthropic, "/v1/chat/completions": openai,
                        "/openai/v1/chat/completions": openai, "/api/chat": Ollama()}
@@ -1073,7 +1135,8 @@ class MockState:
                       "fail_first": lambda x: isinstance(x, int) and x >= 0,
                       "fail_status": lambda x: isinstance(x, int) and 100 <= x <= 599,
                       "retry_after": lambda x: x is None or isinstance(x, (int, float, str)),
-                      "directives": lambda x: isinstance(x, str)}[k](v)
+                      "directives": lambda x: isinstance(x, str),
+                      "aws_secret_access_key": lambda x: x is None or isinstance(x, str)}[k](v)
                 if not ok or isinstance(v, bool):
                     raise ValueError(f"bad value for {k}: {v!r}")
                 cfg[k] = v
@@ -1567,6 +1630,8 @@ def parse_args(argv=None):
     p.add_argument("--fail-status", type=int, default=503, help="status of fail_first failures")
     p.add_argument("--retry-after", default=None, help="default retry-after of injected errors")
     p.add_argument("--quiet", action="store_true", help="no per-request log lines on stderr")
+    p.add_argument("--aws-secret-access-key", default=None,
+                   help="verify Bedrock SigV4 signatures with this secret (403 InvalidSignatureException)")
     p.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (needs --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     return p.parse_args(argv)

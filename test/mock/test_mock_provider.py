@@ -599,6 +599,65 @@ class TestBedrock(MockTest):
         self.assertTrue(h["x-amzn-errortype"].startswith("ValidationException:"))
 
 
+    def test_sigv4_function_matches_aws_vectors(self):
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("mock_provider", MOCK)
+        mp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mp)
+        secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+        # aws-sig-v4-test-suite post-vanilla
+        self.assertEqual(mp.sigv4_signature(
+            secret, "POST", "/", "", {"host": "example.amazonaws.com", "x-amz-date": "20150830T123600Z"},
+            ["host", "x-amz-date"], b"", "20150830T123600Z", "20150830/us-east-1/service/aws4_request"),
+            "5da7c1a2acd57cee7505fc6676e4e544621c30862966e37dddb68e92efbe5d6b")
+        # botocore get-space: the encoded path is encoded again
+        self.assertEqual(mp.sigv4_signature(
+            secret, "GET", "/%20/foo", "", {"host": "host.foo.com", "date": "Mon, 09 Sep 2011 23:36:00 GMT"},
+            ["date", "host"], b"", "20110909T233600Z", "20110909/us-east-1/host/aws4_request"),
+            "2be9e587d1ee1f0fd02128724b86b4358ba3630d39f493b6e06610a19a50779e")
+
+    def test_sigv4_verification(self):
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("mock_provider", MOCK)
+        mp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mp)
+        self.assertEqual(control("POST", "config", {"aws_secret_access_key": "right/secret"})[0], 200)
+
+        def signed(secret, body, token=None):
+            raw = json.dumps(body).encode()
+            h = {"host": f"127.0.0.1:{Mock.port}", "x-amz-date": "20250101T000000Z",
+                 "content-type": "application/json"}
+            if token:
+                h["x-amz-security-token"] = token
+            names = sorted(h)
+            sig = mp.sigv4_signature(secret, "POST", BEDROCK, "", h, names, raw, h["x-amz-date"],
+                                     "20250101/us-east-1/bedrock/aws4_request")
+            h["authorization"] = ("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20250101/us-east-1/bedrock/"
+                                  f"aws4_request, SignedHeaders={';'.join(names)}, Signature={sig}")
+            return raw, h
+
+        raw, h = signed("right/secret", bed("hi"), token="tok+en==")
+        st, _, b = post(BEDROCK, raw, h)
+        self.assertEqual(st, 200)
+        self.assertIs(requests_log()[-1]["aws_auth"]["verified"], True)
+        raw, h = signed("wrong/secret", bed("hi"))
+        st, hd, b = post(BEDROCK, raw, h)
+        self.assertEqual(st, 403)
+        self.assertEqual(hd["x-amzn-errortype"],
+                         "InvalidSignatureException:http://internal.amazon.com/coral/com.amazon.coral.service/")
+        self.assertEqual(b, {"message": "The request signature we calculated does not match the signature "
+                                        "you provided. Check your AWS Secret Access Key and signing method. "
+                                        "Consult the service documentation for details."})
+        self.assertIs(requests_log()[-1]["aws_auth"]["verified"], False)
+        raw, h = signed("right/secret", bed("hi"))
+        st, _, _ = post(BEDROCK, raw.replace(b"hi", b"ho"), h)      # body changed after signing
+        self.assertEqual(st, 403)
+        # reset forgets the secret: signatures are recorded, not verified
+        control("POST", "reset")
+        st, _, _ = post(BEDROCK, bed("x"), BH)
+        self.assertEqual(st, 200)
+
+
 # -----------------------------------------------------------------------------
 # Ollama
 # -----------------------------------------------------------------------------
@@ -1083,7 +1142,7 @@ class TestControl(MockTest):
         control("POST", "reset")
         self.assertEqual(control("GET", "config")[1],
                          {"latency_ms": 0, "fail_first": 0, "fail_status": 503, "retry_after": None,
-                          "directives": ""})
+                          "directives": "", "aws_secret_access_key": None})
 
     def test_max_in_flight(self):
         def one(i):
