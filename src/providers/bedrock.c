@@ -32,6 +32,7 @@
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
 #include "providers/bedrock.h"
+#include "providers/forced_output.h"
 
 static bool bedrock_parse_response(const LlmCall *call, const LlmTarget *target,
 								   const LlmHttpResult *res, LlmAnswer *out,
@@ -212,6 +213,9 @@ bedrock_parse_response(const LlmCall *call, const LlmTarget *target,
 		append_block(&out->content, &first,
 					 json_value_container(json_array_elem(content, i), false));
 	appendStringInfoChar(&out->content, ']');
+	/* the forced tool call of structured output becomes the answer's text */
+	if (json_get(&call->request->root, "output_config") != NULL)
+		return forced_output_answer(out, err);
 	return true;
 }
 

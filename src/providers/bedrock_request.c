@@ -38,6 +38,7 @@
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
 #include "providers/bedrock.h"
+#include "providers/forced_output.h"
 
 #define BEDROCK_SERVICE "bedrock"
 
@@ -536,13 +537,14 @@ bedrock_build_request(const LlmCall *call, const LlmTarget *target,
 		strcmp(target->upstream_model, ".") == 0 || strcmp(target->upstream_model, "..") == 0)
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
 							 "target has no valid upstream model id");
+	/* Converse has no JSON-schema mode: structured output is a forced tool call */
 	if (json_get(req, "output_config") != NULL)
 	{
-		/* the forced-tool translation is a shared helper still to come */
-		provider_fail(err, ERRCODE_FEATURE_NOT_SUPPORTED, LLM_FAIL_FATAL,
-					  "output_config (structured output) is not supported yet by bedrock");
-		err->hint = pstrdup("Route this model to a provider of another kind for structured output.");
-		return false;
+		Jsonb	   *forced;
+
+		if (!forced_output_request(call->request, &forced, err))
+			return false;
+		req = &forced->root;
 	}
 
 	base = provider_base_url(target);

@@ -80,6 +80,15 @@ $r = last_request();
 is($r->{body}{messages}[2]{content}[0]{toolResult}{toolUseId}, $id, 'with the same toolUseId');
 is($r->{body}{messages}[2]{content}[0]{toolResult}{status}, 'success', 'and status success');
 
+# --- structured output: Converse has no schema mode, so a forced tool call
+# carries it, and llm_extract gets the tool's input back as the object
+my $schema = '{"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"], "additionalProperties": false}';
+($ret, $out, $err) = $node->psql('postgres', qq{SELECT llm_extract('b', 'Paris', '$schema')});
+is($out, '{"query": "Paris"}', 'llm_extract through bedrock returns the forced tool call\'s input') or diag($err);
+$r = last_request();
+is($r->{body}{toolConfig}{toolChoice}{tool}{name}, 'json_output', 'the request forces the json_output tool');
+is_deeply($r->{body}{toolConfig}{tools}[0]{toolSpec}{inputSchema}{json}, decode_json($schema), 'whose input schema is the schema');
+
 # --- a wrong secret: LL001, and the secret appears nowhere
 ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT llm_complete('bad', 'wrong secret')");
 like($err, qr/ERROR:  LL001: provider "badbr" returned HTTP 403: The request signature we calculated does not match the signature you provided\./, 'a wrong secret fails with LL001 and Bedrock\'s message');
