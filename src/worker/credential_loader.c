@@ -165,11 +165,3 @@ credentials_find(List *all, const char *provider, const char *base_url)
 	}
 	return NULL;
 }
-
-const char *
-credentials_next_secret(LlmProviderCredentials *pc)
-{
-	if (pc == NULL || pc->ncredentials == 0)
-		return NULL;
-	return pc->credentials[pc->next++ % pc->ncredentials].secret;
-}

@@ -51,7 +51,4 @@ extern List *credentials_load(MemoryContext cxt);
 extern LlmProviderCredentials *credentials_find(List *all, const char *provider,
 												const char *base_url);
 
-/* The next usable secret of pc in turn (NULL when pc is NULL or has none). */
-extern const char *credentials_next_secret(LlmProviderCredentials *pc);
-
 #endif							/* LLM_CREDENTIAL_LOADER_H */
