@@ -232,6 +232,7 @@ extern bool embed_call_from_request(Jsonb *request, LlmEmbedCall *call);
 extern int	embed_batch_limit(const LlmTarget *target);
 extern bool embed_answer_check(const LlmEmbedCall *call, const LlmEmbedAnswer *answer,
 							   const LlmHttpResult *res, const char *secret, LlmError *err);
+extern void embed_append_vectors(StringInfo buf, const LlmEmbedAnswer *answer);
 
 /* adapters (src/providers/) */
 extern const LlmProvider llm_provider_anthropic;

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "common/json_util.h"
+#include "common/shortest_dec.h"
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
@@ -98,4 +99,34 @@ embed_answer_check(const LlmEmbedCall *call, const LlmEmbedAnswer *answer,
 		return false;
 	}
 	return true;
+}
+
+/*
+ * "embeddings": [[...], ...] in input order, each element the shortest
+ * text that reads back as the same float4 (so SQL gets the exact vector).
+ */
+void
+embed_append_vectors(StringInfo buf, const LlmEmbedAnswer *answer)
+{
+	char		num[FLOAT_SHORTEST_DECIMAL_LEN];
+	int			i;
+	int			j;
+
+	appendStringInfoChar(buf, '[');
+	for (i = 0; i < answer->nvectors; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(buf, ',');
+		appendStringInfoChar(buf, '[');
+		for (j = 0; j < answer->dimension; j++)
+		{
+			int			len = float_to_shortest_decimal_buf(answer->vectors[i][j], num);
+
+			if (j > 0)
+				appendStringInfoChar(buf, ',');
+			appendBinaryStringInfo(buf, num, len);
+		}
+		appendStringInfoChar(buf, ']');
+	}
+	appendStringInfoChar(buf, ']');
 }
