@@ -45,6 +45,7 @@
 #include "utils/memutils.h"
 
 #include "worker/attempt.h"
+#include "worker/embed_batch.h"
 #include "worker/fair_share.h"
 #include "channel/channel.h"
 #include "worker/health.h"
@@ -345,6 +346,32 @@ handle_cancels(void)
 	}
 }
 
+/* Calls whose embedding batch's exchange ended: settle each like a single attempt. */
+static void
+file_settled_embeddings(void)
+{
+	LlmWorkItem *item;
+
+	while ((item = embed_batch_next_settled()) != NULL)
+	{
+		if (item->state != LLM_ITEM_FINISHED)
+			guarded(item_settle_attempt, item);
+		file_item(item);
+	}
+}
+
+/* Send the embedding batches that are due; ms until the next is (-1: none). */
+static long
+send_embed_batches(long retry_ms)
+{
+	long		ms = embed_batch_send_due();
+
+	file_settled_embeddings();
+	if (ms < 0)
+		return retry_ms;
+	return retry_ms < 0 ? ms : Min(ms, retry_ms);
+}
+
 static void
 handle_finished_transfers(void)
 {
@@ -354,6 +381,11 @@ handle_finished_transfers(void)
 	{
 		LlmWorkItem *item = t->owner;
 
+		if (embed_batch_transfer_done(t))
+		{
+			file_settled_embeddings();
+			continue;
+		}
 		guarded(item_transfer_done, item);
 		file_item(item);
 	}
@@ -622,11 +654,12 @@ llm_worker_main(Datum main_arg)
 		handle_cancels();
 		(void) handle_due_retries();
 		take_new_calls();
+		(void) send_embed_batches(-1);
 		/* new transfers: let curl start them in this turn */
 		http_drive(false);
 		handle_finished_transfers();
 		complete_log_rows();
-		retry_ms = handle_due_retries();
+		retry_ms = send_embed_batches(handle_due_retries());
 		if (retry_ms >= 0)
 			http_drive(false);
 
