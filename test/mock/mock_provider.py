@@ -125,7 +125,7 @@ class BadRequest(Exception):
 # =============================================================================
 
 _INT_KEYS = frozenset(("status", "fail_first", "large", "cache", "retry_after_ms",
-                       "retry_after_date", "trickle_bytes"))
+                       "retry_after_date", "trickle_bytes", "embed_dim"))
 _FLOAT_KEYS = frozenset(("latency", "trickle"))
 
 
@@ -1300,6 +1300,8 @@ class MockState:
             return api.error(ex, 400, f"mock: cannot interpret the request: {e!r}")
         if call.last_directives:            # the last user message's markers win
             d.update(call.last_directives)
+        if getattr(api, "embed", False) and isinstance(d.get("embed_dim"), int) and d["embed_dim"] > 0:
+            call.dim = d["embed_dim"]       # a provider that ignores the size asked for
         fail = None
         ff = d.get("fail_first", 0)
         if ff > 0:

@@ -678,6 +678,8 @@ class TestEmbeddings(MockTest):
         self.assertEqual([d["index"] for d in b["data"]], [1, 0])
         self.assertEqual(len(b["data"][0]["embedding"]), 5)
         self.assertEqual(stats()["by_path"]["/v1/embeddings"], 3)
+        _, _, b = post("/v1/embeddings", {"model": "emb", "input": ["x [[mock:embed_dim=2]]"], "dimensions": 4}, OH)
+        self.assertEqual(len(b["data"][0]["embedding"]), 2)
         st, _, _ = post("/v1/embeddings", {"model": "emb", "input": ["x"]}, {})
         self.assertEqual(st, 401)
         st, _, b = post("/v1/embeddings", {"model": "emb", "input": ["x [[mock:status=503]]"]}, OH)
