@@ -61,7 +61,7 @@ is($node->safe_psql('postgres', q{
 	SELECT string_agg(ordinality || ':' || (embedding = } . expected(q{t.input}, 8) . q{)::text, ',' ORDER BY ordinality)
 	  FROM llm_embed('e', ARRAY['one', 'two two', 'three [[mock:embed_reverse]]']) e
 	  JOIN unnest(ARRAY['one', 'two two', 'three [[mock:embed_reverse]]']) WITH ORDINALITY t(input, n) ON t.n = e.ordinality}),
-	'1:t,2:t,3:t', 'llm_embed(text[]) returns one row per input in order, the answer reordered by index');
+	'1:true,2:true,3:true', 'llm_embed(text[]) returns one row per input in order, the answer reordered by index');
 
 # coalescing: a pipelined statement over 1,000 rows makes few provider requests
 $node->safe_psql('postgres', q{CREATE TABLE docs AS
@@ -97,7 +97,7 @@ like($err, qr/LL016/, 'with SQLSTATE LL016');
 # ... and at answer time: a provider that ignores the size asked for
 ($rc, $out, $err) = $node->psql('postgres', q{\set VERBOSITY verbose
 	SELECT llm_embed('e', 'odd [[mock:embed_dim=5]]')});
-like($err, qr/LL016: the provider returned embeddings of dimension 5, not the 8 asked for/,
+like($err, qr/LL016: provider "mock" answered HTTP 200 with an answer the gateway cannot use: the provider returned embeddings of dimension 5, not the 8 asked for/,
 	'a vector of another size than the route\'s fails with LL016');
 is($node->safe_psql('postgres', q{SELECT status || ' ' || error_code FROM llm.requests WHERE request_body::text LIKE '%embed_dim=5%'}),
 	'error LL016', 'and its log row says so');
