@@ -1171,6 +1171,7 @@ BEGIN
     RETURN NEW;
 END
 $$;
+COMMENT ON FUNCTION llm._check_embed_route() IS 'trigger on llm.routes: a target with route option dimensions must be of a kind with embeddings and agree with the alias''s other targets (LL016)';
 CREATE TRIGGER check_embed_route BEFORE INSERT OR UPDATE ON llm.routes
     FOR EACH ROW EXECUTE FUNCTION llm._check_embed_route();
 
