@@ -34,7 +34,7 @@ clang -O1 -g -fPIC -shared -fsanitize=fuzzer-no-link -Wall -Werror \
 n=0
 for fx in "$LLM_ROOT"/test/fixtures/*/*.json "$LLM_ROOT"/test/fuzz/seeds/*.json; do
     [ -f "$fx" ] || continue
-    for b in 0 1 2 3 4 5 6 7 8; do
+    for b in $(seq 0 14); do   # 3 adapters x 5 entry points (fuzz_adapters.c)
         { printf "\\$(printf '%03o' "$b")"; cat "$fx"; } >"$F/corpus/seed_$((n++))"
     done
 done
