@@ -347,26 +347,34 @@ handle_cancels(void)
 }
 
 /* Calls whose embedding batch's exchange ended: settle each like a single attempt. */
-static void
+static int
 file_settled_embeddings(void)
 {
 	LlmWorkItem *item;
+	int			n = 0;
 
 	while ((item = embed_batch_next_settled()) != NULL)
 	{
 		if (item->state != LLM_ITEM_FINISHED)
 			guarded(item_settle_attempt, item);
 		file_item(item);
+		n++;
 	}
+	return n;
 }
 
-/* Send the embedding batches that are due; ms until the next is (-1: none). */
+/*
+ * Send the embedding batches that are due; ms until the next is (-1:
+ * none).  A call settled here (a batch that could not be sent) may fall
+ * over at once into a new batch: send again until none is left over.
+ */
 static long
 send_embed_batches(long retry_ms)
 {
 	long		ms = embed_batch_send_due();
 
-	file_settled_embeddings();
+	while (file_settled_embeddings() > 0)
+		ms = embed_batch_send_due();
 	if (ms < 0)
 		return retry_ms;
 	return retry_ms < 0 ? ms : Min(ms, retry_ms);
