@@ -23,8 +23,8 @@ my $url = $mock->url;
 sub expected
 {
 	my ($text_sql, $dim) = @_;
-	return qq{(SELECT array_agg(((((get_byte(sha256(convert_to($text_sql, 'UTF8')), i % 32) + i) % 256) / 256.0) - 0.5)::real ORDER BY i)
-	            FROM generate_series(0, $dim - 1) i)};
+	return qq{(SELECT array_agg(((((get_byte(sha256(convert_to($text_sql, 'UTF8')), k % 32) + k) % 256) / 256.0) - 0.5)::real ORDER BY k)
+	            FROM generate_series(0, $dim - 1) k)};
 }
 
 sub last_request
@@ -113,6 +113,22 @@ is($node->safe_psql('postgres', q{SELECT llm_embed('f', 'fall over') = } . expec
 is($node->safe_psql('postgres', q{SELECT provider || ' ' || attempts || ' ' || (attempts_detail->0->>'http_status')
 	FROM llm.requests WHERE alias = 'f' ORDER BY id DESC LIMIT 1}),
 	'mock 2 500', 'logged: answered by mock after a 500 from the first target');
+
+# a failed batch fails each of its calls as a single call would: 200 pipelined
+# calls, coalesced, get a 500 from the first target and each falls over
+$mock->reset;
+$node->safe_psql('postgres', q{CREATE TABLE fo AS SELECT i, llm_embed('f', 'fo ' || i) AS v FROM generate_series(1, 200) i});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fo WHERE v = } . expected(q{'fo ' || i}, 8)),
+	'200', 'all 200 calls of failed batches fell over and got their own vectors');
+# (the calls of the first failed batch each report the failure to the
+# breaker, as single calls would, so it opens and the later calls go
+# straight to the second target)
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || bool_and(attempts = 1 OR attempts_detail->0->>'http_status' = '500')
+	   || ' ' || (count(*) FILTER (WHERE attempts = 2) > 0)
+	FROM llm.requests WHERE alias = 'f' AND request_body::text LIKE '%"fo %' AND status = 'ok' AND provider = 'mock'}),
+	'200 true true', 'each with its own row answered by the second target, those of failed batches after their 500');
+my $fo = $mock->get('/_mock/stats')->{requests};
+cmp_ok($fo, '<=', 40, "in $fo provider requests, both targets together");
 
 # on_error null: a failed call is NULL
 is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'x [[mock:status=400]]', '{"on_error": "null"}') IS NULL}),
