@@ -148,7 +148,52 @@ like($err, qr/0A000: provider "anth" \(kind anthropic\) has no embeddings, but a
 	'an embedding call routed to a kind without embeddings fails clearly');
 is($mock->get('/_mock/stats')->{requests}, 0, 'and nothing was sent');
 
+# provider option embed_batch_size caps a request's inputs, for coalesced
+# calls and for the array form
+$node->safe_psql('postgres', qq{
+	SELECT llm.add_provider('small', 'openai', '$url/v1', options => '{"embed_batch_size": 4}');
+	SELECT llm.set_credential('small', 'k');
+	SELECT llm.add_route('s', 'small', 'emb');});
+$mock->reset;
+$node->safe_psql('postgres', q{CREATE TABLE so AS SELECT i, llm_embed('s', 'so ' || i) AS v FROM generate_series(1, 40) i});
+my @sizes = map { scalar @{ $_->{body}{input} } } @{ $mock->get('/_mock/requests?path=/v1/embeddings')->{requests} };
+is(scalar(grep { $_ > 4 } @sizes), 0, 'embed_batch_size 4: no request carried more than 4 inputs (' . join(',', @sizes) . ')');
+cmp_ok(scalar(@sizes), '>=', 10, 'so 40 calls took at least 10 requests');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM so WHERE v = } . expected(q{'so ' || i}, 8)), '40', 'each with its own vector');
+($rc, $out, $err) = $node->psql('postgres', q{\set VERBOSITY verbose
+	SELECT * FROM llm_embed('s', ARRAY['a', 'b', 'c', 'd', 'e'])});
+like($err, qr/54000: the call has 5 inputs, more than provider "small" takes in one request \(4\)/,
+	'an array of more inputs than the provider takes is refused, unsent');
+
+# calls that leave their batch (statement timeout): before it is sent, and while it is out
+$node->append_conf('postgresql.conf', 'llm.embed_batch_wait_ms = 3000');
+$node->reload;
+$mock->reset;
+($rc, $out, $err) = $node->psql('postgres', q{SET statement_timeout = '300ms';
+	SELECT i, llm_embed('e', 'held ' || i) FROM generate_series(1, 30) i});
+like($err, qr/statement timeout/, 'a statement whose calls wait in an open batch times out');
+$node->append_conf('postgresql.conf', 'llm.embed_batch_wait_ms = 5');
+$node->reload;
+($rc, $out, $err) = $node->psql('postgres', q{SET statement_timeout = '300ms';
+	SELECT i, llm_embed('e', 'slow ' || i || ' [[mock:latency=1500]]') FROM generate_series(1, 30) i});
+like($err, qr/statement timeout/, 'and one whose batch is out');
+my @sent = map { join(' ', @{ $_->{body}{input} }) } @{ $mock->get('/_mock/requests?path=/v1/embeddings')->{requests} };
+is(scalar(grep { /held/ } @sent), 0, 'the open batch was never sent');
+cmp_ok(scalar(grep { /slow/ } @sent), '>=', 1, 'the other was');
+$node->poll_query_until('postgres', q{SELECT count(*) FILTER (WHERE status <> 'cancelled') = 0
+	  AND count(*) FILTER (WHERE request_body::text LIKE '%held %') > 0
+	  AND count(*) FILTER (WHERE request_body::text LIKE '%slow %') > 0
+	FROM llm.requests WHERE request_body::text LIKE '%held %' OR request_body::text LIKE '%slow %'})
+  or diag('not every cancelled call was logged as cancelled');
+is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT status, ',') FROM llm.requests
+	WHERE request_body::text LIKE '%held %' OR request_body::text LIKE '%slow %'}),
+	'cancelled', 'every call that left its batch is logged cancelled');
+sleep(2);    # the batch that was out comes back to a batch whose calls all left
+is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'after') = } . expected(q{'after'}, 8)),
+	't', 'the worker serves embeddings after that');
+
 # options are checked before anything is sent
+$mock->reset;
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT llm_embed('e', 'x', '{"max_tokens": 5}')});
 like($err, qr/unknown option "max_tokens"/, 'an unknown option is an error');
 ($rc, $out, $err) = $node->psql('postgres', q{SELECT llm_embed('e', 'x', '{"input_type": "passage"}')});
