@@ -43,10 +43,19 @@
 #include "common/llm_errors.h"
 #include "llm_gateway.h"
 #include "providers/adapter.h"
+#include "providers/adapter_util.h"
 #include "worker/embed_batch.h"
 #include "worker/http.h"
 
 int			llm_embed_batch_wait_ms = 5;
+
+/*
+ * JSON quoting and separators per input, for the bound on a batch's body:
+ * coalesced inputs stop joining a batch at half of llm.max_request_bytes
+ * (escaping can double a text), so a batch never makes a body the limit
+ * refuses while each of its calls alone would pass.
+ */
+#define EMBED_INPUT_OVERHEAD 4
 
 typedef struct LlmEmbedBatch
 {
@@ -58,6 +67,7 @@ typedef struct LlmEmbedBatch
 	bool		joinable;		/* single-input calls may still join */
 	int			cap;			/* most inputs */
 	int			ninputs;
+	int64		input_bytes;	/* the inputs' bytes, kept under llm.max_request_bytes */
 	int			nmembers;
 	LlmWorkItem **members;		/* [cap]; NULL where a call left after sending */
 	int		   *first;			/* [cap]: index of member i's first input, as sent */
@@ -95,6 +105,16 @@ fail_member(LlmWorkItem *item, int sqlerrcode, const char *message, const char *
 }
 
 static void free_batch(LlmEmbedBatch *b);
+
+/* A call whose batch attempt ended, for worker.c to settle and file (this turn or later). */
+static void
+queue_settled(LlmWorkItem *m)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+	settled = lappend(settled, m);
+	MemoryContextSwitchTo(old);
+}
 
 /* the dimension to ask for: the call's option, else the target's route option */
 static int
@@ -151,6 +171,8 @@ embed_batch_join(LlmWorkItem *item)
 	dlist_iter	it;
 	int			dims;
 	int			cap;
+	int64		bytes = 0;
+	int			k;
 
 	if (item->embed_call.ninputs < 1)
 	{
@@ -176,6 +198,8 @@ embed_batch_join(LlmWorkItem *item)
 		return;
 	}
 
+	for (k = 0; k < item->embed_call.ninputs; k++)
+		bytes += strlen(item->embed_call.inputs[k]) + EMBED_INPUT_OVERHEAD;
 	if (item->embed_call.ninputs == 1)
 	{
 		dlist_foreach(it, &open_batches)
@@ -184,7 +208,7 @@ embed_batch_join(LlmWorkItem *item)
 
 			if (o->joinable && o->route_id == item->cand[item->cur].route_id &&
 				o->dimensions == dims && same_str(o->input_type, item->embed_call.input_type) &&
-				o->ninputs < o->cap)
+				o->ninputs < o->cap && o->input_bytes + bytes <= llm_max_request_bytes / 2)
 			{
 				b = o;
 				break;
@@ -196,6 +220,7 @@ embed_batch_join(LlmWorkItem *item)
 					  item->embed_call.ninputs == 1);
 	b->members[b->nmembers++] = item;
 	b->ninputs += item->embed_call.ninputs;
+	b->input_bytes += bytes;
 	b->deadline = Max(b->deadline, item->deadline);
 	if (b->ninputs >= b->cap)
 		b->send_at = 0;			/* full: send in this turn */
@@ -228,6 +253,8 @@ embed_batch_leave(LlmWorkItem *item)
 		return;
 	}
 	b->ninputs -= item->embed_call.ninputs;
+	for (int k = 0; k < item->embed_call.ninputs; k++)
+		b->input_bytes -= strlen(item->embed_call.inputs[k]) + EMBED_INPUT_OVERHEAD;
 	memmove(&b->members[i], &b->members[i + 1], sizeof(LlmWorkItem *) * (b->nmembers - i - 1));
 	b->nmembers--;
 	if (b->nmembers == 0)
@@ -257,7 +284,14 @@ free_batch(LlmEmbedBatch *b)
 		if (b->members[i] != NULL)
 			b->members[i]->batch = NULL;
 	if (b->xfer_live)
-		http_release(&b->xfer);
+		http_release(&b->xfer);	/* wipes the header lines, the key's among them */
+	else
+	{
+		ListCell   *lc;
+
+		foreach(lc, b->req.headers)
+			explicit_bzero(lfirst(lc), strlen(lfirst(lc)));
+	}
 	dlist_delete(&b->node);
 	MemoryContextDelete(b->cxt);
 }
@@ -415,9 +449,22 @@ batch_done(LlmEmbedBatch *b)
 				m->error.hint = pstrdup("See llm.requests for the provider's full answer.");
 			MemoryContextSwitchTo(mo);
 		}
-		settled = lappend(settled, m);
+		queue_settled(m);
 	}
 	free_batch(b);
+}
+
+/* A body over llm.max_request_bytes (inputs that escape heavily): err filled, true. */
+static bool
+body_too_large(LlmEmbedBatch *b, LlmError *err)
+{
+	if (b->req.body.len <= llm_max_request_bytes)
+		return false;
+	provider_fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, LLM_FAIL_FATAL,
+				  "the embedding request body is %d bytes, more than llm.max_request_bytes (%d)",
+				  b->req.body.len, llm_max_request_bytes);
+	err->hint = pstrdup("Send shorter inputs, or raise llm.max_request_bytes.");
+	return true;
 }
 
 /* Send the batches that are full or have waited long enough. */
@@ -474,7 +521,8 @@ embed_batch_send_due(void)
 		}
 		memset(&err, 0, sizeof(err));
 		if (remaining <= 0 ||
-			!lead->target.provider->build_embed_request(&call, &lead->target, &b->req, &err))
+			!lead->target.provider->build_embed_request(&call, &lead->target, &b->req, &err) ||
+			body_too_large(b, &err))
 		{
 			MemoryContextSwitchTo(old);
 			for (i = 0; i < b->nmembers; i++)
@@ -495,7 +543,7 @@ embed_batch_send_due(void)
 					m->status = "error";
 					m->error.fail_class = LLM_FAIL_FATAL;
 				}
-				settled = lappend(settled, m);
+				queue_settled(m);
 			}
 			b->nmembers = 0;
 			free_batch(b);
