@@ -56,6 +56,22 @@ is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'x', '{"dimensions": 3}'
 	't', 'dimensions option: a vector of 3');
 is(last_request()->{body}{dimensions}, 3, 'and the provider was asked for 3');
 
+# input_type is accepted and not sent to OpenAI (its models take none)
+is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'q', '{"input_type": "query"}') = } . expected(q{'q'}, 8)),
+	't', 'input_type query: the same vector from OpenAI');
+ok(!exists last_request()->{body}{input_type}, 'and no input_type in the request');
+
+# azure_openai: the deployment URL with api-version, the key as api-key
+$node->safe_psql('postgres', qq{
+	SELECT llm.add_provider('az', 'azure_openai', '$url', options => '{"api_version": "2024-10-21"}');
+	SELECT llm.set_credential('az', 'azkey');
+	SELECT llm.add_route('az', 'az', 'my-emb-d4', options => '{"dimensions": 4}');});
+is($node->safe_psql('postgres', q{SELECT llm_embed('az', 'azure text') = } . expected(q{'azure text'}, 4)),
+	't', 'azure_openai embeddings through the deployment endpoint');
+$req = last_request();
+is($req->{path} . '?' . $req->{query} . ' ' . $req->{headers}{'api-key'}, '/openai/deployments/my-emb-d4/embeddings?api-version=2024-10-21 azkey',
+	'sent to the deployment URL with api-version and the api-key header');
+
 # the array form keeps input order, even when the provider answers out of order
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(ordinality || ':' || (embedding = } . expected(q{t.input}, 8) . q{)::text, ',' ORDER BY ordinality)
