@@ -116,6 +116,24 @@ queue_settled(LlmWorkItem *m)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * Coalesced calls must not make an answer llm.max_response_bytes refuses
+ * (LL012 would fail every call of the batch, each of which alone would
+ * pass): at most this many vectors, at EMBED_BYTES_PER_FLOAT each element
+ * (OpenAI pretty-prints one number per line) and, when no size is asked
+ * for, EMBED_ASSUMED_DIMENSIONS.  A call of many inputs is the caller's
+ * own batch and is not split.
+ */
+#define EMBED_BYTES_PER_FLOAT 24
+#define EMBED_ASSUMED_DIMENSIONS 3072
+static int
+response_cap(int cap, int dims)
+{
+	int64		per_vector = (int64) (dims > 0 ? dims : EMBED_ASSUMED_DIMENSIONS) * EMBED_BYTES_PER_FLOAT;
+
+	return (int) Max(1, Min((int64) cap, llm_max_response_bytes / per_vector));
+}
+
 /* the dimension to ask for: the call's option, else the target's route option */
 static int
 wanted_dimensions(LlmWorkItem *item)
@@ -216,8 +234,8 @@ embed_batch_join(LlmWorkItem *item)
 		}
 	}
 	if (b == NULL)
-		b = new_batch(item, dims, item->embed_call.ninputs == 1 ? cap : item->embed_call.ninputs,
-					  item->embed_call.ninputs == 1);
+		b = new_batch(item, dims, item->embed_call.ninputs == 1 ? response_cap(cap, dims) :
+					  item->embed_call.ninputs, item->embed_call.ninputs == 1);
 	b->members[b->nmembers++] = item;
 	b->ninputs += item->embed_call.ninputs;
 	b->input_bytes += bytes;
