@@ -181,6 +181,17 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM so WHERE v = } . expected
 like($err, qr/54000: the call has 5 inputs, more than provider "small" takes in one request \(4\)/,
 	'an array of more inputs than the provider takes is refused, unsent');
 
+# ... and so does llm.max_response_bytes: 3000 bytes / (8 dims x 24 bytes) = 15 vectors
+$node->append_conf('postgresql.conf', 'llm.max_response_bytes = 3000');
+$node->reload;
+$mock->reset;
+$node->safe_psql('postgres', q{CREATE TABLE rc AS SELECT i, llm_embed('e', 'rc ' || i) AS v FROM generate_series(1, 60) i});
+@sizes = map { scalar @{ $_->{body}{input} } } @{ $mock->get('/_mock/requests?path=/v1/embeddings')->{requests} };
+is(scalar(grep { $_ > 15 } @sizes), 0, 'llm.max_response_bytes bounds a coalesced batch (' . join(',', @sizes) . ')');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM rc WHERE v = } . expected(q{'rc ' || i}, 8)), '60', 'and every call got its vector');
+$node->append_conf('postgresql.conf', 'llm.max_response_bytes = 16MB');
+$node->reload;
+
 # calls that leave their batch (statement timeout): before it is sent, and while it is out
 $node->append_conf('postgresql.conf', 'llm.embed_batch_wait_ms = 3000');
 $node->reload;
