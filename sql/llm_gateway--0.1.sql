@@ -132,9 +132,9 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'Pass ''{}'' for no options.';
     END IF;
     FOR k, v IN SELECT * FROM jsonb_each(coalesce(options, '{}')) LOOP
-        IF k IN ('max_concurrency', 'requests_per_minute', 'timeout_ms') THEN
+        IF k IN ('max_concurrency', 'requests_per_minute', 'timeout_ms', 'embed_batch_size') THEN
             lim := (jsonb_build_object('max_concurrency', 100000, 'requests_per_minute', 100000000,
-                                       'timeout_ms', 86400000) ->> k)::numeric;
+                                       'timeout_ms', 86400000, 'embed_batch_size', 2048) ->> k)::numeric;
             IF jsonb_typeof(v) <> 'number' OR v::text::numeric <> trunc(v::text::numeric)
                OR v::text::numeric < 0 OR v::text::numeric > lim THEN
                 RAISE EXCEPTION 'provider option "%" must be an integer from 0 to %, not %', k, lim, v
@@ -269,6 +269,15 @@ BEGIN
                           HINT = CASE WHEN k = 'breaker_failures' THEN 'breaker_failures 0 disables the breaker.'
                                       ELSE 'Give a whole number in that range.' END;
             END IF;
+        ELSIF k = 'dimensions' THEN
+            -- the embedding size the target returns; targets of one alias must agree (llm._check_embed_route)
+            IF jsonb_typeof(v) = 'number' THEN
+                n := v::text::numeric;
+            END IF;
+            IF jsonb_typeof(v) <> 'number' OR n < 1 OR n > 65536 OR n <> trunc(n) THEN
+                RAISE EXCEPTION 'route option "dimensions" must be an integer between 1 and 65536, not %', left(v::text, 40)
+                    USING ERRCODE = '22023', HINT = 'Give the size of the vectors the target returns, e.g. {"dimensions": 1536}.';
+            END IF;
         ELSIF k = 'retry_unreadable' THEN
             IF jsonb_typeof(v) <> 'boolean' THEN
                 RAISE EXCEPTION 'route option "%" must be true or false, not %', k, left(v::text, 40)
@@ -285,7 +294,7 @@ BEGIN
         ELSE
             RAISE EXCEPTION 'unknown route option "%"', k
                 USING ERRCODE = '22023',
-                      HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms, retry_unreadable, idempotency_header.';
+                      HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms, retry_unreadable, idempotency_header, dimensions.';
         END IF;
     END LOOP;
     RETURN true;
@@ -1118,3 +1127,101 @@ RETURNS text
     LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION llm.json_schema_violation(jsonb, text) IS 'what llm_extract says of an answer text against a schema: the first violation as "<JSON path>: <expected>", or NULL when it follows the schema; no network';
 GRANT EXECUTE ON FUNCTION llm.json_schema_violation(jsonb, text) TO llm_admin, llm_user;
+
+-----------------------------------------------------------------------------
+-- Embeddings (docs/design.md §23): llm_embed, one input (pipelined like
+-- llm_complete) or an array (one call); the route rule that targets of one
+-- alias agree on the dimension; diagnostics of the embeddings adapters.
+-----------------------------------------------------------------------------
+
+CREATE FUNCTION llm_embed(model text, input text, options jsonb DEFAULT '{}')
+RETURNS real[]
+    AS 'MODULE_PATHNAME', 'llm_embed'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_embed(text, text, jsonb) IS 'the embedding of one text through the model alias (options dimensions, input_type, timeout_ms, tags, on_error); concurrent calls to one target are sent as one provider request; cast to vector for pgvector';
+
+CREATE FUNCTION llm_embed(model text, inputs text[], options jsonb DEFAULT '{}')
+RETURNS TABLE (ordinality int, embedding real[])
+    AS 'MODULE_PATHNAME', 'llm_embed_many'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE ROWS 100;
+COMMENT ON FUNCTION llm_embed(text, text[], jsonb) IS 'the embeddings of many texts in one call (one provider request, one llm.requests row): one row per input, ordinality 1, 2, ... in input order';
+
+GRANT EXECUTE ON FUNCTION llm_embed(text, text, jsonb), llm_embed(text, text[], jsonb) TO llm_user;
+
+CREATE FUNCTION llm._kind_has_embeddings(kind text) RETURNS bool
+    AS 'MODULE_PATHNAME', 'llm_kind_has_embeddings'
+    LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION llm._kind_has_embeddings(text) IS 'whether this build''s adapter for a provider kind speaks an embeddings API';
+
+-- A target with a "dimensions" route option is an embedding target: its
+-- provider's kind must have embeddings, and every target of the alias that
+-- declares a dimension must declare the same one (so fallback never
+-- changes the vector size).  A trigger, so add_route, alter_route and a
+-- direct write of llm.routes are all checked.
+CREATE FUNCTION llm._check_embed_route() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    dims int;
+    kind text;
+    other record;
+BEGIN
+    IF NEW.options IS NULL OR NOT NEW.options ? 'dimensions' THEN
+        RETURN NEW;
+    END IF;
+    dims := (NEW.options->>'dimensions')::int;
+    SELECT p.kind INTO kind FROM llm.providers p WHERE p.name = NEW.provider;
+    IF kind IS NOT NULL AND NOT llm._kind_has_embeddings(kind) THEN
+        RAISE EXCEPTION 'provider "%" (kind %) has no embeddings, but route option "dimensions" makes this an embedding target', NEW.provider, kind
+            USING ERRCODE = '0A000',
+                  HINT = 'Route embedding aliases to providers of a kind with embeddings (see README, "What each kind supports").';
+    END IF;
+    SELECT r.id, r.provider, r.upstream_model, (r.options->>'dimensions')::int AS d INTO other
+      FROM llm.routes r
+     WHERE r.alias = NEW.alias AND r.id IS DISTINCT FROM NEW.id
+       AND r.options ? 'dimensions' AND (r.options->>'dimensions')::int <> dims
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'targets of alias "%" must agree on the embedding dimension: % here, % for target % (%/%)',
+                        NEW.alias, dims, other.d, other.id, other.provider, other.upstream_model
+            USING ERRCODE = 'LL016',
+                  HINT = 'Give every target of an embedding alias the same "dimensions", or use another alias.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION llm._check_embed_route() IS 'trigger on llm.routes: a target with route option dimensions must be of a kind with embeddings and agree with the alias''s other targets (LL016)';
+CREATE TRIGGER check_embed_route BEFORE INSERT OR UPDATE ON llm.routes
+    FOR EACH ROW EXECUTE FUNCTION llm._check_embed_route();
+
+CREATE FUNCTION llm.adapter_build_embed_request(
+    kind text,
+    inputs text[],
+    options jsonb,
+    upstream_model text,
+    secret text DEFAULT NULL,
+    provider_options jsonb DEFAULT '{}',
+    route_options jsonb DEFAULT '{}',
+    base_url text DEFAULT NULL)
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_adapter_build_embed_request'
+    LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION llm.adapter_build_embed_request(text, text[], jsonb, text, text, jsonb, jsonb, text) IS
+    'the HTTP request (url, headers with the secret redacted, body) a provider kind''s embeddings adapter builds for these inputs and llm_embed options; no network';
+REVOKE ALL ON FUNCTION llm.adapter_build_embed_request(text, text[], jsonb, text, text, jsonb, jsonb, text) FROM PUBLIC;
+
+CREATE FUNCTION llm.adapter_parse_embed_response(
+    kind text,
+    status int,
+    body text,
+    ninputs int DEFAULT 1,
+    dimensions int DEFAULT 0)
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_adapter_parse_embed_response'
+    LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION llm.adapter_parse_embed_response(text, int, text, int, int) IS
+    'a provider''s embeddings answer read by a kind''s adapter for a call of ninputs inputs (asking for dimensions, 0 = any): the vectors in input order, or the error the gateway would report; no network';
+REVOKE ALL ON FUNCTION llm.adapter_parse_embed_response(text, int, text, int, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION llm.adapter_build_embed_request(text, text[], jsonb, text, text, jsonb, jsonb, text),
+                          llm.adapter_parse_embed_response(text, int, text, int, int) TO llm_admin;

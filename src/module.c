@@ -34,6 +34,7 @@
 #include "backend/progress.h"
 #include "channel/channel.h"
 #include "common/credentials.h"
+#include "worker/embed_batch.h"
 #include "worker/outbound.h"
 #include "worker/health.h"
 #include "worker/log_flusher.h"
@@ -222,6 +223,7 @@ define_gucs(void)
 {
 	channel_define_gucs();		/* llm.debug_fail_shm_alloc (tests) */
 	call_result_define_gucs();	/* llm.on_error */
+	embed_batch_define_gucs();	/* llm.embed_batch_wait_ms */
 	progress_define_gucs();		/* llm.progress_notice */
 
 	DefineCustomStringVariable("llm.database",

@@ -93,15 +93,9 @@ bool		llm_calls_forbidden = false;
  * and whether its failure is returned as NULL / an error object
  * (on_error).  Raises the caller's mistakes before anything is sent.
  */
-static void
-prepare_call(text *model, Jsonb *history, Jsonb *options, LlmPreparedCall *call)
+void
+llm_check_can_call(const char *alias)
 {
-	char	   *alias = text_to_cstring(model);
-	char	   *role = GetUserNameFromId(GetUserId(), false);
-	LlmCallSpec spec;
-	LlmRequestMsg hdr;
-	StringInfoData data;
-
 	llm_check_preloaded();
 	if (llm_calls_forbidden)
 		ereport(ERROR,
@@ -110,24 +104,35 @@ prepare_call(text *model, Jsonb *history, Jsonb *options, LlmPreparedCall *call)
 				 errdetail("A function the planner cannot see into (a PL/pgSQL or STABLE wrapper) called alias \"%s\".", alias),
 				 errhint("Estimate without exact => true, or mark the wrapper VOLATILE so it is left out of the count.")));
 	check_database();
-	validate_call(alias, history, options, &spec);
+}
+
+/*
+ * The channel message of a checked call (spec: validate_call's, or
+ * embed_sql.c's for an embedding).
+ */
+void
+llm_build_call(const char *alias, const LlmCallSpec *spec, LlmPreparedCall *call)
+{
+	char	   *role = GetUserNameFromId(GetUserId(), false);
+	LlmRequestMsg hdr;
+	StringInfoData data;
 
 	memset(&hdr, 0, sizeof(hdr));
 	hdr.userid = GetUserId();
-	hdr.timeout_ms = spec.timeout_ms;
+	hdr.timeout_ms = spec->timeout_ms;
 	hdr.submitted_at = GetCurrentTimestamp();
 	hdr.alias_len = strlen(alias);
 	hdr.role_len = strlen(role);
-	hdr.tags_len = spec.tags ? strlen(spec.tags) : 0;
+	hdr.tags_len = spec->tags ? strlen(spec->tags) : 0;
 	hdr.regions_len = llm_allowed_regions ? strlen(llm_allowed_regions) : 0;
-	hdr.request_len = VARSIZE(spec.request);
+	hdr.request_len = VARSIZE(spec->request);
 
 	initStringInfo(&data);
 	appendBinaryStringInfo(&data, alias, hdr.alias_len + 1);
 	appendBinaryStringInfo(&data, role, hdr.role_len + 1);
-	appendBinaryStringInfo(&data, spec.tags ? spec.tags : "", hdr.tags_len + 1);
+	appendBinaryStringInfo(&data, spec->tags ? spec->tags : "", hdr.tags_len + 1);
 	appendBinaryStringInfo(&data, llm_allowed_regions ? llm_allowed_regions : "", hdr.regions_len + 1);
-	appendBinaryStringInfo(&data, (char *) spec.request, hdr.request_len);
+	appendBinaryStringInfo(&data, (char *) spec->request, hdr.request_len);
 
 	if (data.len > llm_max_request_bytes)
 		ereport(ERROR,
@@ -137,11 +142,22 @@ prepare_call(text *model, Jsonb *history, Jsonb *options, LlmPreparedCall *call)
 				 errhint("Send a shorter history, or ask an administrator to raise llm.max_request_bytes.")));
 	call->hdr = hdr;
 	call->data = data;
-	call->on_error_null = spec.on_error_null;
+	call->on_error_null = spec->on_error_null;
+}
+
+static void
+prepare_call(text *model, Jsonb *history, Jsonb *options, LlmPreparedCall *call)
+{
+	char	   *alias = text_to_cstring(model);
+	LlmCallSpec spec;
+
+	llm_check_can_call(alias);
+	validate_call(alias, history, options, &spec);
+	llm_build_call(alias, &spec, call);
 }
 
 /* options: the argument, or '{}' when NULL */
-static Jsonb *
+Jsonb *
 options_arg(const NullableDatum *arg)
 {
 	if (arg->isnull)
@@ -150,7 +166,7 @@ options_arg(const NullableDatum *arg)
 }
 
 /* The model alias (argument 0) and the input (argument 1) must not be NULL. */
-static void
+void
 require_args(const NullableDatum *args, const char *input, const char *hint)
 {
 	if (args[0].isnull)
@@ -386,7 +402,7 @@ const LlmCallKind llm_messages_kind = {"llm_messages", llm_messages, messages_pr
 static const LlmCallKind llm_complete_kind = {"llm_complete", llm_complete, complete_prepare, complete_result};
 static const LlmCallKind llm_extract_kind = {"llm_extract", llm_extract, extract_prepare, extract_result};
 
-static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind, &llm_extract_kind};
+static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind, &llm_extract_kind, &llm_embed_kind};
 
 /* The call kind whose C entry has this symbol name; NULL if none. */
 const LlmCallKind *
@@ -404,8 +420,8 @@ llm_call_kind_named(const char *symbol)
  * One call from SQL, start to end: build it, hand it to the worker, wait,
  * and return what the call gives SQL.
  */
-static Datum
-run_call(const LlmCallKind *kind, FunctionCallInfo fcinfo)
+Datum
+llm_run_call(const LlmCallKind *kind, FunctionCallInfo fcinfo)
 {
 	LlmPreparedCall call;
 	LlmCallResult result;
@@ -426,7 +442,7 @@ run_call(const LlmCallKind *kind, FunctionCallInfo fcinfo)
 Datum
 llm_messages(PG_FUNCTION_ARGS)
 {
-	return run_call(&llm_messages_kind, fcinfo);
+	return llm_run_call(&llm_messages_kind, fcinfo);
 }
 
 /*
@@ -435,7 +451,7 @@ llm_messages(PG_FUNCTION_ARGS)
 Datum
 llm_complete(PG_FUNCTION_ARGS)
 {
-	return run_call(&llm_complete_kind, fcinfo);
+	return llm_run_call(&llm_complete_kind, fcinfo);
 }
 
 /*
@@ -444,7 +460,7 @@ llm_complete(PG_FUNCTION_ARGS)
 Datum
 llm_extract(PG_FUNCTION_ARGS)
 {
-	return run_call(&llm_extract_kind, fcinfo);
+	return llm_run_call(&llm_extract_kind, fcinfo);
 }
 
 /*

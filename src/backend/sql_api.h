@@ -53,7 +53,18 @@ typedef struct LlmCallKind
 } LlmCallKind;
 
 extern const LlmCallKind llm_messages_kind;
+/* one blocking call of a kind, as its SQL function runs it */
+extern Datum llm_run_call(const LlmCallKind *kind, FunctionCallInfo fcinfo);
+extern const LlmCallKind llm_embed_kind;	/* embed_sql.c */
 extern bool llm_calls_forbidden;	/* llm.estimate's exact count is running */
 extern const LlmCallKind *llm_call_kind_named(const char *symbol);
+
+/* the steps of building a call, for kinds defined in other files */
+struct LlmCallSpec;
+extern void llm_check_can_call(const char *alias);
+extern void llm_build_call(const char *alias, const struct LlmCallSpec *spec,
+						   LlmPreparedCall *call);
+extern Jsonb *options_arg(const NullableDatum *arg);
+extern void require_args(const NullableDatum *args, const char *input, const char *hint);
 
 #endif							/* LLM_SQL_API_H */

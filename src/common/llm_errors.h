@@ -52,6 +52,8 @@
 #define ERRCODE_LLM_QUOTA_EXCEEDED			MAKE_SQLSTATE('L','L','0','1','4')
 /* llm_extract: the answer does not follow the schema, after one retry */
 #define ERRCODE_LLM_SCHEMA_MISMATCH			MAKE_SQLSTATE('L','L','0','1','5')
+/* an embedding of another size than the call or the route target declares */
+#define ERRCODE_LLM_EMBED_DIMENSION			MAKE_SQLSTATE('L','L','0','1','6')
 
 extern void llm_error_for_status(int status, LlmError *err);
 extern const char *llm_fail_class_name(LlmFailClass fail_class);

@@ -154,6 +154,32 @@ typedef struct LlmAnswer
 	int64		cache_read_input_tokens;
 } LlmAnswer;
 
+/*
+ * Embeddings.  An embedding call travels as a canonical request with one
+ * key, "embed": {"input": [text, ...], "dimensions": n, "input_type":
+ * "query"|"document"} (embed_call_from_request() reads it), so the channel
+ * and the log carry it like any request; chat requests always have
+ * "messages" and never "embed" (validate.c allows no such option).
+ */
+typedef struct LlmEmbedCall
+{
+	int			ninputs;
+	char	  **inputs;			/* ninputs texts, in the caller's order */
+	int			dimensions;		/* vector size to ask for; 0 = model's own */
+	const char *input_type;		/* "query", "document", or NULL */
+	int64		request_id;		/* llm.requests.id of the first input */
+} LlmEmbedCall;
+
+/* A successful embeddings answer: vectors[i] is the vector of inputs[i]. */
+typedef struct LlmEmbedAnswer
+{
+	int			nvectors;		/* == the call's ninputs */
+	int			dimension;		/* length of every vector */
+	float4	  **vectors;
+	int64		input_tokens;	/* for the whole request */
+	char	   *model;			/* upstream model that answered, or NULL */
+} LlmEmbedAnswer;
+
 typedef struct LlmProvider
 {
 	const char *kind;			/* value of llm.providers.kind */
@@ -175,6 +201,22 @@ typedef struct LlmProvider
 	 * has already set the class and SQLSTATE the status implies.
 	 */
 	void		(*parse_error) (const LlmHttpResult *res, LlmError *err);
+
+	/*
+	 * Embeddings, optional (NULL: the kind has none, and a call routed to
+	 * it fails with 0A000 before anything is sent).  Pure
+	 * like the rest.  build_embed_request fills url, headers and body for
+	 * all the call's inputs (at most embed_batch_max of them);
+	 * parse_embed_response (2xx only) fills every vector in input order,
+	 * all of one dimension, or returns false with LL006 / an in-band error.
+	 * Non-2xx answers go through parse_error as for chat.
+	 */
+	bool		(*build_embed_request) (const LlmEmbedCall *call, const LlmTarget *target,
+										LlmHttpRequest *out, LlmError *err);
+	bool		(*parse_embed_response) (const LlmEmbedCall *call, const LlmTarget *target,
+										 const LlmHttpResult *res, LlmEmbedAnswer *out,
+										 LlmError *err);
+	int			embed_batch_max;	/* most inputs in one request (provider's limit) */
 } LlmProvider;
 
 /* provider.c: the registry and helpers shared by adapters */
@@ -185,6 +227,13 @@ extern void provider_add_header(LlmHttpRequest *req, const char *name, const cha
 extern char *provider_scrub(const char *text, const char *secret);
 extern void provider_init_answer(LlmAnswer *answer);
 extern double provider_parse_retry_after(const char *value);
+
+/* embed.c: the canonical embedding request, both ways */
+extern bool embed_call_from_request(Jsonb *request, LlmEmbedCall *call);
+extern int	embed_batch_limit(const LlmTarget *target);
+extern bool embed_answer_check(const LlmEmbedCall *call, const LlmEmbedAnswer *answer,
+							   const LlmHttpResult *res, const char *secret, LlmError *err);
+extern void embed_append_vectors(StringInfo buf, const LlmEmbedAnswer *answer);
 
 /* adapters (src/providers/) */
 extern const LlmProvider llm_provider_anthropic;

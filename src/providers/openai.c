@@ -56,7 +56,10 @@ const LlmProvider llm_provider_openai = {
 	"an API key sent as \"Authorization: Bearer\" (sk-... for OpenAI; any value, or none, for a local server)",	/* auth_hint */
 	openai_build_request,		/* build_request */
 	openai_parse_response,		/* parse_response */
-	openai_parse_error			/* parse_error */
+	openai_parse_error,			/* parse_error */
+	openai_build_embed_request, /* build_embed_request */
+	openai_parse_embed_response,	/* parse_embed_response */
+	OPENAI_EMBED_BATCH_MAX		/* embed_batch_max */
 };
 
 const LlmProvider llm_provider_azure_openai = {
@@ -64,5 +67,8 @@ const LlmProvider llm_provider_azure_openai = {
 	"an Azure OpenAI resource key, sent as api-key",	/* auth_hint */
 	azure_build_request,		/* build_request */
 	openai_parse_response,		/* parse_response */
-	openai_parse_error			/* parse_error */
+	openai_parse_error,			/* parse_error */
+	azure_build_embed_request,	/* build_embed_request */
+	openai_parse_embed_response,	/* parse_embed_response */
+	OPENAI_EMBED_BATCH_MAX		/* embed_batch_max */
 };

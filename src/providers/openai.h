@@ -22,6 +22,18 @@ extern bool openai_build_request(const LlmCall *call, const LlmTarget *target,
 extern bool azure_build_request(const LlmCall *call, const LlmTarget *target,
 								LlmHttpRequest *out, LlmError *err);
 extern void openai_write_text_part(StringInfo parts, const char *text);
+extern bool openai_endpoint(const LlmTarget *target, bool azure, const char *op,
+							LlmHttpRequest *out, LlmError *err);
+
+/* openai_embed.c: the embeddings endpoint (both kinds) */
+#define OPENAI_EMBED_BATCH_MAX 2048
+extern bool openai_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
+									   LlmHttpRequest *out, LlmError *err);
+extern bool azure_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
+									  LlmHttpRequest *out, LlmError *err);
+extern bool openai_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
+										const LlmHttpResult *res, LlmEmbedAnswer *out,
+										LlmError *err);
 
 /* openai_format.c: output_config as response_format */
 extern void openai_write_response_format(StringInfo buf, bool *first, JsonbContainer *req);

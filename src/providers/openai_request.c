@@ -579,21 +579,22 @@ url_encode(const char *s)
 	return buf.data;
 }
 
+/* op: the operation's path, "chat/completions" or "embeddings" */
 static bool
-openai_url(const LlmTarget *target, const OpenAiFlavour *flavour,
+openai_url(const LlmTarget *target, const OpenAiFlavour *flavour, const char *op,
 		   LlmHttpRequest *out, LlmError *err)
 {
 	const char *api_version;
 
 	if (!flavour->deployment_url)
 	{
-		out->url = psprintf("%s/chat/completions", provider_base_url(target));
+		out->url = psprintf("%s/%s", provider_base_url(target), op);
 		return true;
 	}
 	if (!provider_option_string(target, "api_version", &api_version, err))
 		return false;
-	out->url = psprintf("%s/openai/deployments/%s/chat/completions?api-version=%s",
-						provider_base_url(target), url_encode(target->upstream_model),
+	out->url = psprintf("%s/openai/deployments/%s/%s?api-version=%s",
+						provider_base_url(target), url_encode(target->upstream_model), op,
 						url_encode(api_version ? api_version : AZURE_DEFAULT_API_VERSION));
 	return true;
 }
@@ -656,7 +657,7 @@ openai_build(const LlmCall *call, const LlmTarget *target,
 		return false;
 	}
 
-	if (!openai_url(target, flavour, out, err) ||
+	if (!openai_url(target, flavour, "chat/completions", out, err) ||
 		!openai_headers(target, flavour, out, err))
 		return false;
 
@@ -700,6 +701,17 @@ openai_build(const LlmCall *call, const LlmTarget *target,
 	}
 	appendStringInfoChar(t.buf, '}');
 	return true;
+}
+
+/* URL and headers of another operation (embeddings) of either kind */
+bool
+openai_endpoint(const LlmTarget *target, bool azure, const char *op,
+				LlmHttpRequest *out, LlmError *err)
+{
+	const OpenAiFlavour *flavour = azure ? &azure_flavour : &openai_flavour;
+
+	return openai_url(target, flavour, op, out, err) &&
+		openai_headers(target, flavour, out, err);
 }
 
 bool

@@ -35,6 +35,7 @@
 #include "llm_gateway.h"
 #include "worker/route_cache.h"
 #include "worker/router.h"
+#include "worker/embed_batch.h"
 
 LlmWorkItem *
 item_create(int slot)
@@ -74,6 +75,9 @@ item_create(int slot)
 	item->submitted_at = msg->submitted_at;
 	item->deadline = TimestampTzPlusMilliseconds(msg->submitted_at, msg->timeout_ms);
 	item->call.request = item->request;
+	/* an embedding request (its only key is "embed"): embed_batch.c sends it */
+	item->embed = embed_call_from_request(item->request, &item->embed_call) ||
+		json_get(&item->request->root, "embed") != NULL;
 	item->cur = -1;
 	initStringInfo(&item->attempt_log);
 	appendStringInfoChar(&item->attempt_log, '[');
@@ -265,7 +269,11 @@ item_finish(LlmWorkItem *item)
 	if (item->ok)
 		(void) compute_cost(item, &item->cost_usd);
 	initStringInfo(&item->payload);
-	if (item->ok)
+	if (item->batch)
+		embed_batch_leave(item);
+	if (item->ok && item->embed)
+		embed_answer_payload(&item->payload, item);
+	else if (item->ok)
 		answer_payload(&item->payload, item);
 	else
 	{
@@ -440,6 +448,18 @@ item_send(LlmWorkItem *item)
 	}
 
 	/*
+	 * An embedding attempt joins a batch (embed_batch.c), which sends one
+	 * request for many calls; the batch is not counted in the provider's
+	 * concurrency and rate limits (docs/design.md §23).
+	 */
+	if (item->embed)
+	{
+		MemoryContextSwitchTo(old);
+		embed_batch_join(item);
+		return;
+	}
+
+	/*
 	 * The provider's concurrency and rate limits: wait in the worker, never
 	 * fail.  Checked before translating, so a call woken many times while
 	 * queued does not rebuild its request each time.
@@ -534,11 +554,10 @@ hint_for(int sqlerrcode)
 	}
 }
 
-/* Fill err for a transfer that got no HTTP answer. */
-static void
-transport_error(LlmWorkItem *item)
+/* Fill err for a transfer that got no HTTP answer (item's own, or its embedding batch's). */
+void
+item_transport_error(LlmWorkItem *item, LlmHttpTransfer *t)
 {
-	LlmHttpTransfer *t = &item->xfer;
 	LlmError   *err = &item->error;
 	const char *why = t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result);
 
@@ -586,8 +605,8 @@ transport_error(LlmWorkItem *item)
 }
 
 /* Log the attempt just ended, then finish the call or go on with it. */
-static void
-settle_attempt(LlmWorkItem *item)
+void
+item_settle_attempt(LlmWorkItem *item)
 {
 	MemoryContext old = MemoryContextSwitchTo(item->cxt);
 
@@ -616,7 +635,7 @@ item_transfer_done(LlmWorkItem *item)
 
 	if (t->result != CURLE_OK)
 	{
-		transport_error(item);
+		item_transport_error(item, t);
 		/* a 2xx whose body was cut short: the provider did the work */
 		if (t->status >= 200 && t->status < 300 && !t->too_large)
 		{
@@ -624,7 +643,7 @@ item_transfer_done(LlmWorkItem *item)
 			item->unreadable = true;
 		}
 		MemoryContextSwitchTo(old);
-		settle_attempt(item);
+		item_settle_attempt(item);
 		return;
 	}
 
@@ -688,7 +707,7 @@ item_transfer_done(LlmWorkItem *item)
 			err->hint = pstrdup(hint_for(err->sqlerrcode));
 	}
 	MemoryContextSwitchTo(old);
-	settle_attempt(item);
+	item_settle_attempt(item);
 }
 
 /* The backend gave up: stop the transfer (the provider sees the connection close). */

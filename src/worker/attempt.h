@@ -87,6 +87,12 @@ typedef struct LlmWorkItem
 
 	struct LlmQuotaHold *quota; /* its quota reservation (quota.c), or NULL */
 
+	/* an embedding call (embed_batch.c): its inputs, its batch, its vectors */
+	bool		embed;
+	LlmEmbedCall embed_call;
+	struct LlmEmbedBatch *batch;	/* the batch its current attempt rides in */
+	LlmEmbedAnswer embed_answer;
+
 	/* what the backend gets, kept until the log row is completed */
 	StringInfoData payload;
 	bool		delivered;		/* channel_finish done, or the slot already released */
@@ -105,5 +111,7 @@ extern void item_fail(LlmWorkItem *item, const char *status, int sqlerrcode,
 					  const char *message, const char *detail, const char *hint);
 extern void item_deliver(LlmWorkItem *item);
 extern void item_free(LlmWorkItem *item);
+extern void item_settle_attempt(LlmWorkItem *item);
+extern void item_transport_error(LlmWorkItem *item, LlmHttpTransfer *t);
 
 #endif							/* LLM_ATTEMPT_H */

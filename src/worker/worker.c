@@ -45,6 +45,7 @@
 #include "utils/memutils.h"
 
 #include "worker/attempt.h"
+#include "worker/embed_batch.h"
 #include "worker/fair_share.h"
 #include "channel/channel.h"
 #include "worker/health.h"
@@ -345,6 +346,40 @@ handle_cancels(void)
 	}
 }
 
+/* Calls whose embedding batch's exchange ended: settle each like a single attempt. */
+static int
+file_settled_embeddings(void)
+{
+	LlmWorkItem *item;
+	int			n = 0;
+
+	while ((item = embed_batch_next_settled()) != NULL)
+	{
+		if (item->state != LLM_ITEM_FINISHED)
+			guarded(item_settle_attempt, item);
+		file_item(item);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * Send the embedding batches that are due; ms until the next is (-1:
+ * none).  A call settled here (a batch that could not be sent) may fall
+ * over at once into a new batch: send again until none is left over.
+ */
+static long
+send_embed_batches(long retry_ms)
+{
+	long		ms = embed_batch_send_due();
+
+	while (file_settled_embeddings() > 0)
+		ms = embed_batch_send_due();
+	if (ms < 0)
+		return retry_ms;
+	return retry_ms < 0 ? ms : Min(ms, retry_ms);
+}
+
 static void
 handle_finished_transfers(void)
 {
@@ -354,6 +389,11 @@ handle_finished_transfers(void)
 	{
 		LlmWorkItem *item = t->owner;
 
+		if (embed_batch_transfer_done(t))
+		{
+			file_settled_embeddings();
+			continue;
+		}
 		guarded(item_transfer_done, item);
 		file_item(item);
 	}
@@ -622,11 +662,12 @@ llm_worker_main(Datum main_arg)
 		handle_cancels();
 		(void) handle_due_retries();
 		take_new_calls();
+		(void) send_embed_batches(-1);
 		/* new transfers: let curl start them in this turn */
 		http_drive(false);
 		handle_finished_transfers();
 		complete_log_rows();
-		retry_ms = handle_due_retries();
+		retry_ms = send_embed_batches(handle_due_retries());
 		if (retry_ms >= 0)
 			http_drive(false);
 

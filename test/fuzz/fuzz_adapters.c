@@ -11,7 +11,8 @@
  * llm_fuzz() hands control to libFuzzer through LLVMFuzzerRunDriver.
  *
  * Input layout: byte 0 picks the adapter (registry order) and the entry
- * point; the rest is the body.  Adapters must never ERROR (an ERROR
+ * point (chat answer, error, chat request, embeddings answer, embedding
+ * request); the rest is the body.  Adapters must never ERROR (an ERROR
  * escaping one is a bug and aborts the run, which libFuzzer reports as a
  * crash with the input saved) and must not crash or leak: each input runs
  * in a memory context that is reset afterwards.
@@ -54,7 +55,7 @@ static void
 fuzz_one(const uint8_t *data, size_t size)
 {
 	const LlmProvider *p = adapters[data[0] % lengthof(adapters)];
-	int			mode = (data[0] / lengthof(adapters)) % 3;
+	int			mode = (data[0] / lengthof(adapters)) % 5;
 	const char *body = (const char *) data + 1;
 	size_t		len = size - 1;
 	LlmTarget	target;
@@ -116,6 +117,34 @@ fuzz_one(const uint8_t *data, size_t size)
 				memset(&out, 0, sizeof(out));
 				(void) p->build_request(&call, &target, &out, &err);
 				(void) forced_output_request(req, &req, &err);
+			}
+			break;
+		case 3:					/* a 2xx embeddings answer, for 1-4 inputs, any size or 3 */
+			if (p->parse_embed_response != NULL)
+			{
+				LlmEmbedCall ecall;
+				LlmEmbedAnswer eanswer;
+				char	   *inputs[4] = {"a", "b", "c", "d"};
+
+				memset(&ecall, 0, sizeof(ecall));
+				ecall.ninputs = 1 + (len > 0 ? (uint8_t) body[0] % 4 : 0);
+				ecall.inputs = inputs;
+				ecall.dimensions = (len > 1 && (body[1] & 1)) ? 3 : 0;
+				(void) p->parse_embed_response(&ecall, &target, &res, &eanswer, &err);
+			}
+			break;
+		case 4:					/* an embedding request read from any JSON, then built */
+			if (p->build_embed_request != NULL)
+			{
+				char	   *msg;
+				Jsonb	   *req = json_parse_safe(body, len, &msg);
+				LlmEmbedCall ecall;
+				LlmHttpRequest out;
+
+				if (req == NULL || !embed_call_from_request(req, &ecall))
+					break;
+				memset(&out, 0, sizeof(out));
+				(void) p->build_embed_request(&ecall, &target, &out, &err);
 			}
 			break;
 	}

@@ -36,8 +36,8 @@ clang -O1 -g -fPIC -shared -fsanitize=fuzzer-no-link -Wall -Werror \
 n=0
 for fx in "$LLM_ROOT"/test/fixtures/*/*.json "$LLM_ROOT"/test/fuzz/seeds/*.json; do
     [ -f "$fx" ] || continue
-    # every adapter x entry point, for up to 8 adapters
-    for b in $(seq 0 23); do
+    # every adapter x entry point (fuzz_adapters.c), for up to 8 adapters
+    for b in $(seq 0 39); do
         { printf "\\$(printf '%03o' "$b")"; cat "$fx"; } >"$F/corpus/seed_$((n++))"
     done
 done

@@ -127,7 +127,7 @@ class BadRequest(Exception):
 # =============================================================================
 
 _INT_KEYS = frozenset(("status", "fail_first", "bad_json_first", "large", "cache", "retry_after_ms",
-                       "retry_after_date", "trickle_bytes"))
+                       "retry_after_date", "trickle_bytes", "embed_dim"))
 _FLOAT_KEYS = frozenset(("latency", "trickle"))
 
 
@@ -1025,6 +1025,161 @@ class Exchange:
                  "directives", "done", "timer", "keep_alive")
 
 
+# ---- 4.6 Embeddings (OpenAI/Azure, Gemini, Ollama, Bedrock Titan v2 and Cohere) -----
+#
+# Deterministic vectors: element i of the embedding of text t (as sent, markers included) is
+#   ((sha256(utf8(t))[i % 32] + i) % 256) / 256 - 0.5
+# exact in float32, so a test can compute it in SQL with sha256() and get_byte().  The
+# dimension is the request's (dimensions / outputDimensionality), else a "-d<N>" suffix of
+# the model id (e.g. "embed-d12"), else 8.  Tokens: the words of each input (at least 1).
+
+import hashlib
+
+EMBED_DEFAULT_DIM = 8
+
+
+def embed_vector(text, dim):
+    h = hashlib.sha256(text.encode("utf-8")).digest()
+    return [((h[i % 32] + i) % 256) / 256 - 0.5 for i in range(dim)]
+
+
+def embed_dim(model, asked):
+    if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0:
+        return asked
+    m = re.search(r"-d(\d+)(?::\d+)?$", model or "")
+    return int(m.group(1)) if m else EMBED_DEFAULT_DIM
+
+
+def embed_tokens(text):
+    return max(1, count_words(text))
+
+
+class EmbedCall:
+    """An embeddings request: inputs in order, the dimension and input type asked for."""
+    __slots__ = ("model", "inputs", "dim", "input_type", "last_directives")
+
+    def __init__(self, model, inputs, asked=None, input_type=None):
+        if not inputs or not all(isinstance(t, str) for t in inputs):
+            raise BadRequest("mock: the inputs must be a non-empty list of strings")
+        self.model, self.inputs, self.input_type = model, inputs, input_type
+        self.dim = embed_dim(model, asked)
+        self.last_directives = None
+
+    @property
+    def key_text(self):
+        return "\n".join(self.inputs)
+
+    def vectors(self):
+        return [embed_vector(t, self.dim) for t in self.inputs]
+
+    def tokens(self):
+        return sum(embed_tokens(t) for t in self.inputs)
+
+
+class OpenAIEmbed(OpenAI):
+    """POST /v1/embeddings; data[] in reverse order under the directive embed_reverse."""
+    embed = True
+
+    def parse(self, body, ex):
+        inp = body.get("input")
+        inputs = [inp] if isinstance(inp, str) else inp
+        if body.get("encoding_format", "float") != "float":
+            raise BadRequest("mock: only encoding_format float is served")
+        return EmbedCall(self.model_of(body, ex), inputs, body.get("dimensions"))
+
+    def model_of(self, body, ex):
+        return body.get("model") or ""
+
+    def render(self, ex, call, r):
+        data = [{"object": "embedding", "index": i, "embedding": v}
+                for i, v in enumerate(call.vectors())]
+        if ex.directives.get("embed_reverse"):
+            data.reverse()
+        n = call.tokens()
+        return self.plan(ex, 200, {"object": "list", "data": data, "model": call.model,
+                                   "usage": {"prompt_tokens": n, "total_tokens": n}})
+
+
+class AzureEmbed(OpenAIEmbed, Azure):
+    """POST /openai/deployments/{deployment}/embeddings?api-version=..."""
+    embed = True
+
+    def model_of(self, body, ex):
+        return ex.params
+
+
+class GeminiEmbed(Gemini):
+    """:batchEmbedContents (requests[]) and :embedContent (one content)."""
+    embed = True
+    TASK = {"RETRIEVAL_QUERY": "query", "RETRIEVAL_DOCUMENT": "document"}
+
+    @staticmethod
+    def _text(content):
+        parts = (content or {}).get("parts") or []
+        return "".join(p.get("text", "") for p in parts if isinstance(p, dict))
+
+    def parse(self, body, ex):
+        model, method = ex.params
+        reqs = body.get("requests") if method == "batchEmbedContents" else [body]
+        if not isinstance(reqs, list) or not reqs:
+            raise BadRequest("* BatchEmbedContentsRequest.requests: requests is not specified")
+        first = reqs[0]
+        call = EmbedCall(model, [self._text(q.get("content")) for q in reqs],
+                         _g(first, "outputDimensionality", "output_dimensionality"),
+                         self.TASK.get(_g(first, "taskType", "task_type")))
+        call.last_directives = None
+        ex.entry["embed_method"] = method
+        return call
+
+    def render(self, ex, call, r):
+        vecs = [{"values": v} for v in call.vectors()]
+        if ex.params[1] == "embedContent":
+            return self.plan(ex, 200, {"embedding": vecs[0]})
+        return self.plan(ex, 200, {"embeddings": vecs})
+
+
+class OllamaEmbed(Ollama):
+    """POST /api/embed: input is a string or a list; embeddings[][] and prompt_eval_count."""
+    embed = True
+
+    def parse(self, body, ex):
+        inp = body.get("input")
+        inputs = [inp] if isinstance(inp, str) else inp
+        return EmbedCall(body.get("model") or "", inputs, body.get("dimensions"))
+
+    def render(self, ex, call, r):
+        return self.plan(ex, 200, {"model": call.model, "embeddings": call.vectors(),
+                                   "total_duration": 1000, "load_duration": 100,
+                                   "prompt_eval_count": call.tokens()})
+
+
+class BedrockEmbed(Bedrock):
+    """InvokeModel /model/{id}/invoke: Titan text embeddings v2 (inputText -> embedding,
+    inputTextTokenCount) when the id names titan-embed, else Cohere embed (texts ->
+    embeddings, input_type search_query / search_document)."""
+    embed = True
+    COHERE_TYPES = {"search_query": "query", "search_document": "document"}
+
+    def parse(self, body, ex):
+        model = ex.params
+        if "titan-embed" in model:
+            if not isinstance(body.get("inputText"), str):
+                raise BadRequest("Malformed input request: #: required key [inputText] not found")
+            return EmbedCall(model, [body["inputText"]], body.get("dimensions"))
+        texts = body.get("texts")
+        if not isinstance(texts, list):
+            raise BadRequest("Malformed input request: #: required key [texts] not found")
+        return EmbedCall(model, texts, None, self.COHERE_TYPES.get(body.get("input_type")))
+
+    def render(self, ex, call, r):
+        if "titan-embed" in call.model:
+            v = call.vectors()[0]
+            return self.plan(ex, 200, {"embedding": v, "embeddingsByType": {"float": v},
+                                       "inputTextTokenCount": call.tokens()})
+        return self.plan(ex, 200, {"id": f"emb-mock-{ex.seq}", "embeddings": call.vectors(),
+                                   "texts": call.inputs, "response_type": "embeddings_floats"})
+
+
 class MockState:
     """All mutable state of the server."""
 
@@ -1036,8 +1191,11 @@ class MockState:
                          "directives": "", "aws_secret_access_key": args.aws_secret_access_key}
         anthropic, openai = Anthropic(), OpenAI()
         self.routes = {"/v1/messages": anthropic, "/v1/chat/completions": openai,
-                       "/openai/v1/chat/completions": openai, "/api/chat": Ollama()}
+                       "/openai/v1/chat/completions": openai, "/api/chat": Ollama(),
+                       "/v1/embeddings": OpenAIEmbed(), "/openai/v1/embeddings": OpenAIEmbed(),
+                       "/api/embed": OllamaEmbed()}
         self.azure, self.gemini, self.bedrock = Azure(), Gemini(), Bedrock()
+        self.azure_embed, self.gemini_embed, self.bedrock_embed = AzureEmbed(), GeminiEmbed(), BedrockEmbed()
         self.conns = set()          # every open connection
         self.open_counted = 0       # open connections that carried a provider request
         self.in_flight = 0
@@ -1157,12 +1315,20 @@ class MockState:
             dep = path[20:-17]
             if dep and "/" not in dep:
                 return self.azure, unquote(dep)
+        elif path.startswith("/openai/deployments/") and path.endswith("/embeddings"):
+            dep = path[20:-11]
+            if dep and "/" not in dep:
+                return self.azure_embed, unquote(dep)
         elif path.startswith("/v1beta/models/") or path.startswith("/v1/models/"):
             model, _, method = path.split("/models/", 1)[1].rpartition(":")
             if method == "generateContent" and model:
                 return self.gemini, unquote(model)
+            if method in ("batchEmbedContents", "embedContent") and model:
+                return self.gemini_embed, (unquote(model), method)
         elif path.startswith("/model/") and path.endswith("/converse") and len(path) > 16:
             return self.bedrock, unquote(path[7:-9])
+        elif path.startswith("/model/") and path.endswith("/invoke") and len(path) > 14:
+            return self.bedrock_embed, unquote(path[7:-7])
         return None, None
 
     def dispatch(self, conn, req):
@@ -1262,6 +1428,8 @@ class MockState:
             return api.error(ex, 400, f"mock: cannot interpret the request: {e!r}")
         if call.last_directives:            # the last user message's markers win
             d.update(call.last_directives)
+        if getattr(api, "embed", False) and isinstance(d.get("embed_dim"), int) and d["embed_dim"] > 0:
+            call.dim = d["embed_dim"]       # a provider that ignores the size asked for
         fail = None
         ff = d.get("fail_first", 0)
         if ff > 0:
@@ -1284,7 +1452,7 @@ class MockState:
                 n = self.fail_counts.get(key, 0) + 1
                 self.fail_counts[key] = n
                 call.bad_json = n <= d["bad_json_first"]
-        plan = api.render(ex, call, make_reply(call, d))
+        plan = api.render(ex, call, None if getattr(api, "embed", False) else make_reply(call, d))
         if d.get("malformed"):
             b = plan[2]
             plan = (200, plan[1], b[:max(1, len(b) // 2)], JSON_CT)

@@ -715,6 +715,71 @@ class TestOllama(MockTest):
 # Fault injection
 # -----------------------------------------------------------------------------
 
+class TestEmbeddings(MockTest):
+    """The embeddings endpoints: deterministic vectors (sha256 bytes), dimensions, tokens."""
+
+    @staticmethod
+    def vec(text, dim):
+        import hashlib
+        h = hashlib.sha256(text.encode()).digest()
+        return [((h[i % 32] + i) % 256) / 256 - 0.5 for i in range(dim)]
+
+    def test_openai(self):
+        st, _, b = post("/v1/embeddings", {"model": "emb", "input": ["a b", "c"], "encoding_format": "float"}, OH)
+        self.assertEqual(st, 200)
+        self.assertEqual([d["index"] for d in b["data"]], [0, 1])
+        self.assertEqual(b["data"][0]["embedding"], self.vec("a b", 8))
+        self.assertEqual(b["usage"], {"prompt_tokens": 3, "total_tokens": 3})
+        _, _, b = post("/v1/embeddings", {"model": "emb", "input": "x", "dimensions": 3}, OH)
+        self.assertEqual(b["data"][0]["embedding"], self.vec("x", 3))
+        _, _, b = post("/v1/embeddings", {"model": "emb-d5", "input": ["x", "y"]},
+                       dict(OH, **{"x-mock": "embed_reverse"}))
+        self.assertEqual([d["index"] for d in b["data"]], [1, 0])
+        self.assertEqual(len(b["data"][0]["embedding"]), 5)
+        self.assertEqual(stats()["by_path"]["/v1/embeddings"], 3)
+        _, _, b = post("/v1/embeddings", {"model": "emb", "input": ["x [[mock:embed_dim=2]]"], "dimensions": 4}, OH)
+        self.assertEqual(len(b["data"][0]["embedding"]), 2)
+        st, _, _ = post("/v1/embeddings", {"model": "emb", "input": ["x"]}, {})
+        self.assertEqual(st, 401)
+        st, _, b = post("/v1/embeddings", {"model": "emb", "input": ["x [[mock:status=503]]"]}, OH)
+        self.assertEqual((st, b["error"]["type"]), (503, "server_error"))
+
+    def test_azure(self):
+        st, _, b = post("/openai/deployments/my-emb/embeddings?api-version=2024-10-21",
+                        {"input": ["hi"]}, {"api-key": "k"})
+        self.assertEqual((st, b["model"]), (200, "my-emb"))
+        st, _, _ = post("/openai/deployments/my-emb/embeddings", {"input": ["hi"]}, {"api-key": "k"})
+        self.assertEqual(st, 404)
+
+    def test_gemini(self):
+        st, _, b = post("/v1beta/models/text-embedding-004:batchEmbedContents",
+                        {"requests": [{"model": "models/text-embedding-004", "content": {"parts": [{"text": "q"}]},
+                                       "taskType": "RETRIEVAL_QUERY", "outputDimensionality": 4}] * 2}, GH)
+        self.assertEqual(st, 200)
+        self.assertEqual(b["embeddings"], [{"values": self.vec("q", 4)}] * 2)
+        st, _, b = post("/v1beta/models/text-embedding-004:embedContent",
+                        {"content": {"parts": [{"text": "q"}]}}, GH)
+        self.assertEqual(b, {"embedding": {"values": self.vec("q", 8)}})
+
+    def test_ollama(self):
+        st, _, b = post("/api/embed", {"model": "nomic-d6", "input": ["one two", "three"]}, {})
+        self.assertEqual(st, 200)
+        self.assertEqual(b["embeddings"], [self.vec("one two", 6), self.vec("three", 6)])
+        self.assertEqual(b["prompt_eval_count"], 3)
+
+    def test_bedrock(self):
+        st, _, b = post("/model/amazon.titan-embed-text-v2%3A0/invoke",
+                        {"inputText": "a b c", "dimensions": 256, "normalize": True}, BH)
+        self.assertEqual(st, 200)
+        self.assertEqual((len(b["embedding"]), b["inputTextTokenCount"]), (256, 3))
+        st, _, b = post("/model/cohere.embed-english-v3/invoke",
+                        {"texts": ["x", "y"], "input_type": "search_document"}, BH)
+        self.assertEqual((st, b["embeddings"], b["response_type"]),
+                         (200, [self.vec("x", 8), self.vec("y", 8)], "embeddings_floats"))
+        st, _, _ = post("/model/cohere.embed-english-v3/invoke", {"texts": ["x"]}, {})
+        self.assertEqual(st, 403)
+
+
 class TestFaults(MockTest):
     def test_latency(self):
         t0 = time.monotonic()

@@ -1,0 +1,132 @@
+/*-------------------------------------------------------------------------
+ *
+ * embed.c
+ *	  What every embeddings adapter shares: reading the canonical embedding
+ *	  request, the batch limit, and the checks on an answer.
+ *
+ * runs in: worker, backends (diagnostic functions) and the fuzz harness.
+ * Pure like the adapters (providers/adapter.h): no ERROR on any input.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/json_util.h"
+#include "common/shortest_dec.h"
+#include "common/llm_errors.h"
+#include "providers/adapter.h"
+#include "providers/adapter_util.h"
+
+/*
+ * Read {"embed": {"input": [...], "dimensions": n, "input_type": t}} into
+ * *call (inputs point into palloc'd copies).  False when the request is not
+ * an embedding request, or is malformed (the backend builds it, so only a
+ * bug gets here; the worker then fails the call).
+ */
+bool
+embed_call_from_request(Jsonb *request, LlmEmbedCall *call)
+{
+	JsonbContainer *e;
+	JsonbContainer *in;
+	int64		dims = 0;
+	int			i;
+
+	memset(call, 0, sizeof(*call));
+	if (request == NULL || !JB_ROOT_IS_OBJECT(request))
+		return false;
+	e = json_get_object(&request->root, "embed");
+	if (e == NULL)
+		return false;
+	in = json_get_array(e, "input");
+	if (in == NULL || json_array_size(in) < 1)
+		return false;
+	call->ninputs = json_array_size(in);
+	call->inputs = palloc(sizeof(char *) * call->ninputs);
+	for (i = 0; i < call->ninputs; i++)
+	{
+		call->inputs[i] = json_value_cstring(json_array_elem(in, i));
+		if (call->inputs[i] == NULL)
+			return false;
+	}
+	if (json_get(e, "dimensions") != NULL &&
+		(!json_get_int64(e, "dimensions", &dims) || dims < 1 || dims > 65536))
+		return false;
+	call->dimensions = (int) dims;
+	call->input_type = json_get_cstring(e, "input_type");
+	return true;
+}
+
+/*
+ * Most inputs one request of this target may carry: the provider option
+ * embed_batch_size when set (within 1 and the kind's limit), else the
+ * kind's own limit.
+ */
+int
+embed_batch_limit(const LlmTarget *target)
+{
+	int			limit = Max(target->provider->embed_batch_max, 1);
+	int64		opt;
+
+	if (target->provider_options != NULL &&
+		json_get_int64(&target->provider_options->root, "embed_batch_size", &opt) &&
+		opt >= 1 && opt < limit)
+		limit = (int) opt;
+	return limit;
+}
+
+/*
+ * An answer must hold one vector per input, all of one non-zero dimension
+ * (adapters check the count; this checks them all the same way), and, when
+ * the call asked for a size, of that size.  A wrong size is LL016, fatal:
+ * asking the same target again would give the same vector.
+ */
+bool
+embed_answer_check(const LlmEmbedCall *call, const LlmEmbedAnswer *answer,
+				   const LlmHttpResult *res, const char *secret, LlmError *err)
+{
+	if (answer->nvectors != call->ninputs || answer->vectors == NULL)
+		return provider_malformed(err, res,
+								  psprintf("%d embeddings for %d inputs", answer->nvectors, call->ninputs),
+								  secret);
+	if (answer->dimension < 1)
+		return provider_malformed(err, res, "an empty embedding", secret);
+	if (call->dimensions > 0 && answer->dimension != call->dimensions)
+	{
+		provider_fail(err, ERRCODE_LLM_EMBED_DIMENSION, LLM_FAIL_FATAL,
+					  "the provider returned embeddings of dimension %d, not the %d asked for",
+					  answer->dimension, call->dimensions);
+		err->hint = pstrdup("Check the route target's \"dimensions\" option and that its model supports that size.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * "embeddings": [[...], ...] in input order, each element the shortest
+ * text that reads back as the same float4 (so SQL gets the exact vector).
+ */
+void
+embed_append_vectors(StringInfo buf, const LlmEmbedAnswer *answer)
+{
+	char		num[FLOAT_SHORTEST_DECIMAL_LEN];
+	int			i;
+	int			j;
+
+	appendStringInfoChar(buf, '[');
+	for (i = 0; i < answer->nvectors; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(buf, ',');
+		appendStringInfoChar(buf, '[');
+		for (j = 0; j < answer->dimension; j++)
+		{
+			int			len = float_to_shortest_decimal_buf(answer->vectors[i][j], num);
+
+			if (j > 0)
+				appendStringInfoChar(buf, ',');
+			appendBinaryStringInfo(buf, num, len);
+		}
+		appendStringInfoChar(buf, ']');
+	}
+	appendStringInfoChar(buf, ']');
+}

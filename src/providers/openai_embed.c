@@ -1,0 +1,185 @@
+/*-------------------------------------------------------------------------
+ *
+ * openai_embed.c
+ *	  OpenAI's embeddings endpoint, for the openai and azure_openai kinds:
+ *	  POST {base_url}/embeddings (Azure: the deployment URL with
+ *	  api-version), {"model", "input": [...], "encoding_format": "float",
+ *	  "dimensions"} -> {"data": [{"index", "embedding": [...]}], "model",
+ *	  "usage": {"prompt_tokens"}}.
+ *
+ * runs in: worker, backends (diagnostic functions), fuzz harness.  Pure
+ * (providers/adapter.h).
+ *
+ * The protocol has no input type: input_type is accepted and not sent
+ * (OpenAI's models embed queries and documents alike).  data[] is put back
+ * in input order by its "index": the API does not promise the order.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "common/json_util.h"
+#include "common/llm_errors.h"
+#include "providers/adapter.h"
+#include "providers/adapter_util.h"
+#include "providers/openai.h"
+#include "utils/builtins.h"
+
+static bool
+build_embed(const LlmEmbedCall *call, const LlmTarget *target, bool azure,
+			LlmHttpRequest *out, LlmError *err)
+{
+	StringInfo	buf = &out->body;
+	bool		first = true;
+	int			i;
+
+	memset(out, 0, sizeof(*out));
+	initStringInfo(&out->body);
+	if (target->upstream_model == NULL)
+		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
+							 "target has no upstream model");
+	if (!openai_endpoint(target, azure, "embeddings", out, err))
+		return false;
+
+	appendStringInfoChar(buf, '{');
+	json_append_key(buf, &first, "model");
+	json_append_string(buf, target->upstream_model);
+	json_append_key(buf, &first, "input");
+	appendStringInfoChar(buf, '[');
+	for (i = 0; i < call->ninputs; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(buf, ',');
+		json_append_string(buf, call->inputs[i]);
+	}
+	appendStringInfoChar(buf, ']');
+	json_append_key(buf, &first, "encoding_format");
+	json_append_string(buf, "float");
+	if (call->dimensions > 0)
+	{
+		json_append_key(buf, &first, "dimensions");
+		appendStringInfo(buf, "%d", call->dimensions);
+	}
+	appendStringInfoChar(buf, '}');
+	return true;
+}
+
+bool
+openai_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
+						   LlmHttpRequest *out, LlmError *err)
+{
+	return build_embed(call, target, false, out, err);
+}
+
+bool
+azure_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
+						  LlmHttpRequest *out, LlmError *err)
+{
+	return build_embed(call, target, true, out, err);
+}
+
+/* One "embedding" array into a float4 vector of *dim (set by the first). */
+static bool
+read_vector(JsonbContainer *arr, int *dim, float4 **vec, char **why)
+{
+	int			n = json_array_size(arr);
+	int			i;
+
+	if (n < 1)
+	{
+		*why = "an empty \"embedding\"";
+		return false;
+	}
+	if (*dim == 0)
+		*dim = n;
+	else if (n != *dim)
+	{
+		*why = psprintf("embeddings of dimensions %d and %d in one answer", *dim, n);
+		return false;
+	}
+	*vec = palloc(sizeof(float4) * n);
+	for (i = 0; i < n; i++)
+	{
+		JsonbValue *v = json_array_elem(arr, i);
+		double		d;
+
+		if (v == NULL || v->type != jbvNumeric)
+		{
+			*why = "an \"embedding\" element is not a number";
+			return false;
+		}
+		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+											   NumericGetDatum(v->val.numeric)));
+		if (isnan(d) || fabs(d) > 3.0e38)
+		{
+			*why = "an \"embedding\" element is out of range for real";
+			return false;
+		}
+		(*vec)[i] = (float4) d;
+	}
+	return true;
+}
+
+bool
+openai_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
+							const LlmHttpResult *res, LlmEmbedAnswer *out,
+							LlmError *err)
+{
+	Jsonb	   *body;
+	JsonbContainer *root;
+	JsonbContainer *data;
+	JsonbContainer *usage;
+	char	   *why = NULL;
+	int			n;
+	int			i;
+
+	memset(out, 0, sizeof(*out));
+	body = provider_parse_body(res, &why);
+	if (body == NULL)
+		return provider_malformed(err, res, why, target->secret);
+	root = &body->root;
+	if (!JsonContainerIsObject(root))
+		return provider_malformed(err, res, "the answer is not a JSON object", target->secret);
+	if (json_get(root, "error") != NULL && json_get(root, "data") == NULL)
+		return openai_inband_error(root, target, res, err);
+	data = json_get_array(root, "data");
+	if (data == NULL)
+		return provider_malformed(err, res, "no \"data\" array", target->secret);
+	n = json_array_size(data);
+	if (n != call->ninputs)
+		return provider_malformed(err, res,
+								  psprintf("%d embeddings for %d inputs", n, call->ninputs),
+								  target->secret);
+
+	out->nvectors = n;
+	out->vectors = palloc0(sizeof(float4 *) * n);
+	for (i = 0; i < n; i++)
+	{
+		JsonbContainer *item = json_value_container(json_array_elem(data, i), false);
+		JsonbContainer *vec;
+		int64		index;
+
+		if (item == NULL || !json_get_int64(item, "index", &index))
+			return provider_malformed(err, res, "a \"data\" element has no integer \"index\"",
+									  target->secret);
+		if (index < 0 || index >= n || out->vectors[index] != NULL)
+			return provider_malformed(err, res,
+									  psprintf("\"index\" " INT64_FORMAT " is out of range or repeated", index),
+									  target->secret);
+		vec = json_get_array(item, "embedding");
+		if (vec == NULL)
+			return provider_malformed(err, res, "a \"data\" element has no \"embedding\" array (encoding_format must be float)",
+									  target->secret);
+		if (!read_vector(vec, &out->dimension, &out->vectors[index], &why))
+			return provider_malformed(err, res, why, target->secret);
+	}
+	usage = json_get_object(root, "usage");
+	if (usage == NULL || !json_get_int64(usage, "prompt_tokens", &out->input_tokens) ||
+		out->input_tokens < 0)
+		out->input_tokens = 0;
+	if (json_get_cstring(root, "model") != NULL)
+		out->model = pstrdup(json_get_cstring(root, "model"));
+	return embed_answer_check(call, out, res, target->secret, err);
+}
