@@ -1445,7 +1445,7 @@ class MockState:
             return (status, hdrs + self.retry_headers(d), b, ct)
         if d.get("error200"):
             return (200, api.headers(ex), api.error200(ex), JSON_CT)
-        if call.schema is not None:
+        if getattr(call, "schema", None) is not None:   # an EmbedCall has none
             call.bad_json = bool(d.get("bad_json"))
             if d.get("bad_json_first", 0) > 0:
                 key = "bad_json|" + (d.get("key") or ex.path)
