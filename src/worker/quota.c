@@ -241,8 +241,10 @@ get_text(HeapTuple tup, TupleDesc desc, int col)
  */
 #define WORST	"(r.status = 'unknown' OR (r.status IN ('cancelled', 'timeout') AND r.attempts > 0))"
 #define IN_BOUND "coalesce(octet_length(r.request_body::text)::numeric, $3)"
-#define OUT_BOUND "coalesce(CASE WHEN jsonb_typeof(r.request_body->'max_tokens') = 'number' " \
-	"THEN (r.request_body->>'max_tokens')::numeric END, " CppAsString2(LLM_QUOTA_DEFAULT_OUTPUT) ")"
+/* an embedding call's request is {"embed": ...}: no output tokens */
+#define OUT_BOUND "CASE WHEN r.request_body ? 'embed' THEN 0 ELSE coalesce(CASE WHEN " \
+	"jsonb_typeof(r.request_body->'max_tokens') = 'number' " \
+	"THEN (r.request_body->>'max_tokens')::numeric END, " CppAsString2(LLM_QUOTA_DEFAULT_OUTPUT) ") END"
 #define PRICE(k) "CASE WHEN jsonb_typeof(t.options->'" k "') = 'number' THEN (t.options->>'" k "')::numeric ELSE 0 END"
 
 static void
@@ -490,6 +492,8 @@ output_bound(const LlmWorkItem *item, JsonbContainer *opts)
 	int64		wanted = -1;
 	int64		v;
 
+	if (item->embed)
+		return 0;				/* an embedding has no output tokens */
 	if (!json_get_int64(&item->request->root, "max_tokens", &wanted) || wanted < 0)
 		wanted = json_get_int64(opts, "default_max_tokens", &v) && v >= 0 ? v : LLM_QUOTA_DEFAULT_OUTPUT;
 	if (json_get_int64(opts, "max_tokens", &v) && v >= 0 && wanted > v)

@@ -51,6 +51,15 @@ is($node->safe_psql('postgres', q{SELECT status || ' ' || input_tokens || ' ' ||
 	FROM llm.requests WHERE alias = 'e' ORDER BY id DESC LIMIT 1}),
 	'ok 2 0 ["hello world"]', 'its log row: ok, the provider\'s 2 tokens, the input');
 
+# a quota on output tokens does not hold embedding calls back: they
+# reserve and use no output (before, each reserved 4096 and was refused)
+$node->safe_psql('postgres', q{SELECT llm.set_quota('e_out', 'output_tokens', 10, 'day', alias => 'e')});
+is($node->safe_psql('postgres', q{SELECT count(llm_embed('e', 'quota ' || i)) FROM generate_series(1, 3) i}),
+	'3', 'an output-token quota of 10 admits embedding calls');
+is($node->safe_psql('postgres', q{SELECT used || '/' || reserved FROM llm.quota_status WHERE quota = 'e_out'}),
+	'0/0', 'and counts no output tokens for them');
+$node->safe_psql('postgres', q{SELECT llm.drop_quota('e_out')});
+
 # dimensions option: sent, and the vector has that size
 is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'x', '{"dimensions": 3}') = } . expected(q{'x'}, 3)),
 	't', 'dimensions option: a vector of 3');
