@@ -39,6 +39,13 @@ SELECT * FROM llm.estimate($$SELECT id, llm_complete('est', body) FROM est_t$$);
 SELECT call_site, alias, calls, input_tokens_per_call, max_output_tokens_per_call, cost_min, cost_max
   FROM llm.estimate($$SELECT llm_complete('est', 'Summarise: ' || body, '{"max_tokens": 100, "system": "Be brief!!!!"}') FROM est_t WHERE grp = 1$$);
 -- exact: the planner's estimate vs the rows counted
+-- llm_extract: the schema is sent too (41 + 16 bytes = 15 tokens) and its
+-- options are the fourth argument (max_tokens 100)
+SELECT call_site, function, calls, input_tokens_per_call, max_output_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_extract('est', body, '{"type": "object"}', '{"max_tokens": 100}') FROM est_t WHERE grp = 1$$);
+-- llm_embed: input only, no output tokens (100 * 1 * 11 and 100 * 3 * 11)
+SELECT call_site, function, calls, input_tokens_per_call, max_output_tokens_per_call, cost_min, cost_max
+  FROM llm.estimate($$SELECT llm_embed('est', body) FROM est_t WHERE grp = 1$$);
 SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t WHERE id % 7 = 0$$);
 SELECT calls FROM llm.estimate($$SELECT llm_complete('est', body) FROM est_t WHERE id % 7 = 0$$, exact => true);
 -- a LIMIT bounds the calls

@@ -237,7 +237,7 @@ embed_result(const NullableDatum *args, const LlmCallResult *r, bool on_error_nu
 	return PointerGetDatum(vector_array(answer_vectors(r, 1), 0));
 }
 
-const LlmCallKind llm_embed_kind = {"llm_embed", llm_embed, embed_prepare, embed_result};
+const LlmCallKind llm_embed_kind = {"llm_embed", llm_embed, embed_prepare, embed_result, 2, false};
 
 /*
  * llm_embed(model text, input text, options jsonb DEFAULT '{}') -> real[]

@@ -506,11 +506,11 @@ const_text(List *args, int i)
 	return OidOutputFunctionCall(out, c->constvalue);
 }
 
-/* the constant options' key as a jsonb value, or NULL */
+/* the key of the constant options (SQL argument i) as a jsonb value, or NULL */
 static JsonbValue *
-const_option(List *args, const char *key, JsonbValue *buf)
+const_option(List *args, int i, const char *key, JsonbValue *buf)
 {
-	Node	   *n = list_length(args) > 2 ? list_nth(args, 2) : NULL;
+	Node	   *n = list_length(args) > i ? list_nth(args, i) : NULL;
 	Jsonb	   *j;
 
 	if (n == NULL || !IsA(n, Const) || ((Const *) n)->constisnull ||
@@ -713,11 +713,15 @@ llm_estimate(PG_FUNCTION_ARGS)
 		Datum		args[4];
 		char		argnulls[4] = {' ', ' ', ' ', ' '};
 
-		if (list_length(f->args) > 1)
-			bytes += expr_bytes(list_nth(f->args, 1), s->node, s->stmt, 0);
-		if ((v = const_option(f->args, "system", &buf)) != NULL && v->type == jbvString)
+		/* what is sent: every argument between the alias and the options */
+		for (int a = 1; a < kind->options_arg && a < list_length(f->args); a++)
+			bytes += expr_bytes(list_nth(f->args, a), s->node, s->stmt, 0);
+		if ((v = const_option(f->args, kind->options_arg, "system", &buf)) != NULL && v->type == jbvString)
 			bytes += v->val.string.len;
-		if ((v = const_option(f->args, "max_tokens", &buf)) != NULL && v->type == jbvNumeric)
+		if (!kind->has_output)
+			req_max = 0;		/* an embedding: input only */
+		else if ((v = const_option(f->args, kind->options_arg, "max_tokens", &buf)) != NULL &&
+				 v->type == jbvNumeric)
 			req_max = DatumGetInt64(DirectFunctionCall1(numeric_int8,
 														NumericGetDatum(v->val.numeric)));
 		in_tokens = (int64) ceil(bytes / ESTIMATE_BYTES_PER_TOKEN);
@@ -777,10 +781,13 @@ llm_estimate(PG_FUNCTION_ARGS)
 		}
 		memcpy(rows[nrows].values, values, sizeof(values));
 		memcpy(rows[nrows].nulls, nulls, sizeof(nulls));
-		rows[nrows].options = list_length(f->args) > 2 && IsA(lthird(f->args), Const) &&
-			!((Const *) lthird(f->args))->constisnull &&
-			((Const *) lthird(f->args))->consttype == JSONBOID ?
-			((Const *) lthird(f->args))->constvalue : (Datum) 0;
+		{
+			Node	   *o = list_length(f->args) > kind->options_arg ?
+				list_nth(f->args, kind->options_arg) : NULL;
+
+			rows[nrows].options = o != NULL && IsA(o, Const) && !((Const *) o)->constisnull &&
+				((Const *) o)->consttype == JSONBOID ? ((Const *) o)->constvalue : (Datum) 0;
+		}
 		nrows++;
 	}
 	fill_exceeded_quotas(rows, nrows);

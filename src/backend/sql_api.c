@@ -398,9 +398,9 @@ extract_result(const NullableDatum *args, const LlmCallResult *r, bool on_error_
 }
 
 /* name: the C symbol, which is also the SQL name */
-const LlmCallKind llm_messages_kind = {"llm_messages", llm_messages, messages_prepare, messages_result};
-static const LlmCallKind llm_complete_kind = {"llm_complete", llm_complete, complete_prepare, complete_result};
-static const LlmCallKind llm_extract_kind = {"llm_extract", llm_extract, extract_prepare, extract_result};
+const LlmCallKind llm_messages_kind = {"llm_messages", llm_messages, messages_prepare, messages_result, 2, true};
+static const LlmCallKind llm_complete_kind = {"llm_complete", llm_complete, complete_prepare, complete_result, 2, true};
+static const LlmCallKind llm_extract_kind = {"llm_extract", llm_extract, extract_prepare, extract_result, 3, true};
 
 static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind, &llm_extract_kind, &llm_embed_kind};
 

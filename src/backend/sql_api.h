@@ -50,6 +50,10 @@ typedef struct LlmCallKind
 	 */
 	Datum		(*result) (const NullableDatum *args, const LlmCallResult *r,
 						   bool on_error_null, bool *isnull);
+	/* for llm.estimate: the SQL argument holding the options (2 or 3) */
+	int			options_arg;
+	/* for llm.estimate: the call can produce output tokens (not embeddings) */
+	bool		has_output;
 } LlmCallKind;
 
 extern const LlmCallKind llm_messages_kind;
