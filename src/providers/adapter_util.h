@@ -37,6 +37,10 @@ extern bool provider_is_gateway_key(const char *key);
 /* base_url without trailing slashes */
 extern char *provider_base_url(const LlmTarget *target);
 
+/* canonical tools as OpenAI-style function tools (OpenAI-compatible, Ollama) */
+extern bool provider_write_function_tools(StringInfo buf, const LlmTarget *target,
+										  JsonbContainer *tools, LlmError *err);
+
 /* a string member of provider_options; false + err when present but not a string */
 extern bool provider_option_string(const LlmTarget *target, const char *key,
 								   const char **value, LlmError *err);

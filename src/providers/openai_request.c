@@ -449,54 +449,6 @@ write_messages(Translation *t, JsonbContainer *req, LlmError *err)
 
 /* ---------- tools ---------- */
 
-static bool
-write_tools(Translation *t, JsonbContainer *tools, LlmError *err)
-{
-	int			n = json_array_size(tools);
-
-	appendStringInfoChar(t->buf, '[');
-	for (int i = 0; i < n; i++)
-	{
-		JsonbContainer *tool = json_value_container(json_array_elem(tools, i), false);
-		const char *type = tool ? json_get_cstring(tool, "type") : NULL;
-		const char *name = tool ? json_get_cstring(tool, "name") : NULL;
-		JsonbValue *description = tool ? json_get(tool, "description") : NULL;
-		JsonbValue *schema = tool ? json_get(tool, "input_schema") : NULL;
-		bool		first = true;
-		bool		first_fn = true;
-
-		/* Anthropic server tools (web search, bash, ...) carry a versioned type */
-		if (type != NULL && strcmp(type, "custom") != 0)
-			return provider_unsupported(err, t->target,
-										psprintf("tools of type \"%s\"", type));
-		if (name == NULL)
-			return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
-								 "tool %d has no \"name\"", i);
-		if (i > 0)
-			appendStringInfoChar(t->buf, ',');
-		appendStringInfoChar(t->buf, '{');
-		json_append_key(t->buf, &first, "type");
-		json_append_string(t->buf, "function");
-		json_append_key(t->buf, &first, "function");
-		appendStringInfoChar(t->buf, '{');
-		json_append_key(t->buf, &first_fn, "name");
-		json_append_string(t->buf, name);
-		if (description != NULL && description->type == jbvString)
-		{
-			json_append_key(t->buf, &first_fn, "description");
-			json_append_value(t->buf, description);
-		}
-		if (schema != NULL && schema->type != jbvNull)
-		{
-			json_append_key(t->buf, &first_fn, "parameters");
-			json_append_value(t->buf, schema);
-		}
-		appendStringInfoString(t->buf, "}}");
-	}
-	appendStringInfoChar(t->buf, ']');
-	return true;
-}
-
 /*
  * tool_choice: auto -> "auto", any -> "required", tool -> the named
  * function, none -> "none"; disable_parallel_tool_use -> parallel_tool_calls
@@ -686,7 +638,7 @@ openai_build(const LlmCall *call, const LlmTarget *target,
 	if (json_array_size(tools) > 0)
 	{
 		json_append_key(t.buf, &first, "tools");
-		if (!write_tools(&t, tools, err))
+		if (!provider_write_function_tools(t.buf, t.target, tools, err))
 			return false;
 		choice = json_get_object(req, "tool_choice");
 		if (choice != NULL && !write_tool_choice(&t, choice, &first, err))

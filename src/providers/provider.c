@@ -709,3 +709,58 @@ secret_shaped_token(const char *text, const char *p, size_t *keep)
 	}
 	return 0;
 }
+
+/*
+ * Canonical tools as OpenAI-style function tools, [{"type": "function",
+ * "function": {"name", "description", "parameters"}}], the shape the
+ * OpenAI-compatible servers and Ollama's native API both take.  Anthropic
+ * server tools (a versioned "type") have no such form.
+ */
+bool
+provider_write_function_tools(StringInfo buf, const LlmTarget *target, JsonbContainer *tools,
+							  LlmError *err)
+{
+	int			n = json_array_size(tools);
+
+	appendStringInfoChar(buf, '[');
+	for (int i = 0; i < n; i++)
+	{
+		JsonbContainer *tool = json_value_container(json_array_elem(tools, i), false);
+		const char *type = tool ? json_get_cstring(tool, "type") : NULL;
+		const char *name = tool ? json_get_cstring(tool, "name") : NULL;
+		JsonbValue *description = tool ? json_get(tool, "description") : NULL;
+		JsonbValue *schema = tool ? json_get(tool, "input_schema") : NULL;
+		bool		first = true;
+		bool		first_fn = true;
+
+		/* Anthropic server tools (web search, bash, ...) carry a versioned type */
+		if (type != NULL && strcmp(type, "custom") != 0)
+			return provider_unsupported(err, target,
+										psprintf("tools of type \"%s\"", type));
+		if (name == NULL)
+			return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
+								 "tool %d has no \"name\"", i);
+		if (i > 0)
+			appendStringInfoChar(buf, ',');
+		appendStringInfoChar(buf, '{');
+		json_append_key(buf, &first, "type");
+		json_append_string(buf, "function");
+		json_append_key(buf, &first, "function");
+		appendStringInfoChar(buf, '{');
+		json_append_key(buf, &first_fn, "name");
+		json_append_string(buf, name);
+		if (description != NULL && description->type == jbvString)
+		{
+			json_append_key(buf, &first_fn, "description");
+			json_append_value(buf, description);
+		}
+		if (schema != NULL && schema->type != jbvNull)
+		{
+			json_append_key(buf, &first_fn, "parameters");
+			json_append_value(buf, schema);
+		}
+		appendStringInfoString(buf, "}}");
+	}
+	appendStringInfoChar(buf, ']');
+	return true;
+}
