@@ -441,7 +441,6 @@ write_messages(OllamaTranslation *t, JsonbContainer *req, LlmError *err)
 	return true;
 }
 
-
 /* a request member copied into "options" under another name */
 static void
 copy_option(StringInfo buf, bool *first, JsonbContainer *req, const char *from, const char *to)
