@@ -44,7 +44,8 @@ static const LlmProvider *const adapters[] = {
 	&llm_provider_anthropic, &llm_provider_openai, &llm_provider_azure_openai,
 	&llm_provider_gemini,
 	&llm_provider_bedrock,
-	&llm_provider_ollama
+	&llm_provider_ollama,
+	&llm_provider_vertex
 };
 
 static MemoryContext fuzz_cxt;
