@@ -1189,7 +1189,8 @@ class TestControl(MockTest):
         self.assertEqual(control("POST", "reset"), (200, {"ok": True}))
         self.assertEqual(requests_log(), [])
         self.assertEqual(stats(), {"requests": 0, "in_flight": 0, "max_in_flight": 0, "disconnects": 0,
-                                   "by_path": {}, "by_status": {}, "connections": 0, "connections_total": 0})
+                                   "by_path": {}, "by_status": {}, "connections": 0, "connections_total": 0,
+                                   "token_requests": 0, "tokens_issued": 0})
         _, _, b = post("/v1/messages", anth("x"), AH)
         self.assertEqual(b["id"], "msg_mock_1")
 
@@ -1215,7 +1216,8 @@ class TestControl(MockTest):
         control("POST", "reset")
         self.assertEqual(control("GET", "config")[1],
                          {"latency_ms": 0, "fail_first": 0, "fail_status": 503, "retry_after": None,
-                          "directives": "", "aws_secret_access_key": None})
+                          "directives": "", "aws_secret_access_key": None,
+                          "vertex_public_key": None, "vertex_token_expires_in": 3600})
 
     def test_max_in_flight(self):
         def one(i):
