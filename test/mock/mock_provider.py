@@ -1071,7 +1071,8 @@ class MockState:
         self.defaults = {"latency_ms": args.latency_ms, "fail_first": args.fail_first,
                          "fail_status": args.fail_status, "retry_after": args.retry_after,
                          "directives": "", "aws_secret_access_key": args.aws_secret_access_key,
-                         "vertex_public_key": None, "vertex_token_expires_in": 3600}
+                         "vertex_public_key": None, "vertex_token_expires_in": 3600,
+                         "vertex_token_latency_ms": 0}
         anthropic, openai = Anthropic(), OpenAI()
         self.routes = {"/v1/messages": anthropic, "/v1/chat/completions": openai,
                        "/openai/v1/chat/completions": openai, "/api/chat": Ollama()}
@@ -1181,7 +1182,8 @@ class MockState:
                       "directives": lambda x: isinstance(x, str),
                       "aws_secret_access_key": lambda x: x is None or isinstance(x, str),
                       "vertex_public_key": lambda x: x is None or isinstance(x, str),
-                      "vertex_token_expires_in": lambda x: isinstance(x, int) and x > 0}[k](v)
+                      "vertex_token_expires_in": lambda x: isinstance(x, int) and x > 0,
+                      "vertex_token_latency_ms": lambda x: isinstance(x, (int, float)) and x >= 0}[k](v)
                 if not ok or isinstance(v, bool):
                     raise ValueError(f"bad value for {k}: {v!r}")
                 cfg[k] = v
@@ -1278,7 +1280,7 @@ class MockState:
         except Exception:                   # a bug in the mock must not kill the server
             traceback.print_exc()
             plan = (500, "", dumpb({"error": {"message": "mock internal error"}}), JSON_CT)
-        latency = d.get("latency", 0)
+        latency = self.config["vertex_token_latency_ms"] if path == "/token" else d.get("latency", 0)
         if latency > 0:
             ex.timer = self.loop.call_later(latency / 1000.0, self.deliver, ex, plan)
         else:

@@ -731,6 +731,16 @@ class TestVertex(MockTest):
             st, _, b = post(self.PATH, gem("hello"), h)
             self.assertEqual((st, b["error"]["status"]), (401, "UNAUTHENTICATED"))
 
+    def test_token_latency(self):
+        control("POST", "config", {"vertex_public_key": self.keys["good"][1],
+                                   "vertex_token_latency_ms": 300})
+        t0 = time.monotonic()
+        self.assertEqual(self.token(self.jwt())[0], 200)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.29)
+        t0 = time.monotonic()
+        post("/v1/messages", anth("x"), AH)
+        self.assertLess(time.monotonic() - t0, 0.25)       # only the token endpoint is slow
+
     def test_no_public_key_configured(self):
         self.assertEqual(self.token(self.jwt())[0], 400)
 
@@ -1217,7 +1227,8 @@ class TestControl(MockTest):
         self.assertEqual(control("GET", "config")[1],
                          {"latency_ms": 0, "fail_first": 0, "fail_status": 503, "retry_after": None,
                           "directives": "", "aws_secret_access_key": None,
-                          "vertex_public_key": None, "vertex_token_expires_in": 3600})
+                          "vertex_public_key": None, "vertex_token_expires_in": 3600,
+                          "vertex_token_latency_ms": 0})
 
     def test_max_in_flight(self):
         def one(i):

@@ -73,7 +73,14 @@ $node->safe_psql('postgres', qq{
 	SELECT llm.add_provider('anth', 'anthropic', '$url');
 	SELECT llm.set_credential('anth', 'k');
 	SELECT llm.add_route('fb', 'vxbad', 'gemini-2.0-flash', 0);
-	SELECT llm.add_route('fb', 'anth', 'claude-fallback', 1);});
+	SELECT llm.add_route('fb', 'anth', 'claude-fallback', 1);
+	SELECT llm.add_route('a', 'anth', 'claude-plain');
+	SELECT llm.add_provider('vxslow', 'vertex', '$url', 'us-central1', '$opts');
+	SELECT llm.set_credential('vxslow', \$sa\$$sa\$sa\$);
+	SELECT llm.add_route('slow', 'vxslow', 'gemini-2.0-flash');
+	SELECT llm.add_provider('vxmeta', 'vertex', '$url', 'us-central1', '{"token_url": "http://169.254.169.254/token"}');
+	SELECT llm.set_credential('vxmeta', \$sa\$$sa\$sa\$);
+	SELECT llm.add_route('meta', 'vxmeta', 'gemini-2.0-flash');});
 
 sub last_request { return $mock->get('/_mock/requests?last=1')->{requests}[0]; }
 sub stats { return $mock->get('/_mock/stats'); }
@@ -139,6 +146,31 @@ is($out, 'mock reply to: after refresh', 'answered after the refresh');
 my @v2 = @{ $mock->get('/_mock/requests?path=/v1/projects/other-proj')->{requests} };
 is($v2[-1]{headers}{authorization}, 'Bearer ya29.mock-3', 'with the new token');
 configure_mock();
+
+# --- the fetch does not block the worker: calls parked on one slow token
+# fetch (1.5 s) share it, and another kind's call is answered meanwhile
+configure_mock(vertex_token_latency_ms => 1500);
+my $tokens_before = stats()->{token_requests};
+my $hist = sub { qq{'[{"role": "user", "content": "$_[0]"}]'} };
+$out = $node->safe_psql('postgres', qq{
+SELECT llm_submit('slow', } . $hist->('parked one') . qq{) AS h1 \\gset
+SELECT llm_submit('slow', } . $hist->('parked two') . qq{) AS h2 \\gset
+SELECT llm_submit('slow', } . $hist->('parked three') . qq{) AS h3 \\gset
+SELECT clock_timestamp() AS t0 \\gset
+SELECT llm_complete('a', 'meanwhile');
+SELECT clock_timestamp() - :'t0' < interval '1 s';
+SELECT llm_await(:h1)->'content'->0->>'text';
+SELECT llm_await(:h2)->'content'->0->>'text';
+SELECT llm_await(:h3)->'content'->0->>'text';
+SELECT clock_timestamp() - :'t0' >= interval '1 s';});
+is($out, "mock reply to: meanwhile\nt\nmock reply to: parked one\nmock reply to: parked two\nmock reply to: parked three\nt",
+	'another call is answered while the token is fetched; the parked calls are answered once it comes');
+is(stats()->{token_requests} - $tokens_before, 1, 'three parked calls, one token request');
+configure_mock();
+
+# --- the outbound policy applies to the token endpoint (a metadata address)
+($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT llm_complete('meta', 'x')");
+like($err, qr/ERROR:  42501: provider "vxmeta": token endpoint: /, 'a token_url the outbound policy refuses fails the call') or diag($err);
 
 # --- a key the token endpoint refuses: LL001, no key material anywhere
 my $before = stats()->{requests};
