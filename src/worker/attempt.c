@@ -689,14 +689,20 @@ item_transfer_done(LlmWorkItem *item)
 	{
 		llm_error_for_status((int) t->status, err);
 		item->target.provider->parse_error(&res, err);
-		/* Vertex refused its access token: the next attempt fetches a new one */
+		/*
+		 * Vertex refused a cached access token (revoked, or expired early):
+		 * forget it, and let this target try once more with a fresh one
+		 * before the refusal counts against the key.
+		 */
 		if (t->status == 401 && strcmp(item->target.provider->kind, "vertex") == 0)
 		{
 			const LlmRouteTarget *rt = &item->cand[item->cur];
 
-			vertex_token_forget(item->target.provider_name,
-								rt->ncredentials > 0 ? rt->credential_labels[rt->credential_at] : NULL,
-								item->target.secret);
+			if (vertex_token_forget(item->target.provider_name,
+									rt->ncredentials > 0 ? rt->credential_labels[rt->credential_at] : NULL,
+									item->target.secret) &&
+				item->tries_on_cur == 1)
+				err->fail_class = LLM_FAIL_RETRYABLE;
 		}
 		if (err->retry_after_s < 0)
 			err->retry_after_s = provider_parse_retry_after(provider_header(&res, "retry-after"));

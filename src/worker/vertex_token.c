@@ -549,14 +549,19 @@ vertex_token_get(const char *provider, const char *label, const char *sa_json,
 	return VTOKEN_FAILED;
 }
 
-/* Vertex refused this token (401): forget it, so the next call fetches a new one. */
-void
+/*
+ * Vertex refused this token (401): forget it, so the next call fetches a
+ * new one.  True when it was the cached token.
+ */
+bool
 vertex_token_forget(const char *provider, const char *label, const char *token)
 {
 	TokenEntry *e = find_entry(provider, label ? label : "");
 
-	if (e != NULL && e->token != NULL && token != NULL && strcmp(e->token, token) == 0)
-		drop_token(e);
+	if (e == NULL || e->token == NULL || token == NULL || strcmp(e->token, token) != 0)
+		return false;
+	drop_token(e);
+	return true;
 }
 
 /*

@@ -30,6 +30,6 @@ extern VertexTokenState vertex_token_get(const char *provider, const char *label
 extern VertexTokenState vertex_token_prepare(LlmTarget *target, const char *sa_json,
 											 const char *label, LlmError *err);
 extern bool vertex_token_transfer_done(LlmHttpTransfer *t);
-extern void vertex_token_forget(const char *provider, const char *label, const char *token);
+extern bool vertex_token_forget(const char *provider, const char *label, const char *token);
 
 #endif							/* LLM_VERTEX_TOKEN_H */

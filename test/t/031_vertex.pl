@@ -205,5 +205,18 @@ is($node->safe_psql('postgres', q{SELECT provider || ' ' || (attempts_detail->0-
 	 FROM llm.requests WHERE alias = 'fb'}),
 	'anth vxbad LL001', 'the log row names the answering provider and the refused attempt');
 
+# --- Vertex refuses the cached token (the mock forgets the tokens it issued):
+# the token is dropped and the same target retried once with a fresh one
+$mock->reset;
+configure_mock();
+($ret, $out, $err) = $node->psql('postgres', q{SELECT llm_complete('v', 'after revocation')});
+is($out, 'mock reply to: after revocation', 'a revoked token is replaced and the call answered') or diag($err);
+is(stats()->{by_status}{401}, 1, 'Vertex refused the old token once');
+is(stats()->{token_requests}, 1, 'one new token was fetched');
+is($node->safe_psql('postgres', q{SELECT string_agg(coalesce(a->>'http_status', '-') || '/' || coalesce(a->>'error_code', 'ok'), ' ' ORDER BY o)
+	 FROM llm.requests r, jsonb_array_elements(r.attempts_detail) WITH ORDINALITY AS x(a, o)
+	 WHERE r.id = (SELECT max(id) FROM llm.requests WHERE alias = 'v')}),
+	'401/LL001 200/ok', 'two attempts on the same target: the refused token, then the fresh one');
+
 $node->stop;
 done_testing();
