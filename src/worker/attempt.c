@@ -461,6 +461,8 @@ item_send(LlmWorkItem *item)
 			item->retry_at = Min(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), VTOKEN_POLL_MS),
 								 item->deadline);
 			item->state = LLM_ITEM_WAITING;
+			/* parked for the token, not for a freed provider slot (fair_share.c) */
+			item->waiting_for_slot = false;
 			MemoryContextSwitchTo(old);
 			return;
 		}
