@@ -41,7 +41,9 @@
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
+#include "common/json_util.h"
 #include "providers/gemini.h"
+#include "providers/vertex.h"
 
 #define VERTEX_DEFAULT_API_VERSION "v1"
 
@@ -137,4 +139,81 @@ vertex_build_request(const LlmCall *call, const LlmTarget *target,
 									  path_encode(target->upstream_model)),
 							 "authorization", psprintf("Bearer %s", target->secret),
 							 vertex_reserved_headers, out, err);
+}
+
+/*
+ * The token endpoint's answer.  A 2xx with a usable Bearer access_token
+ * (printable ASCII without blanks: it goes into a header) and expires_in
+ * > 0: true, *token palloc'd, the parsed copy wiped.  Anything else: false
+ * and *why, "returned HTTP <status>: <what it said>" (OAuth's error and
+ * error_description, or Google's {"error": {"status", "message"}}),
+ * scrubbed of scrub1 and scrub2 (the JWT, the current token) and clipped.
+ */
+bool
+vertex_parse_token_answer(long status, const char *body, size_t len,
+						  const char *scrub1, const char *scrub2,
+						  char **token, int64 *expires_in, char **why)
+{
+	char	   *msg = NULL;
+	Jsonb	   *j = json_parse_safe(body ? body : "", body ? len : 0, &msg);
+	bool		ok = false;
+
+	*token = NULL;
+	*expires_in = -1;
+	*why = NULL;
+	if (status >= 200 && status < 300)
+	{
+		const char *tok = NULL;
+		const char *type = NULL;
+
+		if (j != NULL && JB_ROOT_IS_OBJECT(j))
+		{
+			tok = json_get_cstring(&j->root, "access_token");
+			type = json_get_cstring(&j->root, "token_type");
+			(void) json_get_int64(&j->root, "expires_in", expires_in);
+		}
+		ok = tok != NULL && tok[0] != '\0' && strlen(tok) <= 8192 &&
+			(type == NULL || pg_strcasecmp(type, "bearer") == 0) && *expires_in > 0;
+		for (const char *p = tok; ok && *p; p++)
+			if (*p <= ' ' || *p > '~')
+				ok = false;
+		if (ok)
+			*token = pstrdup(tok);
+		else
+			*why = psprintf("answered HTTP %ld without a usable Bearer access_token and expires_in",
+							status);
+		if (tok != NULL)
+			explicit_bzero((char *) tok, strlen(tok));
+	}
+	else
+	{
+		const char *code = NULL,
+				   *desc = NULL;
+		char	   *text;
+
+		if (j != NULL && JB_ROOT_IS_OBJECT(j))
+		{
+			JsonbContainer *eo = json_get_object(&j->root, "error");
+
+			if (eo != NULL)
+			{
+				code = json_get_cstring(eo, "status");
+				desc = json_get_cstring(eo, "message");
+			}
+			else
+			{
+				code = json_get_cstring(&j->root, "error");
+				desc = json_get_cstring(&j->root, "error_description");
+			}
+		}
+		if (code || desc)
+			text = psprintf("%s%s%s", code ? code : "", code && desc ? ": " : "", desc ? desc : "");
+		else
+			text = pnstrdup(body ? body : "", Min(len, 200));
+		*why = psprintf("returned HTTP %ld: %s", status,
+						provider_text(provider_scrub(text, scrub1), scrub2));
+	}
+	if (j != NULL)
+		explicit_bzero(j, VARSIZE(j));
+	return ok;
 }

@@ -57,6 +57,7 @@
 #include "common/json_util.h"
 #include "common/llm_errors.h"
 #include "providers/adapter_util.h"
+#include "providers/vertex.h"
 #include "worker/vertex_token.h"
 
 #define VTOKEN_REFRESH_MARGIN_S		300
@@ -326,39 +327,6 @@ start_fetch(TokenEntry *e, const char *sa_json, Jsonb *options)
 	return true;
 }
 
-/* What the endpoint said, made safe to keep: "error: description". */
-static char *
-endpoint_said(TokenEntry *e, const char *body, size_t len)
-{
-	char	   *why = NULL;
-	Jsonb	   *j = json_parse_safe(body, len, &why);
-	const char *code = NULL,
-			   *desc = NULL;
-	char	   *text;
-
-	if (j != NULL && JB_ROOT_IS_OBJECT(j))
-	{
-		JsonbContainer *eo = json_get_object(&j->root, "error");
-
-		if (eo != NULL)			/* Google APIs' {"error": {"status", "message"}} */
-		{
-			code = json_get_cstring(eo, "status");
-			desc = json_get_cstring(eo, "message");
-		}
-		else
-		{
-			code = json_get_cstring(&j->root, "error");
-			desc = json_get_cstring(&j->root, "error_description");
-		}
-	}
-	if (code || desc)
-		text = psprintf("%s%s%s", code ? code : "", code && desc ? ": " : "", desc ? desc : "");
-	else
-		text = pnstrdup(body, Min(len, 200));
-	text = provider_scrub(text, e->jwt);
-	return provider_text(text, e->token);
-}
-
 /*
  * A transfer ended: if it is a token fetch, settle it and return true.
  */
@@ -389,49 +357,28 @@ vertex_token_transfer_done(LlmHttpTransfer *t)
 									provider_text(t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result), e->jwt)),
 						   "Check the provider option token_url (or the key's token_uri) and that the server can reach it.");
 	}
-	else if (t->status >= 200 && t->status < 300)
+	else
 	{
-		char	   *why = NULL;
-		Jsonb	   *j = json_parse_safe(t->buf ? t->buf : "", t->len, &why);
-		const char *tok = NULL;
-		const char *type = NULL;
-		int64		expires_in = -1;
+		char	   *tok;
+		int64		expires_in;
+		char	   *why;
 
-		if (j != NULL && JB_ROOT_IS_OBJECT(j))
-		{
-			tok = json_get_cstring(&j->root, "access_token");
-			type = json_get_cstring(&j->root, "token_type");
-			(void) json_get_int64(&j->root, "expires_in", &expires_in);
-		}
-		/* the token goes into a header: printable ASCII without blanks only */
-		for (const char *p = tok; p && *p; p++)
-			if (*p <= ' ' || *p > '~')
-				tok = NULL;
-		if (tok == NULL || tok[0] == '\0' || strlen(tok) > 8192 ||
-			(type != NULL && pg_strcasecmp(type, "bearer") != 0) || expires_in <= 0)
-			record_failure(e, ERRCODE_LLM_PROVIDER_AUTH, LLM_FAIL_CREDENTIAL,
-						   psprintf("the token endpoint of provider \"%s\" (%s) answered HTTP %ld without a usable Bearer access_token and expires_in",
-									e->provider, provider_text(e->url, NULL), t->status),
-						   NULL);
-		else
+		if (vertex_parse_token_answer(t->status, t->buf, t->len, e->jwt, e->token,
+									  &tok, &expires_in, &why))
 		{
 			drop_token(e);
 			e->token = MemoryContextStrdup(e->cxt, tok);
+			wipe(tok);
 			e->expires_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														Min(expires_in, (int64) 86400) * 1000);
 			e->failed_at = 0;
 		}
-		if (tok)
-			wipe((char *) tok);
-		if (j)
-			explicit_bzero(j, VARSIZE(j));
+		else
+			record_failure(e, ERRCODE_LLM_PROVIDER_AUTH, LLM_FAIL_CREDENTIAL,
+						   psprintf("could not get an access token for provider \"%s\": the token endpoint %s %s",
+									e->provider, provider_text(e->url, NULL), why),
+						   "Check the service-account key stored with llm.set_credential() (is it enabled in Google Cloud?) and the provider option token_url.");
 	}
-	else
-		record_failure(e, ERRCODE_LLM_PROVIDER_AUTH, LLM_FAIL_CREDENTIAL,
-					   psprintf("could not get an access token for provider \"%s\": the token endpoint %s returned HTTP %ld: %s",
-								e->provider, provider_text(e->url, NULL), t->status,
-								endpoint_said(e, t->buf ? t->buf : "", t->len)),
-					   "Check the service-account key stored with llm.set_credential() (is it enabled in Google Cloud?) and the provider option token_url.");
 
 	MemoryContextSwitchTo(old);
 	if (t->buf)
