@@ -26,6 +26,10 @@
  * https://{region}-aiplatform.googleapis.com (https://aiplatform.googleapis.com
  * for global).
  *
+ * vertex_parse_token_answer() reads the token endpoint's answer for the
+ * worker; it lives here, pure like the adapters, so that the fuzz harness
+ * drives it too.
+ *
  * Provider options:
  *	 project		 Google Cloud project id (default: the key's project_id)
  *	 api_version	 URL version segment (default v1)
