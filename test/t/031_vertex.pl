@@ -199,11 +199,23 @@ is($leaks, 0, 'no private key, JWT or access token in llm.requests or the server
 ok(scalar(@jwts) >= 3, 'checked the JWTs of every token request');
 
 # --- fallback from the refused vertex target to an anthropic one
+my $asked = stats()->{token_requests};
 ($ret, $out, $err) = $node->psql('postgres', q{SELECT llm_complete('fb', 'fall over')});
 is($out, 'mock reply to: fall over', 'a refused vertex key falls over to another kind') or diag($err);
+is(stats()->{token_requests}, $asked, 'the refusal is remembered (5 s): the refused key is not sent again');
 is($node->safe_psql('postgres', q{SELECT provider || ' ' || (attempts_detail->0->>'provider') || ' ' || (attempts_detail->0->>'error_code')
 	 FROM llm.requests WHERE alias = 'fb'}),
 	'anth vxbad LL001', 'the log row names the answering provider and the refused attempt');
+
+# --- a key replaced under the same label: its cached token is not used
+$asked = stats()->{token_requests};
+$node->safe_psql('postgres', qq{SET log_statement = 'none'; SELECT llm.set_credential('vx', \$sa\$$sa_bad\$sa\$);});
+($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT llm_complete('v', 'new key')");
+like($err, qr/ERROR:  LL001: could not get an access token for provider "vx": .*Invalid JWT Signature/, 'a replaced key gets a token of its own (here refused)') or diag($err);
+$node->safe_psql('postgres', qq{SET log_statement = 'none'; SELECT llm.set_credential('vx', \$sa\$$sa\$sa\$);});
+($ret, $out, $err) = $node->psql('postgres', q{SELECT llm_complete('v', 'key restored')});
+is($out, 'mock reply to: key restored', 'the restored key is not held back by the other key\'s refusal') or diag($err);
+is(stats()->{token_requests} - $asked, 2, 'one token request per key change');
 
 # --- Vertex refuses the cached token (the mock forgets the tokens it issued):
 # the token is dropped and the same target retried once with a fresh one
