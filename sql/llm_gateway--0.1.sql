@@ -166,6 +166,12 @@ BEGIN
                         USING ERRCODE = '22023';
                 END IF;
             END LOOP;
+        ELSIF k = 'token_url' THEN
+            -- kind vertex's OAuth token endpoint; llm.allowed_hosts applies to it at fetch time
+            IF jsonb_typeof(v) <> 'string' OR (v #>> '{}') !~* '^https?://[^/?#@\\[:space:][:cntrl:]]+(/[^?#\\[:space:][:cntrl:]]*)?$' THEN
+                RAISE EXCEPTION 'provider option "token_url" must be an http or https URL without user info, query or fragment, not %', v
+                    USING ERRCODE = '22023';
+            END IF;
         ELSIF k IN ('anthropic_version', 'organization', 'project', 'max_tokens_field', 'api_version') THEN
             IF jsonb_typeof(v) <> 'string' OR (v #>> '{}') ~ '[\x01-\x1f\x7f]' THEN
                 RAISE EXCEPTION 'provider option "%" must be a single-line string, not %', k, v

@@ -242,5 +242,6 @@ extern const LlmProvider llm_provider_azure_openai;
 extern const LlmProvider llm_provider_gemini;
 extern const LlmProvider llm_provider_bedrock;
 extern const LlmProvider llm_provider_ollama;
+extern const LlmProvider llm_provider_vertex;
 
 #endif							/* LLM_PROVIDER_H */

@@ -36,6 +36,7 @@ static const LlmProvider *const registry[] = {
 	&llm_provider_gemini,
 	&llm_provider_bedrock,
 	&llm_provider_ollama,
+	&llm_provider_vertex,
 	NULL
 };
 

@@ -36,6 +36,7 @@
 #include "worker/route_cache.h"
 #include "worker/router.h"
 #include "worker/embed_batch.h"
+#include "worker/vertex_token.h"
 
 LlmWorkItem *
 item_create(int slot)
@@ -415,6 +416,8 @@ item_retry(LlmWorkItem *item)
 	item_send(item);
 }
 
+static void settle_attempt(LlmWorkItem *item);
+
 /* Translate and start the HTTP exchange.  The pending row is committed. */
 void
 item_send(LlmWorkItem *item)
@@ -445,6 +448,43 @@ item_send(LlmWorkItem *item)
 				  psprintf("the call timed out after %d ms before it could be sent", item->timeout_ms),
 				  NULL, "Raise the timeout_ms option or llm.request_timeout_ms.");
 		return;
+	}
+
+	/*
+	 * Kind vertex: the stored service-account key becomes an access token
+	 * first (vertex_token.c).  While it is being fetched the call waits,
+	 * asking again every VTOKEN_POLL_MS; a failed fetch is this attempt's
+	 * failure (LL001, credential class: the next key, then the next target).
+	 */
+	if (item->target.provider != NULL && strcmp(item->target.provider->kind, "vertex") == 0)
+	{
+		const LlmRouteTarget *rt = &item->cand[item->cur];
+		VertexTokenState st;
+
+		st = vertex_token_prepare(&item->target, rt->target.secret,
+								  rt->ncredentials > 0 ? rt->credential_labels[rt->credential_at] : NULL,
+								  err);
+		if (st == VTOKEN_PENDING)
+		{
+			item->retry_at = Min(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), VTOKEN_POLL_MS),
+								 item->deadline);
+			item->state = LLM_ITEM_WAITING;
+			/* parked for the token, not for a freed provider slot (fair_share.c) */
+			item->waiting_for_slot = false;
+			MemoryContextSwitchTo(old);
+			return;
+		}
+		if (st == VTOKEN_FAILED)
+		{
+			item->ok = false;
+			item->status = "error";
+			item->attempts++;
+			item->tries_on_cur++;
+			item->attempt_started = GetCurrentTimestamp();
+			MemoryContextSwitchTo(old);
+			settle_attempt(item);
+			return;
+		}
 	}
 
 	/*
@@ -670,6 +710,21 @@ item_transfer_done(LlmWorkItem *item)
 	{
 		llm_error_for_status((int) t->status, err);
 		item->target.provider->parse_error(&res, err);
+		/*
+		 * Vertex refused a cached access token (revoked, or expired early):
+		 * forget it, and let this target try once more with a fresh one
+		 * before the refusal counts against the key.
+		 */
+		if (t->status == 401 && strcmp(item->target.provider->kind, "vertex") == 0)
+		{
+			const LlmRouteTarget *rt = &item->cand[item->cur];
+
+			if (vertex_token_forget(item->target.provider_name,
+									rt->ncredentials > 0 ? rt->credential_labels[rt->credential_at] : NULL,
+									item->target.secret) &&
+				item->tries_on_cur == 1)
+				err->fail_class = LLM_FAIL_RETRYABLE;
+		}
 		if (err->retry_after_s < 0)
 			err->retry_after_s = provider_parse_retry_after(provider_header(&res, "retry-after"));
 		if (err->retry_after_s < 0 && t->status == 429)

@@ -57,6 +57,7 @@
 #include "worker/quota.h"
 #include "worker/worker_session.h"
 #include "worker/retention.h"
+#include "worker/vertex_token.h"
 
 #define TAKE_BATCH 256
 
@@ -387,13 +388,17 @@ handle_finished_transfers(void)
 
 	while ((t = http_next_done()) != NULL)
 	{
-		LlmWorkItem *item = t->owner;
+		LlmWorkItem *item;
 
+		/* a Vertex token fetch, not a call's attempt */
+		if (vertex_token_transfer_done(t))
+			continue;
 		if (embed_batch_transfer_done(t))
 		{
 			file_settled_embeddings();
 			continue;
 		}
+		item = t->owner;
 		guarded(item_transfer_done, item);
 		file_item(item);
 	}

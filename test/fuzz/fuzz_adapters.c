@@ -32,6 +32,7 @@
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
 #include "providers/forced_output.h"
+#include "providers/vertex.h"
 #include "backend/json_schema.h"
 
 PG_MODULE_MAGIC;
@@ -45,7 +46,8 @@ static const LlmProvider *const adapters[] = {
 	&llm_provider_anthropic, &llm_provider_openai, &llm_provider_azure_openai,
 	&llm_provider_gemini,
 	&llm_provider_bedrock,
-	&llm_provider_ollama
+	&llm_provider_ollama,
+	&llm_provider_vertex
 };
 
 static MemoryContext fuzz_cxt;
@@ -104,6 +106,16 @@ fuzz_one(const uint8_t *data, size_t size)
 			res.status = 400 + (len > 0 ? (uint8_t) body[0] % 200 : 0);
 			llm_error_for_status((int) res.status, &err);
 			p->parse_error(&res, &err);
+			/* the Vertex token endpoint's answer, as a 2xx and as an error */
+			if (p == &llm_provider_vertex)
+			{
+				char	   *tok;
+				char	   *why;
+				int64		exp;
+
+				(void) vertex_parse_token_answer(200, body, len, "fuzz-jwt", NULL, &tok, &exp, &why);
+				(void) vertex_parse_token_answer(res.status, body, len, "fuzz-jwt", "ya29.x", &tok, &exp, &why);
+			}
 			break;
 		case 2:					/* a canonical request (any JSON) */
 			{

@@ -12,6 +12,7 @@ The contract (CLI, markers, endpoints, control API) is documented in README.md b
 
 import argparse
 import asyncio
+import base64
 import email.utils
 import hashlib
 import hmac
@@ -21,7 +22,9 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import deque
@@ -47,6 +50,7 @@ REASONS = {
 }
 
 JSON_CT = "application/json"
+VERTEX_PATH = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/publishers/google/models/([^/:]+):generateContent$")
 MARKER_TAG = "[[mock:"
 MARKER_RE = re.compile(r"\[\[mock:([^\]]*)\]\]")
 HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -758,6 +762,39 @@ class Gemini(Api):
             "modelVersion": call.model, "responseId": f"mock-{ex.seq}"})
 
 
+
+# ---- 4.3b Vertex AI: Gemini behind an OAuth token endpoint ------------------------------
+
+class Vertex(Gemini):
+    """generateContent on Vertex AI paths; only Bearer tokens issued by POST /token pass."""
+    name = "vertex"
+
+    def check(self, ex):
+        token = bearer(ex.req.headers)
+        if not token or token not in ex.state.vertex_tokens:
+            return self.error(ex, 401, "Request had invalid authentication credentials. Expected "
+                              "OAuth 2 access token, login cookie or other valid authentication "
+                              "credential.")
+        return None
+
+
+def _b64url_decode(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def rs256_verify(public_pem, signing_input, signature):
+    """True when signature is an RS256 signature of signing_input under public_pem (openssl)."""
+    with tempfile.TemporaryDirectory() as d:
+        kp, sp = os.path.join(d, "pub.pem"), os.path.join(d, "sig.bin")
+        with open(kp, "w") as f:
+            f.write(public_pem)
+        with open(sp, "wb") as f:
+            f.write(signature)
+        r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", kp, "-signature", sp],
+                           input=signing_input, capture_output=True)
+        return r.returncode == 0
+
+
 # ---- 4.4 Bedrock Converse -----------------------------------------------------
 
 def _sigv4_uri(path):
@@ -1188,7 +1225,9 @@ class MockState:
         self.quiet = args.quiet
         self.defaults = {"latency_ms": args.latency_ms, "fail_first": args.fail_first,
                          "fail_status": args.fail_status, "retry_after": args.retry_after,
-                         "directives": "", "aws_secret_access_key": args.aws_secret_access_key}
+                         "directives": "", "aws_secret_access_key": args.aws_secret_access_key,
+                         "vertex_public_key": None, "vertex_token_expires_in": 3600,
+                         "vertex_token_latency_ms": 0}
         anthropic, openai = Anthropic(), OpenAI()
         self.routes = {"/v1/messages": anthropic, "/v1/chat/completions": openai,
                        "/openai/v1/chat/completions": openai, "/api/chat": Ollama(),
@@ -1196,6 +1235,7 @@ class MockState:
                        "/api/embed": OllamaEmbed()}
         self.azure, self.gemini, self.bedrock = Azure(), Gemini(), Bedrock()
         self.azure_embed, self.gemini_embed, self.bedrock_embed = AzureEmbed(), GeminiEmbed(), BedrockEmbed()
+        self.vertex = Vertex()
         self.conns = set()          # every open connection
         self.open_counted = 0       # open connections that carried a provider request
         self.in_flight = 0
@@ -1219,6 +1259,9 @@ class MockState:
         self.by_status = {}
         self.connections_total = 0
         self.fail_counts = {}
+        self.token_requests = 0     # POST /token, answered or refused
+        self.tokens_issued = 0
+        self.vertex_tokens = set()  # access tokens /token issued since the reset
 
     def _rebuild_base(self):
         """Global directives derived from the effective configuration."""
@@ -1249,7 +1292,8 @@ class MockState:
         return {"requests": self.n_requests, "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight, "disconnects": self.disconnects,
                 "by_path": self.by_path, "by_status": self.by_status,
-                "connections": self.open_counted, "connections_total": self.connections_total}
+                "connections": self.open_counted, "connections_total": self.connections_total,
+                "token_requests": self.token_requests, "tokens_issued": self.tokens_issued}
 
     # ---- control API ------------------------------------------------------------------
 
@@ -1294,7 +1338,10 @@ class MockState:
                       "fail_status": lambda x: isinstance(x, int) and 100 <= x <= 599,
                       "retry_after": lambda x: x is None or isinstance(x, (int, float, str)),
                       "directives": lambda x: isinstance(x, str),
-                      "aws_secret_access_key": lambda x: x is None or isinstance(x, str)}[k](v)
+                      "aws_secret_access_key": lambda x: x is None or isinstance(x, str),
+                      "vertex_public_key": lambda x: x is None or isinstance(x, str),
+                      "vertex_token_expires_in": lambda x: isinstance(x, int) and x > 0,
+                      "vertex_token_latency_ms": lambda x: isinstance(x, (int, float)) and x >= 0}[k](v)
                 if not ok or isinstance(v, bool):
                     raise ValueError(f"bad value for {k}: {v!r}")
                 cfg[k] = v
@@ -1325,6 +1372,10 @@ class MockState:
                 return self.gemini, unquote(model)
             if method in ("batchEmbedContents", "embedContent") and model:
                 return self.gemini_embed, (unquote(model), method)
+        elif path.startswith("/v1/projects/"):
+            m = VERTEX_PATH.match(path)
+            if m:
+                return self.vertex, unquote(m.group(3))
         elif path.startswith("/model/") and path.endswith("/converse") and len(path) > 16:
             return self.bedrock, unquote(path[7:-9])
         elif path.startswith("/model/") and path.endswith("/invoke") and len(path) > 14:
@@ -1379,7 +1430,9 @@ class MockState:
 
         api, ex.params = self.route(path)
         try:
-            if api is None:
+            if path == "/token" and req.method == "POST":
+                plan = self.token_plan(body)
+            elif api is None:
                 plan = (404, "", dumpb({"error": {"message": f"mock: no route for {req.method} {path}",
                                                   "type": "not_found_error", "code": "not_found"}}),
                         JSON_CT)
@@ -1393,11 +1446,54 @@ class MockState:
         except Exception:                   # a bug in the mock must not kill the server
             traceback.print_exc()
             plan = (500, "", dumpb({"error": {"message": "mock internal error"}}), JSON_CT)
-        latency = d.get("latency", 0)
+        latency = self.config["vertex_token_latency_ms"] if path == "/token" else d.get("latency", 0)
         if latency > 0:
             ex.timer = self.loop.call_later(latency / 1000.0, self.deliver, ex, plan)
         else:
             self.deliver(ex, plan)
+
+    def token_plan(self, body):
+        """Google's OAuth token endpoint, JWT bearer grant (RFC 7523) with an RS256 assertion
+        checked against the configured vertex_public_key."""
+        self.token_requests += 1
+
+        def refuse(status, code, text):
+            return (status, "", dumpb({"error": code, "error_description": text}), JSON_CT)
+        form = parse_qs(body.decode("utf-8", "replace"))
+        grant = (form.get("grant_type") or [""])[0]
+        jwt = (form.get("assertion") or [""])[0]
+        if grant != "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            return refuse(400, "unsupported_grant_type", f"Invalid grant_type: {grant}")
+        parts = jwt.split(".")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            header = json.loads(_b64url_decode(parts[0]))
+            claims = json.loads(_b64url_decode(parts[1]))
+            sig = _b64url_decode(parts[2])
+        except ValueError:
+            return refuse(400, "invalid_grant", "Invalid JWT format.")
+        now = time.time()
+        if header.get("alg") != "RS256" or header.get("typ") != "JWT":
+            return refuse(400, "invalid_grant", "Invalid JWT header.")
+        if not (isinstance(claims.get("iat"), int) and isinstance(claims.get("exp"), int)
+                and claims["iat"] <= now + 60 and claims["exp"] > now
+                and claims["exp"] - claims["iat"] <= 3600):
+            return refuse(400, "invalid_grant", "Invalid JWT: Token must be a short-lived token "
+                          "(60 minutes) and in a reasonable timeframe.")
+        if (not claims.get("iss") or claims.get("sub", claims["iss"]) != claims["iss"]
+                or not claims.get("aud")
+                or "https://www.googleapis.com/auth/cloud-platform" not in str(claims.get("scope"))):
+            return refuse(400, "invalid_scope", "Invalid JWT claims.")
+        pub = self.config["vertex_public_key"]
+        if not pub or not rs256_verify(pub, (parts[0] + "." + parts[1]).encode(), sig):
+            return refuse(400, "invalid_grant", "Invalid JWT Signature.")
+        self.tokens_issued += 1
+        token = f"ya29.mock-{self.tokens_issued}"
+        self.vertex_tokens.add(token)
+        return (200, "", dumpb({"access_token": token,
+                                "expires_in": self.config["vertex_token_expires_in"],
+                                "token_type": "Bearer"}), JSON_CT)
 
     def plan(self, api, ex, body, d):
         """Decide the answer at arrival time (so fail_first counts in arrival order)."""

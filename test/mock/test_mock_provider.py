@@ -5,6 +5,7 @@ Starts mock_provider.py as a subprocess on port 0 and talks to it with http.clie
 sockets. Run: python3 test/mock/test_mock_provider.py  (last line: "N passed, M failed").
 """
 
+import base64
 import concurrent.futures
 import email.utils
 import http.client
@@ -662,6 +663,88 @@ class TestBedrock(MockTest):
 # Ollama
 # -----------------------------------------------------------------------------
 
+class TestVertex(MockTest):
+    """POST /token (JWT bearer grant, RS256 checked with openssl) and Vertex generateContent."""
+    PATH = "/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.TemporaryDirectory()
+        cls.keys = {}
+        for name in ("good", "other"):
+            key = os.path.join(cls.dir.name, name + ".pem")
+            subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
+                            "rsa_keygen_bits:2048", "-out", key], check=True, capture_output=True)
+            pub = subprocess.run(["openssl", "pkey", "-in", key, "-pubout"], check=True,
+                                 capture_output=True).stdout.decode()
+            cls.keys[name] = (key, pub)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.dir.cleanup()
+
+    @staticmethod
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def jwt(self, key="good", **claims):
+        now = int(time.time())
+        c = {"iss": "sa@p.iam.gserviceaccount.com", "sub": "sa@p.iam.gserviceaccount.com",
+             "aud": "http://mock/token", "scope": "https://www.googleapis.com/auth/cloud-platform",
+             "iat": now, "exp": now + 3600}
+        c.update(claims)
+        head = self.b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "k1"}).encode())
+        data = head + "." + self.b64(json.dumps(c).encode())
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.keys[key][0]],
+                             input=data.encode(), check=True, capture_output=True).stdout
+        return data + "." + self.b64(sig)
+
+    def token(self, jwt):
+        body = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=" + jwt
+        st, _, data = call("POST", "/token", body,
+                           {"content-type": "application/x-www-form-urlencoded"})
+        return st, json.loads(data)
+
+    def test_token_and_call(self):
+        control("POST", "config", {"vertex_public_key": self.keys["good"][1],
+                                   "vertex_token_expires_in": 310})
+        st, b = self.token(self.jwt())
+        self.assertEqual((st, b), (200, {"access_token": "ya29.mock-1", "expires_in": 310,
+                                         "token_type": "Bearer"}))
+        st, _, b = post(self.PATH, gem("hello"), {"authorization": "Bearer ya29.mock-1"})
+        self.assertEqual(st, 200)
+        self.assertEqual(b["candidates"][0]["content"]["parts"][0]["text"], "mock reply to: hello")
+        self.assertEqual(stats()["token_requests"], 1)
+        self.assertEqual(stats()["tokens_issued"], 1)
+
+    def test_refusals(self):
+        control("POST", "config", {"vertex_public_key": self.keys["good"][1]})
+        self.assertEqual(self.token(self.jwt("other")),
+                         (400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}))
+        st, b = self.token(self.jwt(exp=int(time.time()) + 7200))
+        self.assertEqual((st, b["error"]), (400, "invalid_grant"))
+        self.assertEqual(self.token("a.b")[1]["error_description"], "Invalid JWT format.")
+        self.assertEqual(stats()["token_requests"], 3)
+        self.assertEqual(stats()["tokens_issued"], 0)
+        # an access token the endpoint did not issue, or none
+        for h in ({"authorization": "Bearer ya29.forged"}, {"x-goog-api-key": "test-key"}):
+            st, _, b = post(self.PATH, gem("hello"), h)
+            self.assertEqual((st, b["error"]["status"]), (401, "UNAUTHENTICATED"))
+
+    def test_token_latency(self):
+        control("POST", "config", {"vertex_public_key": self.keys["good"][1],
+                                   "vertex_token_latency_ms": 300})
+        t0 = time.monotonic()
+        self.assertEqual(self.token(self.jwt())[0], 200)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.29)
+        t0 = time.monotonic()
+        post("/v1/messages", anth("x"), AH)
+        self.assertLess(time.monotonic() - t0, 0.25)       # only the token endpoint is slow
+
+    def test_no_public_key_configured(self):
+        self.assertEqual(self.token(self.jwt())[0], 400)
+
+
 class TestOllama(MockTest):
     def test_non_streaming(self):
         body = oll("", messages=[{"role": "system", "content": "terse"},
@@ -1181,7 +1264,8 @@ class TestControl(MockTest):
         self.assertEqual(control("POST", "reset"), (200, {"ok": True}))
         self.assertEqual(requests_log(), [])
         self.assertEqual(stats(), {"requests": 0, "in_flight": 0, "max_in_flight": 0, "disconnects": 0,
-                                   "by_path": {}, "by_status": {}, "connections": 0, "connections_total": 0})
+                                   "by_path": {}, "by_status": {}, "connections": 0, "connections_total": 0,
+                                   "token_requests": 0, "tokens_issued": 0})
         _, _, b = post("/v1/messages", anth("x"), AH)
         self.assertEqual(b["id"], "msg_mock_1")
 
@@ -1207,7 +1291,9 @@ class TestControl(MockTest):
         control("POST", "reset")
         self.assertEqual(control("GET", "config")[1],
                          {"latency_ms": 0, "fail_first": 0, "fail_status": 503, "retry_after": None,
-                          "directives": "", "aws_secret_access_key": None})
+                          "directives": "", "aws_secret_access_key": None,
+                          "vertex_public_key": None, "vertex_token_expires_in": 3600,
+                          "vertex_token_latency_ms": 0})
 
     def test_max_in_flight(self):
         def one(i):
