@@ -416,7 +416,6 @@ item_retry(LlmWorkItem *item)
 	item_send(item);
 }
 
-static void settle_attempt(LlmWorkItem *item);
 
 /* Translate and start the HTTP exchange.  The pending row is committed. */
 void
@@ -482,7 +481,7 @@ item_send(LlmWorkItem *item)
 			item->tries_on_cur++;
 			item->attempt_started = GetCurrentTimestamp();
 			MemoryContextSwitchTo(old);
-			settle_attempt(item);
+			item_settle_attempt(item);
 			return;
 		}
 	}
