@@ -416,7 +416,6 @@ item_retry(LlmWorkItem *item)
 	item_send(item);
 }
 
-
 /* Translate and start the HTTP exchange.  The pending row is committed. */
 void
 item_send(LlmWorkItem *item)
