@@ -16,6 +16,25 @@ use LlmGatewayTest;
 my $aws = 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY';
 my $mock = start_mock('--aws-secret-access-key', $aws);
 my $url = $mock->url;
+
+# vertex: a throwaway service-account key whose public half the mock's
+# token endpoint verifies; the wrong key is another one
+my $dir = PostgreSQL::Test::Utils::tempdir();
+sub sa_key
+{
+	my ($name) = @_;
+	system('openssl', 'genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048',
+		'-out', "$dir/$name.pem") == 0 or die 'openssl genpkey failed';
+	my $pem = slurp_file("$dir/$name.pem");
+	my $sa = JSON::PP->new->canonical->encode({
+		type => 'service_account', project_id => 'proj-test', private_key_id => "kid-$name",
+		private_key => $pem, client_email => 'gw@proj-test.iam.gserviceaccount.com',
+		token_uri => "$url/token" });
+	return ($sa, scalar `openssl pkey -in $dir/$name.pem -pubout`);
+}
+my ($sa_good, $pub) = sa_key('good');
+my ($sa_wrong) = sa_key('wrong');
+$mock->post('/_mock/config', { vertex_public_key => $pub })->{success} or die 'mock config';
 my $node = new_node('kinds');
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION llm_gateway');
@@ -26,23 +45,24 @@ my %kinds = (
 	openai       => [ "$url/v1",  undef,       'k', 'bad-key' ],
 	azure_openai => [ $url,       undef,       'k', 'bad-key' ],
 	gemini       => [ $url,       undef,       'k', 'bad-key' ],
+	vertex       => [ $url,       'us-central1', $sa_good, $sa_wrong ],
 	bedrock      => [ $url,       'us-east-1',
 		qq({"access_key_id": "AKIDEXAMPLE", "secret_access_key": "$aws"}),
 		qq({"access_key_id": "AKIDEXAMPLE", "secret_access_key": "WRONG$aws"}) ],
 	ollama       => [ $url,       undef,       undef, undef ],
 );
-my @kinds = qw(anthropic openai azure_openai gemini bedrock ollama);
+my @kinds = qw(anthropic openai azure_openai gemini vertex bedrock ollama);
 my $sql = '';
 for my $k (@kinds)
 {
 	my ($base, $region, $secret, $wrong) = @{ $kinds{$k} };
 	my $r = defined $region ? "'$region'" : 'NULL';
 	$sql .= "SELECT llm.add_provider('p_$k', '$k', '$base', $r);\n";
-	$sql .= "SELECT llm.set_credential('p_$k', '$secret');\n" if defined $secret;
+	$sql .= "SELECT llm.set_credential('p_$k', \$s\$$secret\$s\$);\n" if defined $secret;
 	$sql .= "SELECT llm.add_route('k_$k', 'p_$k', 'model-$k');\n";
 	next unless defined $wrong;
 	$sql .= "SELECT llm.add_provider('bad_$k', '$k', '$base', $r);\n";
-	$sql .= "SELECT llm.set_credential('bad_$k', '$wrong');\n";
+	$sql .= "SELECT llm.set_credential('bad_$k', \$s\$$wrong\$s\$);\n";
 }
 # one alias over every kind: each refuses the key in turn, ollama answers
 my $prio = 0;
@@ -122,7 +142,7 @@ is($node->safe_psql('postgres', q{
 	SELECT string_agg(a->>'provider' || ':' || coalesce(a->>'error_code', 'ok'), ' ' ORDER BY n)
 	  FROM llm.requests, jsonb_array_elements(attempts_detail) WITH ORDINALITY AS x(a, n)
 	 WHERE alias = 'chain'}),
-	'bad_anthropic:LL001 bad_openai:LL001 bad_azure_openai:LL001 bad_gemini:LL001 bad_bedrock:LL001 p_ollama:ok',
+	'bad_anthropic:LL001 bad_openai:LL001 bad_azure_openai:LL001 bad_gemini:LL001 bad_vertex:LL001 bad_bedrock:LL001 p_ollama:ok',
 	'each kind refused its key (LL001) and fell over to the next kind');
 
 # --- structured output through every kind ------------------------------------
