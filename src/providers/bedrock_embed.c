@@ -124,10 +124,10 @@ bedrock_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
 		(family == EMBED_FAMILY_TITAN_V2 && call->ninputs != 1) ||
 		call->ninputs > BEDROCK_EMBED_BATCH_MAX)
 		return provider_fail(err, ERRCODE_PROGRAM_LIMIT_EXCEEDED, LLM_FAIL_FATAL,
-							 "model \"%s\" takes at most %d inputs per request, not %d",
-							 target->upstream_model,
-							 family == EMBED_FAMILY_TITAN_V2 ? 1 : BEDROCK_EMBED_BATCH_MAX,
-							 call->ninputs);
+							 family == EMBED_FAMILY_TITAN_V2
+							 ? "model \"%s\" takes one input per request, not %d"
+							 : "model \"%s\" takes at most 96 inputs per request, not %d",
+							 target->upstream_model, call->ninputs);
 	if (!bedrock_endpoint(target, &ep, err) || !bedrock_credential(target, &cred, err))
 		return false;
 
