@@ -81,6 +81,8 @@ is($r->{path}, $cohere_path, 'sent to the Cohere model\'s InvokeModel');
 is_deeply($r->{body}, { texts => ['one', 'two two', 'three'], input_type => 'search_query', embedding_types => ['float'] },
 	'the Cohere body: texts, input_type query -> search_query, float');
 is($r->{aws_auth}{verified}, JSON::PP::true, 'signature verified');
+is($node->safe_psql('postgres', q{SELECT input_tokens FROM llm.requests WHERE alias = 'cohere' ORDER BY id DESC LIMIT 1}),
+	'4', "Cohere's tokens from the x-amzn-bedrock-input-token-count header (4 words)");
 is($node->safe_psql('postgres', q{SELECT llm_embed('cohere', 'doc', '{"input_type": "document"}') = } . expected(q{'doc'}, 8)),
 	't', 'Cohere: a single input');
 is(last_request()->{body}{input_type}, 'search_document', 'input_type document -> search_document');
@@ -113,6 +115,8 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM c_out WHERE v = } . expec
 	'200', 'every Cohere row got the vector of its own text');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM llm.requests WHERE alias = 'cohere' AND status = 'ok'
 	AND request_body::text LIKE '%doc %'}), '200', 'one log row per call');
+is($node->safe_psql('postgres', q{SELECT sum(input_tokens) FROM llm.requests WHERE alias = 'cohere' AND status = 'ok'
+	AND request_body::text LIKE '%doc %'}), '400', 'and their tokens add up to the header counts (2 words each)');
 
 # --- a wrong secret: LL001, the secret in no error or log row
 ($ret, $out, $err) = $node->psql('postgres', q{\set VERBOSITY verbose
