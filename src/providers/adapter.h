@@ -217,6 +217,13 @@ typedef struct LlmProvider
 										 const LlmHttpResult *res, LlmEmbedAnswer *out,
 										 LlmError *err);
 	int			embed_batch_max;	/* most inputs in one request (provider's limit) */
+
+	/*
+	 * Optional: the limit for this target when it depends on the model
+	 * (Bedrock: Titan takes one input, Cohere 96); NULL = embed_batch_max.
+	 * Read through embed_batch_limit(), never directly.
+	 */
+	int			(*embed_batch_max_for) (const LlmTarget *target);
 } LlmProvider;
 
 /* provider.c: the registry and helpers shared by adapters */
@@ -234,6 +241,7 @@ extern int	embed_batch_limit(const LlmTarget *target);
 extern bool embed_answer_check(const LlmEmbedCall *call, const LlmEmbedAnswer *answer,
 							   const LlmHttpResult *res, const char *secret, LlmError *err);
 extern void embed_append_vectors(StringInfo buf, const LlmEmbedAnswer *answer);
+extern bool embed_read_vector(JsonbContainer *arr, int *dim, float4 **vec, char **why);
 
 /* adapters (src/providers/) */
 extern const LlmProvider llm_provider_anthropic;

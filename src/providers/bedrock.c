@@ -37,14 +37,17 @@
 static bool bedrock_parse_response(const LlmCall *call, const LlmTarget *target,
 								   const LlmHttpResult *res, LlmAnswer *out,
 								   LlmError *err);
-static void bedrock_parse_error(const LlmHttpResult *res, LlmError *err);
 
 const LlmProvider llm_provider_bedrock = {
 	"bedrock",					/* kind */
 	"a JSON object {\"access_key_id\", \"secret_access_key\", \"session_token\" (optional)}, used to sign with AWS SigV4",	/* auth_hint */
 	bedrock_build_request,		/* build_request */
 	bedrock_parse_response,		/* parse_response */
-	bedrock_parse_error			/* parse_error */
+	bedrock_parse_error,		/* parse_error */
+	bedrock_build_embed_request,	/* build_embed_request */
+	bedrock_parse_embed_response,	/* parse_embed_response */
+	BEDROCK_EMBED_BATCH_MAX,	/* embed_batch_max */
+	bedrock_embed_batch_max_for /* embed_batch_max_for */
 };
 
 static int64
@@ -245,7 +248,7 @@ set_class(LlmError *err, int code, LlmFailClass cls)
 	err->fail_class = cls;
 }
 
-static void
+void
 bedrock_parse_error(const LlmHttpResult *res, LlmError *err)
 {
 	char	   *why;

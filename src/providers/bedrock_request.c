@@ -42,13 +42,6 @@
 
 #define BEDROCK_SERVICE "bedrock"
 
-typedef struct AwsCredential
-{
-	const char *access_key_id;
-	const char *secret_access_key;
-	const char *session_token;	/* or NULL */
-} AwsCredential;
-
 /* true if s is non-empty and every byte is in the set allowed by ok() */
 static bool
 all_chars(const char *s, bool (*ok) (char c))
@@ -84,8 +77,8 @@ token_char(char c)
  * Parse the secret.  Errors never quote it: they say which member is
  * missing or malformed, nothing more.
  */
-static bool
-parse_credential(const LlmTarget *target, AwsCredential *cred, LlmError *err)
+bool
+bedrock_credential(const LlmTarget *target, AwsCredential *cred, LlmError *err)
 {
 	Jsonb	   *j;
 	char	   *why;
@@ -514,18 +507,9 @@ bedrock_build_request(const LlmCall *call, const LlmTarget *target,
 {
 	JsonbContainer *req = &call->request->root;
 	AwsCredential cred;
-	char	   *base;
-	char	   *host;
-	char	   *prefix;
-	char	   *path;
-	const char *region;
+	BedrockEndpoint ep;
 	int64		max_tokens;
 	bool		first = true;
-	char		amz_date[17];
-	SigV4Header sh[4];
-	int			nsh = 0;
-	SigV4Request sreq;
-	SigV4Result sres;
 
 	memset(out, 0, sizeof(*out));
 	initStringInfo(&out->body);
@@ -547,13 +531,9 @@ bedrock_build_request(const LlmCall *call, const LlmTarget *target,
 		req = &forced->root;
 	}
 
-	base = provider_base_url(target);
-	if (!split_base_url(base, &host, &prefix))
-		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
-							 "base_url \"%s\" has no host", base);
-	if (!resolve_region(target, host, &region, err) ||
+	if (!bedrock_endpoint(target, &ep, err) ||
 		!provider_max_tokens(call, target, -1, &max_tokens, err) ||
-		!parse_credential(target, &cred, err))
+		!bedrock_credential(target, &cred, err))
 		return false;
 
 	/* body */
@@ -566,22 +546,52 @@ bedrock_build_request(const LlmCall *call, const LlmTarget *target,
 		return false;
 	appendStringInfoChar(&out->body, '}');
 
+	return bedrock_sign(target, &ep, &cred, "converse", out, err);
+}
+
+/* ---- shared with bedrock_embed.c -------------------------------------- */
+
+/* base_url split into host and path prefix, and the region */
+bool
+bedrock_endpoint(const LlmTarget *target, BedrockEndpoint *ep, LlmError *err)
+{
+	memset(ep, 0, sizeof(*ep));
+	ep->base = provider_base_url(target);
+	if (!split_base_url(ep->base, &ep->host, &ep->prefix))
+		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
+							 "base_url \"%s\" has no host", ep->base);
+	return resolve_region(target, ep->host, &ep->region, err);
+}
+
+/*
+ * URL {base}/model/{modelId}/{operation} and the SigV4 headers for the body
+ * already in out->body (which is what gets signed, so it must be final).
+ */
+bool
+bedrock_sign(const LlmTarget *target, const BedrockEndpoint *ep, const AwsCredential *cred,
+			 const char *operation, LlmHttpRequest *out, LlmError *err)
+{
+	char	   *model;
+	char	   *path;
+	char		amz_date[17];
+	SigV4Header sh[4];
+	int			nsh = 0;
+	SigV4Request sreq;
+	SigV4Result sres;
+
 	/* URL: the model id is one path label */
-	path = psprintf("%s/model/%s/converse", prefix,
-					sigv4_uri_encode(target->upstream_model,
-									 strlen(target->upstream_model), false));
+	model = sigv4_uri_encode(target->upstream_model, strlen(target->upstream_model), false);
+	path = psprintf("%s/model/%s/%s", ep->prefix, model, operation);
 	/* base is scheme://host + prefix, so this is the URL of exactly that path */
-	out->url = psprintf("%s/model/%s/converse", base,
-						sigv4_uri_encode(target->upstream_model,
-										 strlen(target->upstream_model), false));
+	out->url = psprintf("%s/model/%s/%s", ep->base, model, operation);
 
 	/* signature; the clock is read here, sigv4.c is pure */
 	sigv4_amz_date(time(NULL), amz_date);
 	sh[nsh++] = (SigV4Header) {"content-type", "application/json"};
-	sh[nsh++] = (SigV4Header) {"host", host};
+	sh[nsh++] = (SigV4Header) {"host", ep->host};
 	sh[nsh++] = (SigV4Header) {"x-amz-date", amz_date};
-	if (cred.session_token)
-		sh[nsh++] = (SigV4Header) {"x-amz-security-token", cred.session_token};
+	if (cred->session_token)
+		sh[nsh++] = (SigV4Header) {"x-amz-security-token", cred->session_token};
 	memset(&sreq, 0, sizeof(sreq));
 	sreq.method = "POST";
 	sreq.path = path;
@@ -590,10 +600,10 @@ bedrock_build_request(const LlmCall *call, const LlmTarget *target,
 	sreq.payload = out->body.data;
 	sreq.payload_len = out->body.len;
 	sreq.amz_date = amz_date;
-	sreq.region = region;
+	sreq.region = ep->region;
 	sreq.service = BEDROCK_SERVICE;
-	sreq.access_key_id = cred.access_key_id;
-	sreq.secret_access_key = cred.secret_access_key;
+	sreq.access_key_id = cred->access_key_id;
+	sreq.secret_access_key = cred->secret_access_key;
 	if (!sigv4_sign(&sreq, &sres))
 		return provider_fail(err, ERRCODE_INTERNAL_ERROR, LLM_FAIL_FATAL,
 							 "could not compute the AWS signature (OpenSSL failed)");

@@ -11,11 +11,14 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "common/json_util.h"
 #include "common/shortest_dec.h"
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
+#include "utils/builtins.h"
 
 /*
  * Read {"embed": {"input": [...], "dimensions": n, "input_type": t}} into
@@ -59,12 +62,14 @@ embed_call_from_request(Jsonb *request, LlmEmbedCall *call)
 /*
  * Most inputs one request of this target may carry: the provider option
  * embed_batch_size when set (within 1 and the kind's limit), else the
- * kind's own limit.
+ * kind's own limit (the model's, for a kind whose limit depends on it).
  */
 int
 embed_batch_limit(const LlmTarget *target)
 {
-	int			limit = Max(target->provider->embed_batch_max, 1);
+	const LlmProvider *p = target->provider;
+	int			limit = Max(p->embed_batch_max_for != NULL
+							? p->embed_batch_max_for(target) : p->embed_batch_max, 1);
 	int64		opt;
 
 	if (target->provider_options != NULL &&
@@ -129,4 +134,50 @@ embed_append_vectors(StringInfo buf, const LlmEmbedAnswer *answer)
 		appendStringInfoChar(buf, ']');
 	}
 	appendStringInfoChar(buf, ']');
+}
+
+/*
+ * One JSON array of numbers into a float4 vector of *dim (set by the first
+ * vector of an answer when 0).  False + *why for an empty array, a size
+ * other than *dim, a non-number or a value outside real's range.
+ */
+bool
+embed_read_vector(JsonbContainer *arr, int *dim, float4 **vec, char **why)
+{
+	int			n = json_array_size(arr);
+	int			i;
+
+	if (arr == NULL || n < 1)
+	{
+		*why = "an empty embedding";
+		return false;
+	}
+	if (*dim == 0)
+		*dim = n;
+	else if (n != *dim)
+	{
+		*why = psprintf("embeddings of dimensions %d and %d in one answer", *dim, n);
+		return false;
+	}
+	*vec = palloc(sizeof(float4) * n);
+	for (i = 0; i < n; i++)
+	{
+		JsonbValue *v = json_array_elem(arr, i);
+		double		d;
+
+		if (v == NULL || v->type != jbvNumeric)
+		{
+			*why = "an embedding element is not a number";
+			return false;
+		}
+		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
+											   NumericGetDatum(v->val.numeric)));
+		if (isnan(d) || fabs(d) > 3.0e38)
+		{
+			*why = "an embedding element is out of range for real";
+			return false;
+		}
+		(*vec)[i] = (float4) d;
+	}
+	return true;
 }

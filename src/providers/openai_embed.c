@@ -80,48 +80,6 @@ azure_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
 	return build_embed(call, target, true, out, err);
 }
 
-/* One "embedding" array into a float4 vector of *dim (set by the first). */
-static bool
-read_vector(JsonbContainer *arr, int *dim, float4 **vec, char **why)
-{
-	int			n = json_array_size(arr);
-	int			i;
-
-	if (n < 1)
-	{
-		*why = "an empty \"embedding\"";
-		return false;
-	}
-	if (*dim == 0)
-		*dim = n;
-	else if (n != *dim)
-	{
-		*why = psprintf("embeddings of dimensions %d and %d in one answer", *dim, n);
-		return false;
-	}
-	*vec = palloc(sizeof(float4) * n);
-	for (i = 0; i < n; i++)
-	{
-		JsonbValue *v = json_array_elem(arr, i);
-		double		d;
-
-		if (v == NULL || v->type != jbvNumeric)
-		{
-			*why = "an \"embedding\" element is not a number";
-			return false;
-		}
-		d = DatumGetFloat8(DirectFunctionCall1(numeric_float8_no_overflow,
-											   NumericGetDatum(v->val.numeric)));
-		if (isnan(d) || fabs(d) > 3.0e38)
-		{
-			*why = "an \"embedding\" element is out of range for real";
-			return false;
-		}
-		(*vec)[i] = (float4) d;
-	}
-	return true;
-}
-
 bool
 openai_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 							const LlmHttpResult *res, LlmEmbedAnswer *out,
@@ -172,7 +130,7 @@ openai_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 		if (vec == NULL)
 			return provider_malformed(err, res, "a \"data\" element has no \"embedding\" array (encoding_format must be float)",
 									  target->secret);
-		if (!read_vector(vec, &out->dimension, &out->vectors[index], &why))
+		if (!embed_read_vector(vec, &out->dimension, &out->vectors[index], &why))
 			return provider_malformed(err, res, why, target->secret);
 	}
 	usage = json_get_object(root, "usage");

@@ -155,6 +155,10 @@ fuzz_one(const uint8_t *data, size_t size)
 
 				if (req == NULL || !embed_call_from_request(req, &ecall))
 					break;
+				/* bedrock's body depends on the model family: reach both */
+				if (p == &llm_provider_bedrock)
+					target.upstream_model = (len > 0 && (body[0] & 1))
+						? "cohere.embed-english-v3" : "amazon.titan-embed-text-v2:0";
 				memset(&out, 0, sizeof(out));
 				(void) p->build_embed_request(&ecall, &target, &out, &err);
 			}

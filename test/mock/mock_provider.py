@@ -1209,12 +1209,14 @@ class BedrockEmbed(Bedrock):
         return EmbedCall(model, texts, None, self.COHERE_TYPES.get(body.get("input_type")))
 
     def render(self, ex, call, r):
+        # InvokeModel answers carry the input token count as a header (Cohere's body has none)
+        count = f"X-Amzn-Bedrock-Input-Token-Count: {call.tokens()}\r\n"
         if "titan-embed" in call.model:
             v = call.vectors()[0]
             return self.plan(ex, 200, {"embedding": v, "embeddingsByType": {"float": v},
-                                       "inputTextTokenCount": call.tokens()})
+                                       "inputTextTokenCount": call.tokens()}, count)
         return self.plan(ex, 200, {"id": f"emb-mock-{ex.seq}", "embeddings": call.vectors(),
-                                   "texts": call.inputs, "response_type": "embeddings_floats"})
+                                   "texts": call.inputs, "response_type": "embeddings_floats"}, count)
 
 
 class MockState:

@@ -855,10 +855,11 @@ class TestEmbeddings(MockTest):
                         {"inputText": "a b c", "dimensions": 256, "normalize": True}, BH)
         self.assertEqual(st, 200)
         self.assertEqual((len(b["embedding"]), b["inputTextTokenCount"]), (256, 3))
-        st, _, b = post("/model/cohere.embed-english-v3/invoke",
-                        {"texts": ["x", "y"], "input_type": "search_document"}, BH)
+        st, h, b = post("/model/cohere.embed-english-v3/invoke",
+                        {"texts": ["x", "y z"], "input_type": "search_document"}, BH)
         self.assertEqual((st, b["embeddings"], b["response_type"]),
-                         (200, [self.vec("x", 8), self.vec("y", 8)], "embeddings_floats"))
+                         (200, [self.vec("x", 8), self.vec("y z", 8)], "embeddings_floats"))
+        self.assertEqual(h.get("x-amzn-bedrock-input-token-count"), "3")
         st, _, _ = post("/model/cohere.embed-english-v3/invoke", {"texts": ["x"]}, {})
         self.assertEqual(st, 403)
 
