@@ -15,10 +15,12 @@
  * request of a batch carries the same task type and size: the worker only
  * batches calls that agree on both.
  *
- * Tokens.  Gemini reports no token count for embeddings.  input_tokens is
- * an estimate, ceil(bytes of all inputs / 4), the rule llm.estimate uses:
- * reporting 0 would let a gemini embedding target bypass token quotas and
- * cost nothing in the log (design §23.1).
+ * Tokens.  gemini-embedding-001 answers carry no token count; newer
+ * models add usageMetadata.promptTokenCount (a recorded answer in
+ * test/fixtures/gemini/).  The count is used when present; otherwise
+ * input_tokens is an estimate, ceil(bytes of all inputs / 4), the rule
+ * llm.estimate uses: reporting 0 would let a gemini embedding target
+ * bypass token quotas and cost nothing in the log (design §23.1).
  *
  * Non-2xx answers are Google RPC errors, read by gemini_parse_error.
  *
@@ -115,6 +117,7 @@ gemini_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 	JsonbContainer *embeddings;
 	char	   *why = NULL;
 	int64		bytes = 0;
+	int64		tokens;
 	int			n;
 
 	memset(out, 0, sizeof(*out));
@@ -163,10 +166,15 @@ gemini_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 			return provider_malformed(err, res, why, target->secret);
 	}
 
-	/* no count from Gemini: the estimate of the header comment */
-	for (int i = 0; i < call->ninputs; i++)
-		bytes += strlen(call->inputs[i]);
-	out->input_tokens = (bytes + GEMINI_EMBED_BYTES_PER_TOKEN - 1) / GEMINI_EMBED_BYTES_PER_TOKEN;
+	/* the count when the answer has one, else the estimate of the header comment */
+	if (!json_get_int64(json_get_object(root, "usageMetadata"), "promptTokenCount", &tokens) ||
+		tokens < 0)
+	{
+		for (int i = 0; i < call->ninputs; i++)
+			bytes += strlen(call->inputs[i]);
+		tokens = (bytes + GEMINI_EMBED_BYTES_PER_TOKEN - 1) / GEMINI_EMBED_BYTES_PER_TOKEN;
+	}
+	out->input_tokens = tokens;
 	out->model = NULL;			/* the answer does not name it */
 	return embed_answer_check(call, out, res, target->secret, err);
 }
