@@ -27,7 +27,7 @@ SELECT llm.adapter_build_embed_request('gemini', ARRAY['x'], '{}', 'm', NULL,
 -- a recorded batchEmbedContents answer, with usageMetadata.promptTokenCount
 \set fx `cat test/fixtures/gemini/embed_batch_usage.json`
 SELECT llm.adapter_parse_embed_response('gemini', 200, :'fx', 2);
--- without usageMetadata (gemini-embedding-001): the estimate, here 0 bytes of input -> 0
+-- without usageMetadata (gemini-embedding-001): tokens unknown (-1); the worker estimates them
 SELECT llm.adapter_parse_embed_response('gemini', 200,
   '{"embeddings":[{"values":[0.25,-0.5,0.125]}]}', 1, 3);
 -- the size asked for is checked: another size is LL016

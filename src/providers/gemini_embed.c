@@ -17,10 +17,11 @@
  *
  * Tokens.  gemini-embedding-001 answers carry no token count; newer
  * models add usageMetadata.promptTokenCount (a recorded answer in
- * test/fixtures/gemini/).  The count is used when present; otherwise
- * input_tokens is an estimate, ceil(bytes of all inputs / 4), the rule
- * llm.estimate uses: reporting 0 would let a gemini embedding target
- * bypass token quotas and cost nothing in the log (design §23.1).
+ * test/fixtures/gemini/).  The count is used when present; otherwise the
+ * parser says LLM_EMBED_TOKENS_UNKNOWN and the worker logs an estimate,
+ * ceil(bytes of all inputs sent / 4), the rule llm.estimate uses:
+ * reporting 0 would let a gemini embedding target bypass token quotas and
+ * cost nothing in the log (design §23.1).
  *
  * Non-2xx answers are Google RPC errors, read by gemini_parse_error.
  *
@@ -36,7 +37,6 @@
 #include "providers/gemini.h"
 
 #define GEMINI_DEFAULT_API_VERSION "v1beta"
-#define GEMINI_EMBED_BYTES_PER_TOKEN 4
 
 bool
 gemini_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
@@ -116,7 +116,6 @@ gemini_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 	JsonbContainer *root;
 	JsonbContainer *embeddings;
 	char	   *why = NULL;
-	int64		bytes = 0;
 	int64		tokens;
 	int			n;
 
@@ -166,14 +165,10 @@ gemini_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 			return provider_malformed(err, res, why, target->secret);
 	}
 
-	/* the count when the answer has one, else the estimate of the header comment */
+	/* the count when the answer has one, else the worker estimates (header comment) */
 	if (!json_get_int64(json_get_object(root, "usageMetadata"), "promptTokenCount", &tokens) ||
 		tokens < 0)
-	{
-		for (int i = 0; i < call->ninputs; i++)
-			bytes += strlen(call->inputs[i]);
-		tokens = (bytes + GEMINI_EMBED_BYTES_PER_TOKEN - 1) / GEMINI_EMBED_BYTES_PER_TOKEN;
-	}
+		tokens = LLM_EMBED_TOKENS_UNKNOWN;
 	out->input_tokens = tokens;
 	out->model = NULL;			/* the answer does not name it */
 	return embed_answer_check(call, out, res, target->secret, err);
