@@ -176,9 +176,16 @@ typedef struct LlmEmbedAnswer
 	int			nvectors;		/* == the call's ninputs */
 	int			dimension;		/* length of every vector */
 	float4	  **vectors;
-	int64		input_tokens;	/* for the whole request */
+	int64		input_tokens;	/* for the whole request, or LLM_EMBED_TOKENS_UNKNOWN */
 	char	   *model;			/* upstream model that answered, or NULL */
 } LlmEmbedAnswer;
+
+/*
+ * input_tokens of an answer that counts none (Gemini's embeddings): the
+ * worker then estimates from the bytes it sent, which the parser is not
+ * given (embed_batch.c passes it no inputs).
+ */
+#define LLM_EMBED_TOKENS_UNKNOWN	(-1)
 
 typedef struct LlmProvider
 {

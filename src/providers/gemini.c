@@ -66,11 +66,12 @@
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
+#include "providers/embed_kinds.h"
 #include "providers/gemini.h"
 
 #define GEMINI_DEFAULT_API_VERSION "v1beta"
 
-static const char *const gemini_reserved_headers[] = {
+const char *const gemini_reserved_headers[] = {
 	"content-type", "x-goog-api-key", "authorization", "content-length", "host", NULL
 };
 
@@ -79,7 +80,10 @@ const LlmProvider llm_provider_gemini = {
 	"a Gemini API key (AIza...), sent as x-goog-api-key",	/* auth_hint */
 	gemini_build_request,		/* build_request */
 	gemini_parse_response,		/* parse_response */
-	gemini_parse_error			/* parse_error */
+	gemini_parse_error,			/* parse_error */
+	gemini_build_embed_request, /* build_embed_request */
+	gemini_parse_embed_response,	/* parse_embed_response */
+	GEMINI_EMBED_BATCH_MAX		/* embed_batch_max */
 };
 
 /*
@@ -104,8 +108,8 @@ gemini_build_http(const LlmCall *call, const LlmTarget *target, const char *url,
 }
 
 /* Percent-encode a URL path segment (RFC 3986 unreserved kept). */
-static char *
-path_encode(const char *s)
+char *
+gemini_path_encode(const char *s)
 {
 	StringInfoData buf;
 
@@ -135,8 +139,8 @@ gemini_build_request(const LlmCall *call, const LlmTarget *target,
 	return gemini_build_http(call, target,
 							 psprintf("%s/%s/models/%s:generateContent",
 									  provider_base_url(target),
-									  path_encode(version ? version : GEMINI_DEFAULT_API_VERSION),
-									  path_encode(target->upstream_model)),
+									  gemini_path_encode(version ? version : GEMINI_DEFAULT_API_VERSION),
+									  gemini_path_encode(target->upstream_model)),
 							 "x-goog-api-key", target->secret,
 							 gemini_reserved_headers, out, err);
 }

@@ -36,6 +36,10 @@
  */
 #define GEMINI_SIGNATURE_PREFIX "gemini:"
 
+/* gemini.c: the URL and header pieces the embeddings request shares */
+extern const char *const gemini_reserved_headers[];
+extern char *gemini_path_encode(const char *s);
+
 /* gemini_request.c */
 extern bool gemini_write_body(const LlmCall *call, const LlmTarget *target,
 							  StringInfo body, LlmError *err);

@@ -52,6 +52,7 @@
 #include "common/llm_errors.h"
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
+#include "providers/embed_kinds.h"
 
 static bool ollama_build_request(const LlmCall *call, const LlmTarget *target,
 								 LlmHttpRequest *out, LlmError *err);
@@ -65,7 +66,10 @@ const LlmProvider llm_provider_ollama = {
 	"no key by default; a secret, when set, is sent as Authorization: Bearer (Ollama behind a proxy)",	/* auth_hint */
 	ollama_build_request,		/* build_request */
 	ollama_parse_response,		/* parse_response */
-	ollama_parse_error			/* parse_error */
+	ollama_parse_error,			/* parse_error */
+	ollama_build_embed_request, /* build_embed_request */
+	ollama_parse_embed_response,	/* parse_embed_response */
+	OLLAMA_EMBED_BATCH_MAX		/* embed_batch_max */
 };
 
 static const char *const reserved_headers[] = {

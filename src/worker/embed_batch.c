@@ -397,6 +397,9 @@ batch_done(LlmEmbedBatch *b)
 	share = palloc0(sizeof(int64) * b->nmembers);
 	for (i = 0; i < b->nmembers; i++)
 		total_bytes += b->bytes[i];
+	/* no count in the answer (Gemini): llm.estimate's rule, a token per 4 bytes sent */
+	if (ok && answer.input_tokens == LLM_EMBED_TOKENS_UNKNOWN)
+		answer.input_tokens = (total_bytes + 3) / 4;
 	for (i = 0; ok && i < b->nmembers; i++)
 	{
 		share[i] = total_bytes > 0 ?
