@@ -87,3 +87,25 @@ SELECT llm.adapter_parse_embed_response('ollama', 400,
 
 -- both kinds now have embeddings, so a "dimensions" route may target them
 SELECT llm._kind_has_embeddings('gemini'), llm._kind_has_embeddings('ollama');
+
+--
+-- vertex: :predict on the model URL, the worker's access token as Bearer
+--
+SELECT jsonb_pretty(llm.adapter_build_embed_request('vertex', ARRAY['first', 'second'],
+  '{"input_type": "query", "dimensions": 8}', 'text-embedding-005', 'ya29.token',
+  '{"region": "us-central1", "project": "proj-1"}', '{}', 'https://us-central1-aiplatform.googleapis.com'));
+-- no region: refused before anything is sent
+SELECT llm.adapter_build_embed_request('vertex', ARRAY['x'], '{}', 'text-embedding-005', 'ya29.token',
+  '{"project": "proj-1"}')->'error'->>'message';
+-- the answer: vectors in order, token counts summed; without statistics the
+-- worker estimates the tokens (-1 here)
+SELECT llm.adapter_parse_embed_response('vertex', 200,
+  '{"predictions": [{"embeddings": {"values": [0.5, -0.25], "statistics": {"token_count": 3, "truncated": false}}},
+                    {"embeddings": {"values": [1, 2], "statistics": {"token_count": 4}}}]}', 2);
+SELECT llm.adapter_parse_embed_response('vertex', 200,
+  '{"predictions": [{"embeddings": {"values": [0.5, -0.25]}}]}', 1)->'input_tokens';
+-- malformed: a missing prediction, no values, an error inside a 200
+SELECT llm.adapter_parse_embed_response('vertex', 200, '{"predictions": [{"embeddings": {"values": [1]}}]}', 2)->'error'->>'detail';
+SELECT llm.adapter_parse_embed_response('vertex', 200, '{"predictions": [{"embeddings": {}}]}', 1)->'error'->>'detail';
+SELECT llm.adapter_parse_embed_response('vertex', 200, '{"error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}}', 1)->'error';
+SELECT llm._kind_has_embeddings('vertex');

@@ -25,6 +25,7 @@
 #include "common/llm_errors.h"
 #include "llm_gateway.h"
 #include "providers/adapter.h"
+#include "backend/adapter_sql.h"
 
 PG_FUNCTION_INFO_V1(llm_adapter_build_request);
 PG_FUNCTION_INFO_V1(llm_adapter_parse_response);
@@ -56,10 +57,6 @@ llm_adapter_build_request(PG_FUNCTION_ARGS)
 	LlmCall		call;
 	LlmHttpRequest out;
 	LlmError	err;
-	StringInfoData buf;
-	bool		first = true;
-	char	   *base_url;
-	size_t		len;
 
 	llm_check_preloaded();
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
@@ -69,22 +66,7 @@ llm_adapter_build_request(PG_FUNCTION_ARGS)
 
 	provider = lookup_kind(PG_GETARG_TEXT_PP(0));
 
-	memset(&target, 0, sizeof(target));
-	target.provider = provider;
-	target.provider_name = provider->kind;
-	target.upstream_model = text_to_cstring(PG_GETARG_TEXT_PP(2));
-	target.secret = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
-	target.provider_options = object_arg(fcinfo, 4, "provider_options");
-	target.route_options = object_arg(fcinfo, 5, "route_options");
-	/* no region argument: provider_options.region stands for llm.providers.region */
-	target.region = json_get_cstring(&target.provider_options->root, "region");
-	base_url = PG_ARGISNULL(6) ? pstrdup("http://provider.invalid")
-		: text_to_cstring(PG_GETARG_TEXT_PP(6));
-	/* the worker stores base URLs without a trailing slash; so do we */
-	len = strlen(base_url);
-	while (len > 0 && base_url[len - 1] == '/')
-		base_url[--len] = '\0';
-	target.base_url = base_url;
+	adapter_sql_target(fcinfo, provider, 2, &target);
 
 	memset(&call, 0, sizeof(call));
 	call.request = object_arg(fcinfo, 1, "request");
@@ -92,23 +74,69 @@ llm_adapter_build_request(PG_FUNCTION_ARGS)
 	memset(&out, 0, sizeof(out));
 	memset(&err, 0, sizeof(err));
 	if (!provider->build_request(&call, &target, &out, &err))
-		ereport(ERROR,
-				(errcode(err.sqlerrcode ? err.sqlerrcode : ERRCODE_INTERNAL_ERROR),
-				 errmsg("%s", err.message ? err.message : "adapter failed without a message"),
-				 err.detail ? errdetail("%s", err.detail) : 0,
-				 err.hint ? errhint("%s", err.hint) : 0));
+		adapter_sql_raise(&err);
+	PG_RETURN_JSONB_P(adapter_sql_request_json(&out, target.secret));
+}
+
+/*
+ * The target of the diagnostic functions, from their arguments in this
+ * order from model_arg: upstream_model, secret, provider_options,
+ * route_options, base_url.  There is no region argument:
+ * provider_options.region stands for llm.providers.region.
+ */
+void
+adapter_sql_target(FunctionCallInfo fcinfo, const LlmProvider *provider, int model_arg,
+				   LlmTarget *target)
+{
+	char	   *base_url;
+	size_t		len;
+
+	memset(target, 0, sizeof(*target));
+	target->provider = provider;
+	target->provider_name = provider->kind;
+	target->upstream_model = text_to_cstring(PG_GETARG_TEXT_PP(model_arg));
+	target->secret = PG_ARGISNULL(model_arg + 1) ? NULL
+		: text_to_cstring(PG_GETARG_TEXT_PP(model_arg + 1));
+	target->provider_options = object_arg(fcinfo, model_arg + 2, "provider_options");
+	target->route_options = object_arg(fcinfo, model_arg + 3, "route_options");
+	target->region = json_get_cstring(&target->provider_options->root, "region");
+	base_url = PG_ARGISNULL(model_arg + 4) ? pstrdup("http://provider.invalid")
+		: text_to_cstring(PG_GETARG_TEXT_PP(model_arg + 4));
+	/* the worker stores base URLs without a trailing slash; so do we */
+	len = strlen(base_url);
+	while (len > 0 && base_url[len - 1] == '/')
+		base_url[--len] = '\0';
+	target->base_url = base_url;
+}
+
+/* What the worker would send: {"url", "headers": {name: value}, "body"}, the secret scrubbed. */
+Jsonb *
+adapter_sql_request_json(const LlmHttpRequest *out, const char *secret)
+{
+	StringInfoData buf;
+	bool		first = true;
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
 	json_append_key(&buf, &first, "url");
-	json_append_string(&buf, out.url);
+	json_append_string(&buf, out->url);
 	json_append_key(&buf, &first, "headers");
-	append_headers_object(&buf, out.headers, target.secret);
+	append_headers_object(&buf, out->headers, secret);
 	json_append_key(&buf, &first, "body");
-	appendBinaryStringInfo(&buf, out.body.data, out.body.len);
+	appendBinaryStringInfo(&buf, out->body.data, out->body.len);
 	appendStringInfoChar(&buf, '}');
+	return jsonb_from_text(buf.data);
+}
 
-	PG_RETURN_JSONB_P(jsonb_from_text(buf.data));
+/* An adapter's failure raised as the error the call would have failed with. */
+void
+adapter_sql_raise(const LlmError *err)
+{
+	ereport(ERROR,
+			(errcode(err->sqlerrcode ? err->sqlerrcode : ERRCODE_INTERNAL_ERROR),
+			 errmsg("%s", err->message ? err->message : "adapter failed without a message"),
+			 err->detail ? errdetail("%s", err->detail) : 0,
+			 err->hint ? errhint("%s", err->hint) : 0));
 }
 
 /*

@@ -29,6 +29,7 @@
 #include "utils/lsyscache.h"
 
 #include "backend/call_result.h"
+#include "backend/adapter_sql.h"
 #include "backend/sql_api.h"
 #include "backend/validate.h"
 #include "common/json_util.h"
@@ -348,19 +349,6 @@ object_or_empty(FunctionCallInfo fcinfo, int argno)
 	return jb;
 }
 
-static void
-raise_adapter_error(const LlmError *err) pg_attribute_noreturn();
-
-static void
-raise_adapter_error(const LlmError *err)
-{
-	ereport(ERROR,
-			(errcode(err->sqlerrcode ? err->sqlerrcode : ERRCODE_INTERNAL_ERROR),
-			 errmsg("%s", err->message ? err->message : "adapter failed without a message"),
-			 err->detail ? errdetail("%s", err->detail) : 0,
-			 err->hint ? errhint("%s", err->hint) : 0));
-}
-
 /*
  * llm.adapter_build_embed_request(kind, inputs text[], options jsonb,
  *		upstream_model, secret, provider_options, route_options, base_url)
@@ -377,14 +365,11 @@ llm_adapter_build_embed_request(PG_FUNCTION_ARGS)
 	LlmCallSpec spec;
 	LlmHttpRequest out;
 	LlmError	err;
-	StringInfoData buf;
 	ArrayType  *arr;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
 	char	  **inputs;
-	ListCell   *lc;
-	bool		first = true;
 	int			i;
 
 	llm_check_preloaded();
@@ -404,42 +389,13 @@ llm_adapter_build_embed_request(PG_FUNCTION_ARGS)
 	if (!embed_call_from_request(spec.request, &call))
 		elog(ERROR, "embedding request did not read back");
 
-	memset(&target, 0, sizeof(target));
-	target.provider = provider;
-	target.provider_name = provider->kind;
-	target.upstream_model = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	target.secret = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
-	target.provider_options = object_or_empty(fcinfo, 5);
-	target.route_options = object_or_empty(fcinfo, 6);
-	target.base_url = PG_ARGISNULL(7) ? "http://provider.invalid" : text_to_cstring(PG_GETARG_TEXT_PP(7));
+	adapter_sql_target(fcinfo, provider, 3, &target);
 
 	memset(&err, 0, sizeof(err));
 	if (!provider->build_embed_request(&call, &target, &out, &err))
-		raise_adapter_error(&err);
+		adapter_sql_raise(&err);
 
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"url\":");
-	json_append_string(&buf, out.url);
-	appendStringInfoString(&buf, ",\"headers\":{");
-	foreach(lc, out.headers)
-	{
-		char	   *line = pstrdup((char *) lfirst(lc));
-		char	   *colon = strchr(line, ':');
-		char	   *value = "";
-
-		if (colon != NULL)
-		{
-			*colon = '\0';
-			for (value = colon + 1; *value == ' '; value++)
-				;
-		}
-		json_append_key(&buf, &first, line);
-		json_append_string(&buf, provider_scrub(value, target.secret));
-	}
-	appendStringInfoString(&buf, "},\"body\":");
-	appendBinaryStringInfo(&buf, out.body.data, out.body.len);
-	appendStringInfoChar(&buf, '}');
-	PG_RETURN_JSONB_P(DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data))));
+	PG_RETURN_JSONB_P(adapter_sql_request_json(&out, target.secret));
 }
 
 /*

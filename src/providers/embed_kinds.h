@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * embed_kinds.h
- *	  Embeddings of the gemini and ollama kinds (gemini_embed.c,
- *	  ollama_embed.c); they read vectors with embed.c's embed_read_vector.
+ *	  Embeddings of the gemini, vertex and ollama kinds (gemini_embed.c,
+ *	  vertex_embed.c, ollama_embed.c); they read vectors with embed.c's embed_read_vector.
  *
  * runs in: worker, backends (diagnostic functions), fuzz harness.  Pure
  * (providers/adapter.h).
@@ -25,9 +25,20 @@
 #define OLLAMA_EMBED_BATCH_MAX	128
 
 /* gemini_embed.c */
+extern bool gemini_embed_task(const LlmEmbedCall *call, const char **task, LlmError *err);
+extern bool gemini_embed_inband_error(JsonbContainer *root, const LlmTarget *target,
+									  const LlmHttpResult *res, LlmError *err);
 extern bool gemini_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
 									   LlmHttpRequest *out, LlmError *err);
 extern bool gemini_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
+										const LlmHttpResult *res, LlmEmbedAnswer *out,
+										LlmError *err);
+
+/* vertex_embed.c: Vertex AI :predict takes at most 250 instances */
+#define VERTEX_EMBED_BATCH_MAX	250
+extern bool vertex_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
+									   LlmHttpRequest *out, LlmError *err);
+extern bool vertex_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 										const LlmHttpResult *res, LlmEmbedAnswer *out,
 										LlmError *err);
 

@@ -38,6 +38,27 @@
 
 #define GEMINI_DEFAULT_API_VERSION "v1beta"
 
+/*
+ * input_type as Google's task type (the Gemini API and Vertex AI share
+ * it): query -> RETRIEVAL_QUERY, document -> RETRIEVAL_DOCUMENT, none ->
+ * NULL (the model's default).
+ */
+bool
+gemini_embed_task(const LlmEmbedCall *call, const char **task, LlmError *err)
+{
+	*task = NULL;
+	if (call->input_type == NULL)
+		return true;
+	if (strcmp(call->input_type, "query") == 0)
+		*task = "RETRIEVAL_QUERY";
+	else if (strcmp(call->input_type, "document") == 0)
+		*task = "RETRIEVAL_DOCUMENT";
+	else
+		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
+							 "input_type must be \"query\" or \"document\"");
+	return true;
+}
+
 bool
 gemini_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
 						   LlmHttpRequest *out, LlmError *err)
@@ -52,17 +73,8 @@ gemini_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
 	if (target->upstream_model == NULL)
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
 							 "target has no upstream model");
-	if (call->input_type != NULL)
-	{
-		if (strcmp(call->input_type, "query") == 0)
-			task = "RETRIEVAL_QUERY";
-		else if (strcmp(call->input_type, "document") == 0)
-			task = "RETRIEVAL_DOCUMENT";
-		else
-			return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
-								 "input_type must be \"query\" or \"document\"");
-	}
-	if (!provider_option_string(target, "api_version", &version, err))
+	if (!gemini_embed_task(call, &task, err) ||
+		!provider_option_string(target, "api_version", &version, err))
 		return false;
 
 	out->url = psprintf("%s/%s/models/%s:batchEmbedContents",
@@ -107,6 +119,26 @@ gemini_build_embed_request(const LlmEmbedCall *call, const LlmTarget *target,
 	return true;
 }
 
+/*
+ * {"error": {...}} with a 2xx status: retryable, as for generateContent
+ * (the Gemini API and Vertex AI alike).
+ */
+bool
+gemini_embed_inband_error(JsonbContainer *root, const LlmTarget *target,
+						  const LlmHttpResult *res, LlmError *err)
+{
+	JsonbContainer *e = json_get_object(root, "error");
+	const char *message = json_get_cstring(e, "message");
+
+	provider_fail(err, ERRCODE_LLM_PROVIDER_INBAND_ERROR, LLM_FAIL_RETRYABLE,
+				  "%s", message ? provider_text(message, target->secret)
+				  : "provider reported an error inside a successful answer");
+	err->provider_type = (char *) json_get_cstring(e, "status");
+	err->http_status = (int) res->status;
+	err->retry_after_s = provider_retry_after(res);
+	return false;
+}
+
 bool
 gemini_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 							const LlmHttpResult *res, LlmEmbedAnswer *out,
@@ -127,20 +159,8 @@ gemini_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 	if (!JsonContainerIsObject(root))
 		return provider_malformed(err, res, "the answer is not a JSON object", target->secret);
 
-	/* {"error": {...}} with a 2xx status: retryable, as for generateContent */
 	if (json_get_object(root, "error") != NULL && json_get(root, "embeddings") == NULL)
-	{
-		JsonbContainer *e = json_get_object(root, "error");
-		const char *message = json_get_cstring(e, "message");
-
-		provider_fail(err, ERRCODE_LLM_PROVIDER_INBAND_ERROR, LLM_FAIL_RETRYABLE,
-					  "%s", message ? provider_text(message, target->secret)
-					  : "provider reported an error inside a successful answer");
-		err->provider_type = (char *) json_get_cstring(e, "status");
-		err->http_status = (int) res->status;
-		err->retry_after_s = provider_retry_after(res);
-		return false;
-	}
+		return gemini_embed_inband_error(root, target, res, err);
 
 	embeddings = json_get_array(root, "embeddings");
 	if (embeddings == NULL)

@@ -46,6 +46,7 @@
 #include "providers/adapter.h"
 #include "providers/adapter_util.h"
 #include "common/json_util.h"
+#include "providers/embed_kinds.h"
 #include "providers/gemini.h"
 #include "providers/vertex.h"
 
@@ -54,7 +55,7 @@
 static bool vertex_build_request(const LlmCall *call, const LlmTarget *target,
 								 LlmHttpRequest *out, LlmError *err);
 
-static const char *const vertex_reserved_headers[] = {
+const char *const vertex_reserved_headers[] = {
 	"content-type", "x-goog-api-key", "authorization", "content-length", "host", NULL
 };
 
@@ -63,25 +64,11 @@ const LlmProvider llm_provider_vertex = {
 	"a Google Cloud service-account JSON key (type, project_id, private_key_id, private_key, client_email, token_uri); the worker exchanges it for an access token sent as authorization: Bearer",	/* auth_hint */
 	vertex_build_request,		/* build_request */
 	gemini_parse_response,		/* parse_response */
-	gemini_parse_error			/* parse_error */
+	gemini_parse_error,			/* parse_error */
+	vertex_build_embed_request,	/* build_embed_request */
+	vertex_parse_embed_response,	/* parse_embed_response */
+	VERTEX_EMBED_BATCH_MAX		/* embed_batch_max */
 };
-
-/* Percent-encode a URL path segment (RFC 3986 unreserved kept). */
-static char *
-path_encode(const char *s)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (const unsigned char *p = (const unsigned char *) s; *p; p++)
-	{
-		if (isalnum(*p) || strchr("-._~", *p) != NULL)
-			appendStringInfoChar(&buf, (char) *p);
-		else
-			appendStringInfo(&buf, "%%%02X", *p);
-	}
-	return buf.data;
-}
 
 /* Regions and project ids are [a-z0-9-] (projects also allow a "domain:" prefix). */
 static bool
@@ -98,9 +85,14 @@ valid_id(const char *s, bool allow_colon_dot)
 	return true;
 }
 
-static bool
-vertex_build_request(const LlmCall *call, const LlmTarget *target,
-					 LlmHttpRequest *out, LlmError *err)
+/*
+ * {base_url}/{api_version}/projects/{project}/locations/{region}/publishers/
+ * google/models/{model}:{method}, with region, project and token checked:
+ * the URL of every Vertex call (generateContent, and predict for
+ * embeddings).
+ */
+bool
+vertex_model_url(const LlmTarget *target, const char *method, char **url, LlmError *err)
 {
 	const char *project;
 	const char *version;
@@ -135,12 +127,23 @@ vertex_build_request(const LlmCall *call, const LlmTarget *target,
 		return provider_fail(err, ERRCODE_LLM_PROVIDER_AUTH, LLM_FAIL_CREDENTIAL,
 							 "provider \"%s\" has no access token",
 							 target->provider_name ? target->provider_name : "");
-	return gemini_build_http(call, target,
-							 psprintf("%s/%s/projects/%s/locations/%s/publishers/google/models/%s:generateContent",
-									  provider_base_url(target),
-									  path_encode(version ? version : VERTEX_DEFAULT_API_VERSION),
-									  path_encode(project), path_encode(target->region),
-									  path_encode(target->upstream_model)),
+	*url = psprintf("%s/%s/projects/%s/locations/%s/publishers/google/models/%s:%s",
+					provider_base_url(target),
+					gemini_path_encode(version ? version : VERTEX_DEFAULT_API_VERSION),
+					gemini_path_encode(project), gemini_path_encode(target->region),
+					gemini_path_encode(target->upstream_model), method);
+	return true;
+}
+
+static bool
+vertex_build_request(const LlmCall *call, const LlmTarget *target,
+					 LlmHttpRequest *out, LlmError *err)
+{
+	char	   *url;
+
+	if (!vertex_model_url(target, "generateContent", &url, err))
+		return false;
+	return gemini_build_http(call, target, url,
 							 "authorization", psprintf("Bearer %s", target->secret),
 							 vertex_reserved_headers, out, err);
 }

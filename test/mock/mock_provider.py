@@ -50,7 +50,7 @@ REASONS = {
 }
 
 JSON_CT = "application/json"
-VERTEX_PATH = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/publishers/google/models/([^/:]+):generateContent$")
+VERTEX_PATH = re.compile(r"^/v1/projects/([^/]+)/locations/([^/]+)/publishers/google/models/([^/:]+):(generateContent|predict)$")
 MARKER_TAG = "[[mock:"
 MARKER_RE = re.compile(r"\[\[mock:([^\]]*)\]\]")
 HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
@@ -1175,6 +1175,29 @@ class GeminiEmbed(Gemini):
         return self.plan(ex, 200, {"embeddings": vecs})
 
 
+class VertexEmbed(Vertex):
+    """Vertex AI :predict for text embeddings: instances[{content, task_type}] and
+    parameters.outputDimensionality -> predictions[{embeddings: {values, statistics}}]."""
+    embed = True
+
+    def parse(self, body, ex):
+        inst = body.get("instances")
+        if not isinstance(inst, list) or not inst or not all(isinstance(i, dict) for i in inst):
+            raise BadRequest("instances must be a non-empty list of objects")
+        params = body.get("parameters") or {}
+        ex.entry["embed_method"] = "predict"
+        return EmbedCall(ex.params, [i.get("content") for i in inst],
+                         params.get("outputDimensionality"),
+                         GeminiEmbed.TASK.get(inst[0].get("task_type")))
+
+    def render(self, ex, call, r):
+        preds = [{"embeddings": {"values": v, "statistics": {"token_count": embed_tokens(t),
+                                                             "truncated": False}}}
+                 for v, t in zip(call.vectors(), call.inputs)]
+        return self.plan(ex, 200, {"predictions": preds,
+                                   "metadata": {"billableCharacterCount": sum(len(t) for t in call.inputs)}})
+
+
 class OllamaEmbed(Ollama):
     """POST /api/embed: input is a string or a list; embeddings[][] and prompt_eval_count."""
     embed = True
@@ -1237,7 +1260,7 @@ class MockState:
                        "/api/embed": OllamaEmbed()}
         self.azure, self.gemini, self.bedrock = Azure(), Gemini(), Bedrock()
         self.azure_embed, self.gemini_embed, self.bedrock_embed = AzureEmbed(), GeminiEmbed(), BedrockEmbed()
-        self.vertex = Vertex()
+        self.vertex, self.vertex_embed = Vertex(), VertexEmbed()
         self.conns = set()          # every open connection
         self.open_counted = 0       # open connections that carried a provider request
         self.in_flight = 0
@@ -1376,6 +1399,8 @@ class MockState:
                 return self.gemini_embed, (unquote(model), method)
         elif path.startswith("/v1/projects/"):
             m = VERTEX_PATH.match(path)
+            if m and m.group(4) == "predict":
+                return self.vertex_embed, unquote(m.group(3))
             if m:
                 return self.vertex, unquote(m.group(3))
         elif path.startswith("/model/") and path.endswith("/converse") and len(path) > 16:

@@ -717,6 +717,20 @@ class TestVertex(MockTest):
         self.assertEqual(stats()["token_requests"], 1)
         self.assertEqual(stats()["tokens_issued"], 1)
 
+    def test_embeddings_predict(self):
+        control("POST", "config", {"vertex_public_key": self.keys["good"][1]})
+        st, b = self.token(self.jwt())
+        path = self.PATH.replace("gemini-2.0-flash:generateContent", "text-embedding-005:predict")
+        body = {"instances": [{"content": "a b", "task_type": "RETRIEVAL_QUERY"}, {"content": "c"}],
+                "parameters": {"outputDimensionality": 4, "autoTruncate": False}}
+        st, _, b = post(path, body, {"authorization": "Bearer " + b["access_token"]})
+        self.assertEqual(st, 200)
+        self.assertEqual([len(p["embeddings"]["values"]) for p in b["predictions"]], [4, 4])
+        self.assertEqual([p["embeddings"]["statistics"]["token_count"] for p in b["predictions"]], [2, 1])
+        # without an issued token: 401 like generateContent
+        st, _, b = post(path, body, {"authorization": "Bearer ya29.forged"})
+        self.assertEqual(st, 401)
+
     def test_refusals(self):
         control("POST", "config", {"vertex_public_key": self.keys["good"][1]})
         self.assertEqual(self.token(self.jwt("other")),
