@@ -249,6 +249,11 @@ extern bool embed_answer_check(const LlmEmbedCall *call, const LlmEmbedAnswer *a
 							   const LlmHttpResult *res, const char *secret, LlmError *err);
 extern void embed_append_vectors(StringInfo buf, const LlmEmbedAnswer *answer);
 extern bool embed_read_vector(JsonbContainer *arr, int *dim, float4 **vec, char **why);
+extern bool embed_answer_object(const LlmHttpResult *res, const LlmTarget *target,
+								LlmEmbedAnswer *out, JsonbContainer **root, LlmError *err);
+extern bool embed_answer_vectors(const LlmEmbedCall *call, JsonbContainer *list, const char *key,
+								 const LlmHttpResult *res, const LlmTarget *target,
+								 LlmEmbedAnswer *out, LlmError *err);
 
 /* adapters (src/providers/) */
 extern const LlmProvider llm_provider_anthropic;

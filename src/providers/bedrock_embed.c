@@ -191,20 +191,14 @@ bedrock_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 							 const LlmHttpResult *res, LlmEmbedAnswer *out,
 							 LlmError *err)
 {
-	Jsonb	   *body;
 	JsonbContainer *root;
 	JsonbValue *embs;
 	JsonbContainer *list;
 	char	   *why = NULL;
 	int			n;
 
-	memset(out, 0, sizeof(*out));
-	body = provider_parse_body(res, &why);
-	if (body == NULL)
-		return provider_malformed(err, res, why, target->secret);
-	root = &body->root;
-	if (!JsonContainerIsObject(root))
-		return provider_malformed(err, res, "the answer is not a JSON object", target->secret);
+	if (!embed_answer_object(res, target, out, &root, err))
+		return false;
 	out->model = target->upstream_model ? pstrdup(target->upstream_model) : NULL;
 
 	if (json_get(root, "embedding") != NULL)
@@ -257,13 +251,9 @@ bedrock_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 			return provider_malformed(err, res, "\"embeddings\" has no \"float\" array",
 									  target->secret);
 	}
-	n = json_array_size(list);
-	if (n != call->ninputs)
-		return provider_malformed(err, res,
-								  psprintf("%d embeddings for %d inputs", n, call->ninputs),
-								  target->secret);
-	out->nvectors = n;
-	out->vectors = palloc0(sizeof(float4 *) * n);
+	if (!embed_answer_vectors(call, list, "embeddings", res, target, out, err))
+		return false;
+	n = out->nvectors;
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *vec = json_value_container(json_array_elem(list, i), true);

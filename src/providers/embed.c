@@ -181,3 +181,48 @@ embed_read_vector(JsonbContainer *arr, int *dim, float4 **vec, char **why)
 	}
 	return true;
 }
+
+/*
+ * The start of every embeddings parser: the answer's body as a JSON
+ * object (false and LL006 when it is not one), out cleared.
+ */
+bool
+embed_answer_object(const LlmHttpResult *res, const LlmTarget *target, LlmEmbedAnswer *out,
+					JsonbContainer **root, LlmError *err)
+{
+	char	   *why = NULL;
+	Jsonb	   *body;
+
+	memset(out, 0, sizeof(*out));
+	body = provider_parse_body(res, &why);
+	if (body == NULL)
+		return provider_malformed(err, res, why, target->secret);
+	if (!JsonContainerIsObject(&body->root))
+		return provider_malformed(err, res, "the answer is not a JSON object", target->secret);
+	*root = &body->root;
+	return true;
+}
+
+/*
+ * list (the answer's member key, NULL when absent) must hold one element
+ * per input: then out->nvectors is set and out->vectors allocated for the
+ * parser to fill; else false and LL006.
+ */
+bool
+embed_answer_vectors(const LlmEmbedCall *call, JsonbContainer *list, const char *key,
+					 const LlmHttpResult *res, const LlmTarget *target, LlmEmbedAnswer *out,
+					 LlmError *err)
+{
+	int			n;
+
+	if (list == NULL)
+		return provider_malformed(err, res, psprintf("no \"%s\" array", key), target->secret);
+	n = json_array_size(list);
+	if (n != call->ninputs)
+		return provider_malformed(err, res,
+								  psprintf("%d elements in \"%s\" for %d inputs", n, key, call->ninputs),
+								  target->secret);
+	out->nvectors = n;
+	out->vectors = palloc0(sizeof(float4 *) * n);
+	return true;
+}

@@ -100,7 +100,6 @@ ollama_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 							const LlmHttpResult *res, LlmEmbedAnswer *out,
 							LlmError *err)
 {
-	Jsonb	   *body;
 	JsonbContainer *root;
 	JsonbContainer *embeddings;
 	const char *error;
@@ -109,13 +108,8 @@ ollama_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 	int64		tokens;
 	int			n;
 
-	memset(out, 0, sizeof(*out));
-	body = provider_parse_body(res, &why);
-	if (body == NULL)
-		return provider_malformed(err, res, why, target->secret);
-	root = &body->root;
-	if (!JsonContainerIsObject(root))
-		return provider_malformed(err, res, "the answer is not a JSON object", target->secret);
+	if (!embed_answer_object(res, target, out, &root, err))
+		return false;
 
 	/* {"error": "..."} with a 200: the server failed after the status line */
 	error = json_get_cstring(root, "error");
@@ -128,16 +122,9 @@ ollama_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 	}
 
 	embeddings = json_get_array(root, "embeddings");
-	if (embeddings == NULL)
-		return provider_malformed(err, res, "no \"embeddings\" array", target->secret);
-	n = json_array_size(embeddings);
-	if (n != call->ninputs)
-		return provider_malformed(err, res,
-								  psprintf("%d embeddings for %d inputs", n, call->ninputs),
-								  target->secret);
-
-	out->nvectors = n;
-	out->vectors = palloc0(sizeof(float4 *) * n);
+	if (!embed_answer_vectors(call, embeddings, "embeddings", res, target, out, err))
+		return false;
+	n = out->nvectors;
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *values = json_value_container(json_array_elem(embeddings, i), true);

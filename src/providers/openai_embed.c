@@ -85,7 +85,6 @@ openai_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 							const LlmHttpResult *res, LlmEmbedAnswer *out,
 							LlmError *err)
 {
-	Jsonb	   *body;
 	JsonbContainer *root;
 	JsonbContainer *data;
 	JsonbContainer *usage;
@@ -93,26 +92,14 @@ openai_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 	int			n;
 	int			i;
 
-	memset(out, 0, sizeof(*out));
-	body = provider_parse_body(res, &why);
-	if (body == NULL)
-		return provider_malformed(err, res, why, target->secret);
-	root = &body->root;
-	if (!JsonContainerIsObject(root))
-		return provider_malformed(err, res, "the answer is not a JSON object", target->secret);
+	if (!embed_answer_object(res, target, out, &root, err))
+		return false;
 	if (json_get(root, "error") != NULL && json_get(root, "data") == NULL)
 		return openai_inband_error(root, target, res, err);
 	data = json_get_array(root, "data");
-	if (data == NULL)
-		return provider_malformed(err, res, "no \"data\" array", target->secret);
-	n = json_array_size(data);
-	if (n != call->ninputs)
-		return provider_malformed(err, res,
-								  psprintf("%d embeddings for %d inputs", n, call->ninputs),
-								  target->secret);
-
-	out->nvectors = n;
-	out->vectors = palloc0(sizeof(float4 *) * n);
+	if (!embed_answer_vectors(call, data, "data", res, target, out, err))
+		return false;
+	n = out->nvectors;
 	for (i = 0; i < n; i++)
 	{
 		JsonbContainer *item = json_value_container(json_array_elem(data, i), false);

@@ -88,7 +88,6 @@ vertex_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 							const LlmHttpResult *res, LlmEmbedAnswer *out,
 							LlmError *err)
 {
-	Jsonb	   *body;
 	JsonbContainer *root;
 	JsonbContainer *predictions;
 	char	   *why = NULL;
@@ -96,27 +95,15 @@ vertex_parse_embed_response(const LlmEmbedCall *call, const LlmTarget *target,
 	bool		counted = true;
 	int			n;
 
-	memset(out, 0, sizeof(*out));
-	body = provider_parse_body(res, &why);
-	if (body == NULL)
-		return provider_malformed(err, res, why, target->secret);
-	root = &body->root;
-	if (!JsonContainerIsObject(root))
-		return provider_malformed(err, res, "the answer is not a JSON object", target->secret);
+	if (!embed_answer_object(res, target, out, &root, err))
+		return false;
 	if (json_get_object(root, "error") != NULL && json_get(root, "predictions") == NULL)
 		return gemini_embed_inband_error(root, target, res, err);
 
 	predictions = json_get_array(root, "predictions");
-	if (predictions == NULL)
-		return provider_malformed(err, res, "no \"predictions\" array", target->secret);
-	n = json_array_size(predictions);
-	if (n != call->ninputs)
-		return provider_malformed(err, res,
-								  psprintf("%d predictions for %d inputs", n, call->ninputs),
-								  target->secret);
-
-	out->nvectors = n;
-	out->vectors = palloc0(sizeof(float4 *) * n);
+	if (!embed_answer_vectors(call, predictions, "predictions", res, target, out, err))
+		return false;
+	n = out->nvectors;
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *p = json_value_container(json_array_elem(predictions, i), false);

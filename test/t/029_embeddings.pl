@@ -19,14 +19,6 @@ my $mock = start_mock();
 my $node = gateway_node('embed', $mock, 'openai');
 my $url = $mock->url;
 
-# the mock's vector of a text (test/mock/README.md), as a SQL real[]
-sub expected
-{
-	my ($text_sql, $dim) = @_;
-	return qq{(SELECT array_agg(((((get_byte(sha256(convert_to($text_sql, 'UTF8')), k % 32) + k) % 256) / 256.0) - 0.5)::real ORDER BY k)
-	            FROM generate_series(0, $dim - 1) k)};
-}
-
 sub last_request
 {
 	my $r = $mock->get('/_mock/requests?last=1')->{requests};
@@ -41,7 +33,7 @@ sub embed_requests
 $node->safe_psql('postgres', q{SELECT llm.add_route('e', 'mock', 'emb', options => '{"dimensions": 8}')});
 
 # one input: the exact vector, real[] of the route's dimension
-is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'hello world') = } . expected(q{'hello world'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'hello world') = } . mock_embedding(q{'hello world'}, 8)),
 	't', 'llm_embed returns the exact vector');
 my $req = last_request();
 is($req->{path}, '/v1/embeddings', 'sent to the embeddings endpoint');
@@ -61,12 +53,12 @@ is($node->safe_psql('postgres', q{SELECT used || '/' || reserved FROM llm.quota_
 $node->safe_psql('postgres', q{SELECT llm.drop_quota('e_out')});
 
 # dimensions option: sent, and the vector has that size
-is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'x', '{"dimensions": 3}') = } . expected(q{'x'}, 3)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'x', '{"dimensions": 3}') = } . mock_embedding(q{'x'}, 3)),
 	't', 'dimensions option: a vector of 3');
 is(last_request()->{body}{dimensions}, 3, 'and the provider was asked for 3');
 
 # input_type is accepted and not sent to OpenAI (its models take none)
-is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'q', '{"input_type": "query"}') = } . expected(q{'q'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'q', '{"input_type": "query"}') = } . mock_embedding(q{'q'}, 8)),
 	't', 'input_type query: the same vector from OpenAI');
 ok(!exists last_request()->{body}{input_type}, 'and no input_type in the request');
 
@@ -75,7 +67,7 @@ $node->safe_psql('postgres', qq{
 	SELECT llm.add_provider('az', 'azure_openai', '$url', options => '{"api_version": "2024-10-21"}');
 	SELECT llm.set_credential('az', 'azkey');
 	SELECT llm.add_route('az', 'az', 'my-emb-d4', options => '{"dimensions": 4}');});
-is($node->safe_psql('postgres', q{SELECT llm_embed('az', 'azure text') = } . expected(q{'azure text'}, 4)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('az', 'azure text') = } . mock_embedding(q{'azure text'}, 4)),
 	't', 'azure_openai embeddings through the deployment endpoint');
 $req = last_request();
 is($req->{path} . '?' . $req->{query} . ' ' . $req->{headers}{'api-key'}, '/openai/deployments/my-emb-d4/embeddings?api-version=2024-10-21 azkey',
@@ -83,7 +75,7 @@ is($req->{path} . '?' . $req->{query} . ' ' . $req->{headers}{'api-key'}, '/open
 
 # the array form keeps input order, even when the provider answers out of order
 is($node->safe_psql('postgres', q{
-	SELECT string_agg(ordinality || ':' || (embedding = } . expected(q{t.input}, 8) . q{)::text, ',' ORDER BY ordinality)
+	SELECT string_agg(ordinality || ':' || (embedding = } . mock_embedding(q{t.input}, 8) . q{)::text, ',' ORDER BY ordinality)
 	  FROM llm_embed('e', ARRAY['one', 'two two', 'three [[mock:embed_reverse]]']) e
 	  JOIN unnest(ARRAY['one', 'two two', 'three [[mock:embed_reverse]]']) WITH ORDINALITY t(input, n) ON t.n = e.ordinality}),
 	'1:true,2:true,3:true', 'llm_embed(text[]) returns one row per input in order, the answer reordered by index');
@@ -98,7 +90,7 @@ $node->safe_psql('postgres', q{CREATE TABLE out AS SELECT i, body, llm_embed('e'
 my $n = embed_requests();
 cmp_ok($n, '<=', 100, "1,000 pipelined calls made $n provider requests (<= 100)");
 cmp_ok($n, '>=', 1, 'and at least one');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM out WHERE v = } . expected('body', 8)),
+is($node->safe_psql('postgres', q{SELECT count(*) FROM out WHERE v = } . mock_embedding('body', 8)),
 	'1000', 'every row got the vector of its own text');
 # the provider's usage: the words of each input (mock), summed over every request
 my $words = 0;
@@ -133,7 +125,7 @@ $node->safe_psql('postgres', qq{
 	SELECT llm.set_credential('failing', 'k');
 	SELECT llm.add_route('f', 'failing', 'emb', priority => 0, options => '{"max_attempts": 1}');
 	SELECT llm.add_route('f', 'mock', 'emb', priority => 1);});
-is($node->safe_psql('postgres', q{SELECT llm_embed('f', 'fall over') = } . expected(q{'fall over'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('f', 'fall over') = } . mock_embedding(q{'fall over'}, 8)),
 	't', 'an alias whose first target fails falls over to the next');
 is($node->safe_psql('postgres', q{SELECT provider || ' ' || attempts || ' ' || (attempts_detail->0->>'http_status')
 	FROM llm.requests WHERE alias = 'f' ORDER BY id DESC LIMIT 1}),
@@ -143,7 +135,7 @@ is($node->safe_psql('postgres', q{SELECT provider || ' ' || attempts || ' ' || (
 # calls, coalesced, get a 500 from the first target and each falls over
 $mock->reset;
 $node->safe_psql('postgres', q{CREATE TABLE fo AS SELECT i, llm_embed('f', 'fo ' || i) AS v FROM generate_series(1, 200) i});
-is($node->safe_psql('postgres', q{SELECT count(*) FROM fo WHERE v = } . expected(q{'fo ' || i}, 8)),
+is($node->safe_psql('postgres', q{SELECT count(*) FROM fo WHERE v = } . mock_embedding(q{'fo ' || i}, 8)),
 	'200', 'all 200 calls of failed batches fell over and got their own vectors');
 # (the calls of the first failed batch each report the failure to the
 # breaker, as single calls would, so it opens and the later calls go
@@ -184,7 +176,7 @@ $node->safe_psql('postgres', q{CREATE TABLE so AS SELECT i, llm_embed('s', 'so '
 my @sizes = map { scalar @{ $_->{body}{input} } } @{ $mock->get('/_mock/requests?path=/v1/embeddings')->{requests} };
 is(scalar(grep { $_ > 4 } @sizes), 0, 'embed_batch_size 4: no request carried more than 4 inputs (' . join(',', @sizes) . ')');
 cmp_ok(scalar(@sizes), '>=', 10, 'so 40 calls took at least 10 requests');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM so WHERE v = } . expected(q{'so ' || i}, 8)), '40', 'each with its own vector');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM so WHERE v = } . mock_embedding(q{'so ' || i}, 8)), '40', 'each with its own vector');
 ($rc, $out, $err) = $node->psql('postgres', q{\set VERBOSITY verbose
 	SELECT * FROM llm_embed('s', ARRAY['a', 'b', 'c', 'd', 'e'])});
 like($err, qr/54000: the call has 5 inputs, more than provider "small" takes in one request \(4\)/,
@@ -197,7 +189,7 @@ $mock->reset;
 $node->safe_psql('postgres', q{CREATE TABLE rc AS SELECT i, llm_embed('e', 'rc ' || i) AS v FROM generate_series(1, 60) i});
 @sizes = map { scalar @{ $_->{body}{input} } } @{ $mock->get('/_mock/requests?path=/v1/embeddings')->{requests} };
 is(scalar(grep { $_ > 15 } @sizes), 0, 'llm.max_response_bytes bounds a coalesced batch (' . join(',', @sizes) . ')');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM rc WHERE v = } . expected(q{'rc ' || i}, 8)), '60', 'and every call got its vector');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM rc WHERE v = } . mock_embedding(q{'rc ' || i}, 8)), '60', 'and every call got its vector');
 $node->append_conf('postgresql.conf', 'llm.max_response_bytes = 16MB');
 $node->reload;
 
@@ -225,7 +217,7 @@ is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT status, ',') FROM l
 	WHERE request_body::text LIKE '%held %' OR request_body::text LIKE '%slow %'}),
 	'cancelled', 'every call that left its batch is logged cancelled');
 sleep(2);    # the batch that was out comes back to a batch whose calls all left
-is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'after') = } . expected(q{'after'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'after') = } . mock_embedding(q{'after'}, 8)),
 	't', 'the worker serves embeddings after that');
 
 # options are checked before anything is sent

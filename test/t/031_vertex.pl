@@ -149,14 +149,8 @@ configure_mock();
 
 # --- embeddings on Vertex: :predict with the same token, batched -------------
 $node->safe_psql('postgres', q{SELECT llm.add_route('ve', 'vx', 'text-embedding-005', options => '{"dimensions": 6}')});
-sub expected_vector
-{
-	my ($text_sql, $dim) = @_;
-	return qq{(SELECT array_agg(((((get_byte(sha256(convert_to($text_sql, 'UTF8')), k % 32) + k) % 256) / 256.0) - 0.5)::real ORDER BY k)
-	            FROM generate_series(0, $dim - 1) k)};
-}
 my $tokens_before = stats()->{token_requests};
-is($node->safe_psql('postgres', q{SELECT llm_embed('ve', 'vertex words', '{"input_type": "document"}') = } . expected_vector(q{'vertex words'}, 6)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('ve', 'vertex words', '{"input_type": "document"}') = } . mock_embedding(q{'vertex words'}, 6)),
 	't', 'llm_embed through vertex returns the exact vector');
 $r = last_request();
 is($r->{path}, '/v1/projects/proj-test/locations/us-central1/publishers/google/models/text-embedding-005:predict',
@@ -171,7 +165,7 @@ is($node->safe_psql('postgres', q{SELECT input_tokens || ' ' || status FROM llm.
 my $predicts_before = scalar @{ $mock->get('/_mock/requests?path=/v1/projects/proj-test/locations/us-central1/publishers/google/models/text-embedding-005:predict')->{requests} };
 $node->safe_psql('postgres', q{CREATE TABLE vdocs AS SELECT i, 'doc ' || i AS body FROM generate_series(1, 120) i; ANALYZE vdocs;});
 is($node->safe_psql('postgres', q{SET llm.statement_concurrency = 64;
-	SELECT count(*) FILTER (WHERE e = } . expected_vector('body', 6) . q{) FROM (SELECT body, llm_embed('ve', body) AS e FROM vdocs) s}),
+	SELECT count(*) FILTER (WHERE e = } . mock_embedding('body', 6) . q{) FROM (SELECT body, llm_embed('ve', body) AS e FROM vdocs) s}),
 	'120', '120 pipelined rows: every vector exact');
 my $predicts = scalar @{ $mock->get('/_mock/requests?path=/v1/projects/proj-test/locations/us-central1/publishers/google/models/text-embedding-005:predict')->{requests} } - $predicts_before;
 cmp_ok($predicts, '<=', 12, "coalesced into $predicts :predict requests");

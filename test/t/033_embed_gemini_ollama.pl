@@ -19,14 +19,6 @@ my $mock = start_mock();
 my $node = gateway_node('embgo', $mock, 'gemini');
 my $url = $mock->url;
 
-# the mock's vector of a text (test/mock/README.md), as a SQL real[]
-sub expected
-{
-	my ($text_sql, $dim) = @_;
-	return qq{(SELECT array_agg(((((get_byte(sha256(convert_to($text_sql, 'UTF8')), k % 32) + k) % 256) / 256.0) - 0.5)::real ORDER BY k)
-	            FROM generate_series(0, $dim - 1) k)};
-}
-
 sub last_request
 {
 	my $r = $mock->get('/_mock/requests?last=1')->{requests};
@@ -42,7 +34,7 @@ $node->safe_psql('postgres', qq{
 	SELECT llm.add_route('o', 'ol', 'ollama-emb', options => '{"dimensions": 8}');});
 
 # ---- gemini ----
-is($node->safe_psql('postgres', q{SELECT llm_embed('g', 'hello world') = } . expected(q{'hello world'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('g', 'hello world') = } . mock_embedding(q{'hello world'}, 8)),
 	't', 'gemini: llm_embed returns the exact vector');
 my $req = last_request();
 is($req->{path}, $gpath, 'sent to models/{model}:batchEmbedContents');
@@ -54,7 +46,7 @@ is($node->safe_psql('postgres', q{SELECT status || ' ' || input_tokens || ' ' ||
 	FROM llm.requests WHERE alias = 'g' ORDER BY id DESC LIMIT 1}),
 	'ok 3 0 mock', 'its log row: ok, the estimated 3 input tokens, no output');
 
-is($node->safe_psql('postgres', q{SELECT llm_embed('g', 'q', '{"input_type": "query", "dimensions": 5}') = } . expected(q{'q'}, 5)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('g', 'q', '{"input_type": "query", "dimensions": 5}') = } . mock_embedding(q{'q'}, 5)),
 	't', 'gemini: input_type query and dimensions 5');
 is_deeply([ @{ last_request()->{body}{requests}[0] }{qw(taskType outputDimensionality)} ], [ 'RETRIEVAL_QUERY', 5 ],
 	'sent as taskType RETRIEVAL_QUERY and outputDimensionality 5');
@@ -62,14 +54,14 @@ $node->safe_psql('postgres', q{SELECT llm_embed('g', 'd', '{"input_type": "docum
 is(last_request()->{body}{requests}[0]{taskType}, 'RETRIEVAL_DOCUMENT', 'document -> RETRIEVAL_DOCUMENT');
 
 is($node->safe_psql('postgres', q{
-	SELECT string_agg(ordinality || ':' || (embedding = } . expected(q{t.input}, 8) . q{)::text, ',' ORDER BY ordinality)
+	SELECT string_agg(ordinality || ':' || (embedding = } . mock_embedding(q{t.input}, 8) . q{)::text, ',' ORDER BY ordinality)
 	  FROM llm_embed('g', ARRAY['one', 'two two', 'three']) e
 	  JOIN unnest(ARRAY['one', 'two two', 'three']) WITH ORDINALITY t(input, n) ON t.n = e.ordinality}),
 	'1:true,2:true,3:true', 'gemini: llm_embed(text[]) in one request, rows in input order');
 is(scalar @{ last_request()->{body}{requests} }, 3, 'one batchEmbedContents request of 3');
 
 # ---- ollama ----
-is($node->safe_psql('postgres', q{SELECT llm_embed('o', 'hello world', '{"input_type": "query"}') = } . expected(q{'hello world'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('o', 'hello world', '{"input_type": "query"}') = } . mock_embedding(q{'hello world'}, 8)),
 	't', 'ollama: llm_embed returns the exact vector');
 $req = last_request();
 is($req->{path}, '/api/embed', 'sent to /api/embed');
@@ -107,7 +99,7 @@ for my $k ([ 'g', $gpath, 'requests', 100 ], [ 'o', '/api/embed', 'input', 128 ]
 	cmp_ok($n, '<=', 20, "$alias: and were coalesced into at most 20");
 	is(scalar(grep { $_ > $limit } @sizes), 0, "$alias: no request carried more than $limit inputs");
 	is((eval { my $s = 0; $s += $_ for @sizes; $s }), 200, "$alias: 200 inputs sent in all");
-	is($node->safe_psql('postgres', qq{SELECT count(*) FROM out_$alias JOIN docs USING (i) WHERE v = } . expected('docs.body', 8)),
+	is($node->safe_psql('postgres', qq{SELECT count(*) FROM out_$alias JOIN docs USING (i) WHERE v = } . mock_embedding('docs.body', 8)),
 		'200', "$alias: every row got the vector of its own text");
 	is($node->safe_psql('postgres', qq{SELECT count(*) FROM llm.requests WHERE alias = '$alias' AND status = 'ok'
 		AND request_body::text LIKE '%doc %'}), '200', "$alias: one log row per call");
@@ -119,7 +111,7 @@ $node->safe_psql('postgres', qq{
 	SELECT llm.add_route('f', 'gfail', 'gem-emb', priority => 0, options => '{"dimensions": 8, "max_attempts": 1}');
 	SELECT llm.add_route('f', 'ol', 'ollama-emb', priority => 1, options => '{"dimensions": 8}');});
 $mock->reset;
-is($node->safe_psql('postgres', q{SELECT llm_embed('f', 'fall over') = } . expected(q{'fall over'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('f', 'fall over') = } . mock_embedding(q{'fall over'}, 8)),
 	't', 'an alias whose gemini target fails falls over to ollama, same vector');
 is($node->safe_psql('postgres', q{SELECT provider || ' ' || attempts || ' ' || (attempts_detail->0->>'http_status')
 	FROM llm.requests WHERE alias = 'f' ORDER BY id DESC LIMIT 1}),

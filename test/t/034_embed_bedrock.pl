@@ -31,21 +31,13 @@ $node->safe_psql('postgres', qq{
 	SELECT llm.set_credential('badbr', '{"access_key_id": "AKIDEXAMPLE", "secret_access_key": "$wrong"}');
 	SELECT llm.add_route('bad', 'badbr', 'cohere.embed-english-v3', 0, 1, '{"max_attempts": 1}');});
 
-# the mock's vector of a text (test/mock/README.md), as a SQL real[]
-sub expected
-{
-	my ($text_sql, $dim) = @_;
-	return qq{(SELECT array_agg(((((get_byte(sha256(convert_to($text_sql, 'UTF8')), k % 32) + k) % 256) / 256.0) - 0.5)::real ORDER BY k)
-	            FROM generate_series(0, $dim - 1) k)};
-}
-
 sub last_request { return $mock->get('/_mock/requests?last=1')->{requests}[0]; }
 
 my $titan_path = '/model/amazon.titan-embed-text-v2%3A0/invoke';
 my $cohere_path = '/model/cohere.embed-english-v3/invoke';
 
 # --- Titan v2: the exact vector of the route's dimension, signed
-my ($ret, $out, $err) = $node->psql('postgres', q{SELECT llm_embed('titan', 'hello titan') = } . expected(q{'hello titan'}, 4));
+my ($ret, $out, $err) = $node->psql('postgres', q{SELECT llm_embed('titan', 'hello titan') = } . mock_embedding(q{'hello titan'}, 4));
 is($out, 't', 'Titan: llm_embed returns the exact vector') or diag($err);
 my $r = last_request();
 is($r->{path}, $titan_path, "sent to InvokeModel, the version's ':' as %3A");
@@ -58,7 +50,7 @@ is($node->safe_psql('postgres', q{SELECT status || ' ' || input_tokens || ' ' ||
 	WHERE alias = 'titan' ORDER BY id DESC LIMIT 1}), 'ok 2 0', "its log row: ok, Titan's inputTextTokenCount");
 
 # dimensions from the call's options
-is($node->safe_psql('postgres', q{SELECT llm_embed('titan', 'x', '{"dimensions": 3}') = } . expected(q{'x'}, 3)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('titan', 'x', '{"dimensions": 3}') = } . mock_embedding(q{'x'}, 3)),
 	't', 'Titan: the dimensions option gives a vector of 3');
 is(last_request()->{body}{dimensions}, 3, 'and Titan was asked for 3');
 
@@ -72,7 +64,7 @@ is($mock->get('/_mock/stats')->{requests}, 0, 'and nothing was sent');
 
 # --- Cohere: the array form, input order, input_type mapped
 is($node->safe_psql('postgres', q{
-	SELECT string_agg(e.ordinality || ':' || (e.embedding = } . expected(q{t.input}, 8) . q{)::text, ',' ORDER BY e.ordinality)
+	SELECT string_agg(e.ordinality || ':' || (e.embedding = } . mock_embedding(q{t.input}, 8) . q{)::text, ',' ORDER BY e.ordinality)
 	  FROM llm_embed('cohere', ARRAY['one', 'two two', 'three'], '{"input_type": "query"}') e
 	  JOIN unnest(ARRAY['one', 'two two', 'three']) WITH ORDINALITY t(input, n) ON t.n = e.ordinality}),
 	'1:true,2:true,3:true', 'Cohere: one exact vector per input, in order');
@@ -83,7 +75,7 @@ is_deeply($r->{body}, { texts => ['one', 'two two', 'three'], input_type => 'sea
 is($r->{aws_auth}{verified}, JSON::PP::true, 'signature verified');
 is($node->safe_psql('postgres', q{SELECT input_tokens FROM llm.requests WHERE alias = 'cohere' ORDER BY id DESC LIMIT 1}),
 	'4', "Cohere's tokens from the x-amzn-bedrock-input-token-count header (4 words)");
-is($node->safe_psql('postgres', q{SELECT llm_embed('cohere', 'doc', '{"input_type": "document"}') = } . expected(q{'doc'}, 8)),
+is($node->safe_psql('postgres', q{SELECT llm_embed('cohere', 'doc', '{"input_type": "document"}') = } . mock_embedding(q{'doc'}, 8)),
 	't', 'Cohere: a single input');
 is(last_request()->{body}{input_type}, 'search_document', 'input_type document -> search_document');
 $node->safe_psql('postgres', q{SELECT llm_embed('cohere', 'plain')});
@@ -96,7 +88,7 @@ like($node->safe_psql('postgres', q{EXPLAIN (COSTS OFF) SELECT i, llm_embed('tit
 $mock->reset;
 $node->safe_psql('postgres', q{CREATE TABLE t_out AS SELECT i, body, llm_embed('titan', body) AS v FROM docs});
 is($mock->get('/_mock/stats')->{by_path}{$titan_path}, 200, 'Titan: 200 pipelined rows = 200 requests (one input each)');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM t_out WHERE v = } . expected('body', 4)),
+is($node->safe_psql('postgres', q{SELECT count(*) FROM t_out WHERE v = } . mock_embedding('body', 4)),
 	'200', 'every Titan row got the vector of its own text');
 $mock->reset;
 $node->safe_psql('postgres', q{CREATE TABLE c_out AS SELECT i, body, llm_embed('cohere', body) AS v FROM docs});
@@ -111,7 +103,7 @@ for my $q (@{ $mock->get('/_mock/requests?path=/model/')->{requests} })
 }
 cmp_ok($max, '<=', 96, "no Cohere request carried more than 96 texts ($max)");
 cmp_ok($max, '>', 1, 'and they were coalesced');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM c_out WHERE v = } . expected('body', 8)),
+is($node->safe_psql('postgres', q{SELECT count(*) FROM c_out WHERE v = } . mock_embedding('body', 8)),
 	'200', 'every Cohere row got the vector of its own text');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM llm.requests WHERE alias = 'cohere' AND status = 'ok'
 	AND request_body::text LIKE '%doc %'}), '200', 'one log row per call');

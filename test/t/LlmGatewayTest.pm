@@ -19,7 +19,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Time::HiRes qw(usleep);
 
-our @EXPORT = qw(new_node start_mock gateway_node master_key_file crash_marks_unknown);
+our @EXPORT = qw(new_node start_mock gateway_node master_key_file crash_marks_unknown mock_embedding);
 
 my $mock_script =
   File::Spec->rel2abs(File::Spec->catfile(dirname(__FILE__), '..', 'mock', 'mock_provider.py'));
@@ -74,6 +74,15 @@ sub gateway_node
 		SELECT llm.set_credential('mock', 'k');
 		SELECT llm.add_route('m', 'mock', '$kind-mock');});
 	return $node;
+}
+
+# mock_embedding(TEXT_SQL, DIM): the mock provider's vector of a text
+# (test/mock/README.md) as a SQL real[] expression, for exact comparisons.
+sub mock_embedding
+{
+	my ($text_sql, $dim) = @_;
+	return qq{(SELECT array_agg(((((get_byte(sha256(convert_to($text_sql, 'UTF8')), k % 32) + k) % 256) / 256.0) - 0.5)::real ORDER BY k)
+	            FROM generate_series(0, $dim - 1) k)};
 }
 
 # Where new_node put NODE's master key file.
