@@ -13,6 +13,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
+use Time::HiRes qw(usleep);
 use LlmGatewayTest;
 
 my $mock = start_mock();
@@ -216,7 +217,9 @@ $node->poll_query_until('postgres', q{SELECT count(*) FILTER (WHERE status <> 'c
 is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT status, ',') FROM llm.requests
 	WHERE request_body::text LIKE '%held %' OR request_body::text LIKE '%slow %'}),
 	'cancelled', 'every call that left its batch is logged cancelled');
-sleep(2);    # the batch that was out comes back to a batch whose calls all left
+# the batch that was out comes back to a batch whose calls all left
+for (my $i = 0; $i < 200 && $mock->get('/_mock/stats')->{in_flight} > 0; $i++) { usleep(50_000); }
+is($mock->get('/_mock/stats')->{in_flight}, 0, 'the batch that was out has finished');
 is($node->safe_psql('postgres', q{SELECT llm_embed('e', 'after') = } . mock_embedding(q{'after'}, 8)),
 	't', 'the worker serves embeddings after that');
 
