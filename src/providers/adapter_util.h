@@ -37,6 +37,13 @@ extern bool provider_is_gateway_key(const char *key);
 /* base_url without trailing slashes */
 extern char *provider_base_url(const LlmTarget *target);
 
+/* canonical content blocks: the type, a refusal, text-only content as one string */
+extern const char *provider_block_type(JsonbContainer *block);
+extern bool provider_unsupported_block(LlmError *err, const LlmTarget *target,
+									   const char *type, const char *where);
+extern bool provider_content_text(const LlmTarget *target, JsonbValue *content,
+								  StringInfo text, const char *where, LlmError *err);
+
 /* canonical tools as OpenAI-style function tools (OpenAI-compatible, Ollama) */
 extern bool provider_write_function_tools(StringInfo buf, const LlmTarget *target,
 										  JsonbContainer *tools, LlmError *err);

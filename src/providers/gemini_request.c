@@ -28,20 +28,6 @@ typedef struct Translation
 	bool		json_schema;	/* schema_mode "json_schema" */
 } Translation;
 
-static const char *
-block_type(JsonbContainer *block)
-{
-	return block ? json_get_cstring(block, "type") : NULL;
-}
-
-static bool
-unsupported_block(Translation *t, const char *type, const char *where, LlmError *err)
-{
-	return provider_unsupported(err, t->target,
-								psprintf("content blocks of type \"%s\"%s",
-										 type ? type : "(none)", where));
-}
-
 /* Start a part: "," between parts, then "{" */
 static void
 begin_part(StringInfo parts, bool *first_part)
@@ -68,40 +54,6 @@ write_text_part(StringInfo parts, bool *first_part, const char *text, const char
 		*sig = NULL;
 	}
 	appendStringInfoChar(parts, '}');
-}
-
-/* Text of a string or an array of text blocks, joined by a blank line. */
-static bool
-content_text(Translation *t, JsonbValue *content, StringInfo text, const char *where,
-			 LlmError *err)
-{
-	JsonbContainer *blocks;
-
-	if (content == NULL || content->type == jbvNull)
-		return true;
-	if (content->type == jbvString)
-	{
-		appendBinaryStringInfo(text, content->val.string.val, content->val.string.len);
-		return true;
-	}
-	blocks = json_value_container(content, true);
-	if (blocks == NULL)
-		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
-							 "content%s must be a string or an array of blocks", where);
-	for (int i = 0; i < json_array_size(blocks); i++)
-	{
-		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
-		const char *s;
-
-		if (type == NULL || strcmp(type, "text") != 0)
-			return unsupported_block(t, type, where, err);
-		s = json_get_cstring(block, "text");
-		if (text->len > 0)
-			appendStringInfoString(text, "\n\n");
-		appendStringInfoString(text, s ? s : "");
-	}
-	return true;
 }
 
 static bool
@@ -155,7 +107,7 @@ tool_name_for(Translation *t, int before, const char *id)
 		for (int j = json_array_size(blocks) - 1; j >= 0; j--)
 		{
 			JsonbContainer *block = json_value_container(json_array_elem(blocks, j), false);
-			const char *type = block_type(block);
+			const char *type = provider_block_type(block);
 			const char *bid = block ? json_get_cstring(block, "id") : NULL;
 
 			if (type != NULL && strcmp(type, "tool_use") == 0 &&
@@ -192,7 +144,7 @@ write_function_response(Translation *t, int msgno, StringInfo parts, bool *first
 		return false;
 	}
 	initStringInfo(&text);
-	if (!content_text(t, json_get(block, "content"), &text, " inside a tool_result", err))
+	if (!provider_content_text(t->target, json_get(block, "content"), &text, " inside a tool_result", err))
 		return false;
 
 	begin_part(parts, first_part);
@@ -303,11 +255,11 @@ write_content(Translation *t, int msgno, bool model, JsonbValue *content,
 		for (int i = 0; i < json_array_size(blocks); i++)
 		{
 			JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-			const char *type = block_type(block);
+			const char *type = provider_block_type(block);
 			bool		ok = true;
 
 			if (type == NULL)
-				return unsupported_block(t, NULL, where, err);
+				return provider_unsupported_block(err, t->target, NULL, where);
 			if (strcmp(type, "text") == 0)
 			{
 				const char *s = json_get_cstring(block, "text");
@@ -323,7 +275,7 @@ write_content(Translation *t, int msgno, bool model, JsonbValue *content,
 			else if (strcmp(type, "thinking") == 0)
 				write_thinking(&parts, &first_part, block, &sig);
 			else if (strcmp(type, "redacted_thinking") != 0)
-				return unsupported_block(t, type, where, err);
+				return provider_unsupported_block(err, t->target, type, where);
 			if (!ok)
 				return false;
 		}
@@ -390,7 +342,7 @@ write_system(Translation *t, JsonbContainer *req, bool *first, LlmError *err)
 	if (system == NULL || system->type == jbvNull)
 		return true;
 	initStringInfo(&text);
-	if (!content_text(t, system, &text, " in the system prompt", err))
+	if (!provider_content_text(t->target, system, &text, " in the system prompt", err))
 		return false;
 	if (text.len == 0)
 		return true;

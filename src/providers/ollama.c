@@ -85,12 +85,6 @@ typedef struct OllamaTranslation
 	JsonbContainer *messages;	/* the canonical messages, to find tool names */
 } OllamaTranslation;
 
-static const char *
-block_type(JsonbContainer *block)
-{
-	return block ? json_get_cstring(block, "type") : NULL;
-}
-
 static void
 begin_message(OllamaTranslation *t, const char *role, bool *first)
 {
@@ -109,40 +103,6 @@ append_text(StringInfo text, const char *s, int len)
 	if (text->len > 0)
 		appendStringInfoString(text, "\n\n");
 	appendBinaryStringInfo(text, s, len);
-}
-
-/* Text of a content value made only of text (a string or text blocks). */
-static bool
-text_only(OllamaTranslation *t, JsonbValue *content, StringInfo text,
-		  const char *where, LlmError *err)
-{
-	JsonbContainer *blocks;
-
-	if (content == NULL || content->type == jbvNull)
-		return true;
-	if (content->type == jbvString)
-	{
-		append_text(text, content->val.string.val, content->val.string.len);
-		return true;
-	}
-	blocks = json_value_container(content, true);
-	if (blocks == NULL)
-		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
-							 "content%s must be a string or an array of blocks", where);
-	for (int i = 0; i < json_array_size(blocks); i++)
-	{
-		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
-		const char *s;
-
-		if (type == NULL || strcmp(type, "text") != 0)
-			return provider_unsupported(err, t->target,
-										psprintf("content blocks of type \"%s\"%s",
-												 type ? type : "(none)", where));
-		s = json_get_cstring(block, "text");
-		append_text(text, s ? s : "", s ? strlen(s) : 0);
-	}
-	return true;
 }
 
 /*
@@ -166,7 +126,7 @@ tool_name_for(OllamaTranslation *t, int before, const char *id)
 		{
 			JsonbContainer *b = json_value_container(json_array_elem(blocks, i), false);
 			const char *bid = json_get_cstring(b, "id");
-			const char *type = block_type(b);
+			const char *type = provider_block_type(b);
 
 			if (type && strcmp(type, "tool_use") == 0 && bid && strcmp(bid, id) == 0)
 				return json_get_cstring(b, "name");
@@ -190,7 +150,7 @@ write_tool_result(OllamaTranslation *t, int msgno, JsonbContainer *block, LlmErr
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
 							 "tool_result block has no \"tool_use_id\"");
 	initStringInfo(&text);
-	if (!text_only(t, json_get(block, "content"), &text, " inside a tool_result", err))
+	if (!provider_content_text(t->target, json_get(block, "content"), &text, " inside a tool_result", err))
 		return false;
 	content = text.data;
 	if (is_error != NULL && is_error->type == jbvBool && is_error->val.boolean)
@@ -212,6 +172,18 @@ write_tool_result(OllamaTranslation *t, int msgno, JsonbContainer *block, LlmErr
 	return true;
 }
 
+/* A message whose content is a plain string: {"role", "content"}. */
+static void
+write_string_message(OllamaTranslation *t, const char *role, JsonbValue *content)
+{
+	bool		first;
+
+	begin_message(t, role, &first);
+	json_append_key(t->buf, &first, "content");
+	json_append_value(t->buf, content);
+	appendStringInfoChar(t->buf, '}');
+}
+
 static bool
 write_user(OllamaTranslation *t, int msgno, JsonbValue *content, LlmError *err)
 {
@@ -226,10 +198,7 @@ write_user(OllamaTranslation *t, int msgno, JsonbValue *content, LlmError *err)
 	initStringInfo(&images);
 	if (content != NULL && content->type == jbvString)
 	{
-		begin_message(t, "user", &first);
-		json_append_key(t->buf, &first, "content");
-		json_append_value(t->buf, content);
-		appendStringInfoChar(t->buf, '}');
+		write_string_message(t, "user", content);
 		return true;
 	}
 	blocks = json_value_container(content, true);
@@ -242,7 +211,7 @@ write_user(OllamaTranslation *t, int msgno, JsonbValue *content, LlmError *err)
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
+		const char *type = provider_block_type(block);
 
 		if (type != NULL && strcmp(type, "tool_result") == 0 &&
 			!write_tool_result(t, msgno, block, err))
@@ -252,7 +221,7 @@ write_user(OllamaTranslation *t, int msgno, JsonbValue *content, LlmError *err)
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
+		const char *type = provider_block_type(block);
 
 		if (type == NULL)
 			return provider_unsupported(err, t->target, "content blocks of type \"(none)\"");
@@ -316,10 +285,7 @@ write_assistant(OllamaTranslation *t, JsonbValue *content, LlmError *err)
 	initStringInfo(&calls);
 	if (content != NULL && content->type == jbvString)
 	{
-		begin_message(t, "assistant", &first);
-		json_append_key(t->buf, &first, "content");
-		json_append_value(t->buf, content);
-		appendStringInfoChar(t->buf, '}');
+		write_string_message(t, "assistant", content);
 		return true;
 	}
 	blocks = json_value_container(content, true);
@@ -330,7 +296,7 @@ write_assistant(OllamaTranslation *t, JsonbValue *content, LlmError *err)
 	for (int i = 0; i < json_array_size(blocks); i++)
 	{
 		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
+		const char *type = provider_block_type(block);
 
 		if (type == NULL)
 			return provider_unsupported(err, t->target,
@@ -410,7 +376,7 @@ write_messages(OllamaTranslation *t, JsonbContainer *req, LlmError *err)
 		bool		first;
 
 		initStringInfo(&text);
-		if (!text_only(t, system, &text, " in the system prompt", err))
+		if (!provider_content_text(t->target, system, &text, " in the system prompt", err))
 			return false;
 		if (text.len > 0)
 		{

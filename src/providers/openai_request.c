@@ -64,64 +64,6 @@ begin_message(Translation *t, const char *role)
 	json_append_string(t->buf, role);
 }
 
-static const char *
-block_type(JsonbContainer *block)
-{
-	return block ? json_get_cstring(block, "type") : NULL;
-}
-
-/* A block of a type this protocol cannot carry. */
-static bool
-unsupported_block(Translation *t, const char *type, const char *where, LlmError *err)
-{
-	return provider_unsupported(err, t->target,
-								psprintf("content blocks of type \"%s\"%s",
-										 type ? type : "(none)", where));
-}
-
-/*
- * Append to *text the text blocks of a content value (a string, or an
- * array of text blocks), separated from what is already there by a blank
- * line.  Other block types are refused; "where" names the place for the
- * message.
- */
-static bool
-append_text_content(Translation *t, JsonbValue *content, StringInfo text,
-					const char *where, LlmError *err)
-{
-	JsonbContainer *blocks;
-	int			n;
-
-	if (content == NULL || content->type == jbvNull)
-		return true;
-	if (content->type == jbvString)
-	{
-		if (text->len > 0)
-			appendStringInfoString(text, "\n\n");
-		appendBinaryStringInfo(text, content->val.string.val, content->val.string.len);
-		return true;
-	}
-	blocks = json_value_container(content, true);
-	if (blocks == NULL)
-		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
-							 "content%s must be a string or an array of blocks", where);
-	n = json_array_size(blocks);
-	for (int i = 0; i < n; i++)
-	{
-		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
-		const char *s;
-
-		if (type == NULL || strcmp(type, "text") != 0)
-			return unsupported_block(t, type, where, err);
-		s = json_get_cstring(block, "text");
-		if (text->len > 0)
-			appendStringInfoString(text, "\n\n");
-		appendStringInfoString(text, s ? s : "");
-	}
-	return true;
-}
-
 /* {"type":"image_url","image_url":{"url":...}} from an Anthropic image block. */
 static bool
 write_image_part(Translation *t, StringInfo parts, JsonbContainer *block, LlmError *err)
@@ -193,7 +135,7 @@ write_tool_result(Translation *t, JsonbContainer *block, LlmError *err)
 		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
 							 "tool_result block has no \"tool_use_id\"");
 	initStringInfo(&text);
-	if (!append_text_content(t, json_get(block, "content"), &text,
+	if (!provider_content_text(t->target, json_get(block, "content"), &text,
 							 " inside a tool_result", err))
 		return false;
 	content = text.data;
@@ -247,7 +189,7 @@ write_user(Translation *t, JsonbValue *content, LlmError *err)
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
+		const char *type = provider_block_type(block);
 
 		if (type != NULL && strcmp(type, "tool_result") == 0 &&
 			!write_tool_result(t, block, err))
@@ -259,10 +201,10 @@ write_user(Translation *t, JsonbValue *content, LlmError *err)
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
+		const char *type = provider_block_type(block);
 
 		if (type == NULL)
-			return unsupported_block(t, NULL, "", err);
+			return provider_unsupported_block(err, t->target, NULL, "");
 		if (strcmp(type, "tool_result") == 0 ||
 			strcmp(type, "thinking") == 0 || strcmp(type, "redacted_thinking") == 0)
 			continue;
@@ -284,7 +226,7 @@ write_user(Translation *t, JsonbValue *content, LlmError *err)
 				return false;
 		}
 		else
-			return unsupported_block(t, type, "", err);
+			return provider_unsupported_block(err, t->target, type, "");
 	}
 
 	/* a message of nothing but tool results needs no user turn after them */
@@ -360,10 +302,10 @@ write_assistant(Translation *t, JsonbValue *content, LlmError *err)
 	for (int i = 0; i < n; i++)
 	{
 		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = block_type(block);
+		const char *type = provider_block_type(block);
 
 		if (type == NULL)
-			return unsupported_block(t, NULL, " in an assistant message", err);
+			return provider_unsupported_block(err, t->target, NULL, " in an assistant message");
 		if (strcmp(type, "text") == 0)
 		{
 			const char *s = json_get_cstring(block, "text");
@@ -378,7 +320,7 @@ write_assistant(Translation *t, JsonbValue *content, LlmError *err)
 				return false;
 		}
 		else if (strcmp(type, "thinking") != 0 && strcmp(type, "redacted_thinking") != 0)
-			return unsupported_block(t, type, " in an assistant message", err);
+			return provider_unsupported_block(err, t->target, type, " in an assistant message");
 	}
 
 	begin_message(t, "assistant");
@@ -411,7 +353,7 @@ write_messages(Translation *t, JsonbContainer *req, LlmError *err)
 		bool		first = false;
 
 		initStringInfo(&text);
-		if (!append_text_content(t, system, &text, " in the system prompt", err))
+		if (!provider_content_text(t->target, system, &text, " in the system prompt", err))
 			return false;
 		if (text.len > 0)
 		{

@@ -765,3 +765,61 @@ provider_write_function_tools(StringInfo buf, const LlmTarget *target, JsonbCont
 	appendStringInfoChar(buf, ']');
 	return true;
 }
+
+/* A canonical content block's "type", or NULL. */
+const char *
+provider_block_type(JsonbContainer *block)
+{
+	return block ? json_get_cstring(block, "type") : NULL;
+}
+
+/* A block of a type this protocol cannot carry ("where" names the place). */
+bool
+provider_unsupported_block(LlmError *err, const LlmTarget *target, const char *type,
+						   const char *where)
+{
+	return provider_unsupported(err, target,
+								psprintf("content blocks of type \"%s\"%s",
+										 type ? type : "(none)", where));
+}
+
+/*
+ * Append to text the text of a content value made only of text (a string,
+ * or an array of text blocks), each part separated from what is already
+ * there by a blank line: the system prompt and tool results of protocols
+ * that take them as one string.  Other block types are refused.
+ */
+bool
+provider_content_text(const LlmTarget *target, JsonbValue *content, StringInfo text,
+					  const char *where, LlmError *err)
+{
+	JsonbContainer *blocks;
+
+	if (content == NULL || content->type == jbvNull)
+		return true;
+	if (content->type == jbvString)
+	{
+		if (text->len > 0)
+			appendStringInfoString(text, "\n\n");
+		appendBinaryStringInfo(text, content->val.string.val, content->val.string.len);
+		return true;
+	}
+	blocks = json_value_container(content, true);
+	if (blocks == NULL)
+		return provider_fail(err, ERRCODE_INVALID_PARAMETER_VALUE, LLM_FAIL_FATAL,
+							 "content%s must be a string or an array of blocks", where);
+	for (int i = 0; i < json_array_size(blocks); i++)
+	{
+		JsonbContainer *block = json_value_container(json_array_elem(blocks, i), false);
+		const char *type = provider_block_type(block);
+		const char *s;
+
+		if (type == NULL || strcmp(type, "text") != 0)
+			return provider_unsupported_block(err, target, type, where);
+		s = json_get_cstring(block, "text");
+		if (text->len > 0)
+			appendStringInfoString(text, "\n\n");
+		appendStringInfoString(text, s ? s : "");
+	}
+	return true;
+}
