@@ -1231,3 +1231,249 @@ COMMENT ON FUNCTION llm.adapter_parse_embed_response(text, int, text, int, int) 
 REVOKE ALL ON FUNCTION llm.adapter_parse_embed_response(text, int, text, int, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION llm.adapter_build_embed_request(text, text[], jsonb, text, text, jsonb, jsonb, text),
                           llm.adapter_parse_embed_response(text, int, text, int, int) TO llm_admin;
+
+-----------------------------------------------------------------------------
+-- Conversations (docs/design.md §27): a conversation is a row, its turns
+-- are rows, and llm_chat continues it.  Users read them through row-level
+-- security (own, shared with them, or all for llm_admin) and change only a
+-- conversation's settings; turns, forks and shares are written by the C
+-- functions, which check the caller and then write as llm_gateway_worker,
+-- so a turn's request_id, tokens and cost are always the gateway's own.
+-----------------------------------------------------------------------------
+
+CREATE TABLE llm.conversations (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    owner_role      text NOT NULL,
+    alias           text NOT NULL,
+    system          text,
+    options         jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    context_policy  jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(context_policy) = 'object'),
+    title           text,
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    forked_from     bigint REFERENCES llm.conversations (id),
+    forked_at_seq   int,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK ((forked_from IS NULL) = (forked_at_seq IS NULL))
+);
+CREATE INDEX ON llm.conversations (owner_role);
+COMMENT ON TABLE llm.conversations IS 'one row per conversation continued by llm_chat: its model alias, system prompt, call options, context policy; created by llm.new_conversation or llm.fork_conversation';
+COMMENT ON COLUMN llm.conversations.owner_role IS 'the role that created it: it (and llm_admin, and roles it is shared with) sees and continues it';
+COMMENT ON COLUMN llm.conversations.options IS 'call options of every llm_chat (as llm_messages takes them: tools, max_tokens, ...); a call''s own options override them key by key';
+COMMENT ON COLUMN llm.conversations.context_policy IS 'how the history is fitted to the token budget: {"strategy": "drop_oldest" | "summarize", "budget_tokens": N, "summary_model": alias, "summary_max_tokens": N}';
+COMMENT ON COLUMN llm.conversations.forked_from IS 'the conversation this one was forked from (llm.fork_conversation); its turns up to forked_at_seq are this one''s first turns';
+COMMENT ON COLUMN llm.conversations.updated_at IS 'last change of the settings (alias, system, options, context policy, title, metadata); the last turn''s created_at says when it was last continued';
+
+CREATE TABLE llm.conversation_turns (
+    conversation    bigint NOT NULL REFERENCES llm.conversations (id) ON DELETE CASCADE,
+    seq             int NOT NULL CHECK (seq >= 1),
+    role            text NOT NULL CHECK (role IN ('user', 'assistant', 'summary')),
+    content         jsonb NOT NULL,
+    bytes           int NOT NULL,
+    starts_exchange bool NOT NULL DEFAULT false,
+    tokens          bigint,
+    request_id      bigint,
+    input_tokens    bigint,
+    cost_usd        numeric,
+    stop_reason     text,
+    context_first_seq   int,
+    context_summary_seq int,
+    context_est_tokens  bigint,
+    summary_through int,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation, seq)
+);
+COMMENT ON TABLE llm.conversation_turns IS 'the turns of each conversation in order: user and assistant messages (content in the Messages shape: a string or content blocks) and the summaries that stand for dropped turns';
+COMMENT ON COLUMN llm.conversation_turns.seq IS 'position in the conversation, from 1; a fork''s own turns continue after its forked_at_seq';
+COMMENT ON COLUMN llm.conversation_turns.role IS 'user, assistant, or summary (a summary of the turns up to summary_through, sent in the system prompt instead of them)';
+COMMENT ON COLUMN llm.conversation_turns.bytes IS 'size of content as JSON text, what the token estimate counts';
+COMMENT ON COLUMN llm.conversation_turns.starts_exchange IS 'a user turn that answers no tool call: a history sent may begin here (trimming never separates a tool_use from its tool_result)';
+COMMENT ON COLUMN llm.conversation_turns.tokens IS 'assistant and summary: output tokens the provider reported; user: the estimate when it was first sent';
+COMMENT ON COLUMN llm.conversation_turns.request_id IS 'the llm.requests row of the call that produced this assistant or summary turn (the user turn before an answer shares it)';
+COMMENT ON COLUMN llm.conversation_turns.input_tokens IS 'assistant: input tokens the provider counted for the whole request (system, tools, the history sent)';
+COMMENT ON COLUMN llm.conversation_turns.context_first_seq IS 'assistant: the first turn of the history sent (earlier ones were dropped or summarised); with context_summary_seq, llm.conversation_context() rebuilds what was sent';
+COMMENT ON COLUMN llm.conversation_turns.context_summary_seq IS 'assistant: the summary turn sent in the system prompt, if any';
+COMMENT ON COLUMN llm.conversation_turns.context_est_tokens IS 'assistant: the gateway''s uncorrected estimate of the request (bytes / 4); input_tokens / context_est_tokens corrects the next estimate';
+
+CREATE TABLE llm.conversation_shares (
+    conversation    bigint NOT NULL REFERENCES llm.conversations (id) ON DELETE CASCADE,
+    role_name       text NOT NULL,
+    can_continue    bool NOT NULL DEFAULT true,
+    owner_role      text NOT NULL,
+    shared_by       text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (conversation, role_name)
+);
+COMMENT ON TABLE llm.conversation_shares IS 'conversations shared with other roles (llm.share_conversation): the role and its members see it, and continue it when can_continue';
+COMMENT ON COLUMN llm.conversation_shares.owner_role IS 'the conversation''s owner, copied so that this table''s row security does not read llm.conversations';
+
+CREATE TABLE llm.conversation_lineage (
+    conversation    bigint NOT NULL REFERENCES llm.conversations (id) ON DELETE CASCADE,
+    ancestor        bigint NOT NULL REFERENCES llm.conversations (id),
+    through_seq     int NOT NULL,
+    PRIMARY KEY (conversation, ancestor)
+);
+CREATE INDEX ON llm.conversation_lineage (ancestor);
+COMMENT ON TABLE llm.conversation_lineage IS 'for each fork, every conversation whose turns it shares and up to which seq: a fork reads them in place, nothing is copied; a conversation with forks cannot be deleted before them';
+
+SELECT pg_catalog.pg_extension_config_dump('llm.conversations', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.conversations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.conversation_turns', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.conversation_shares', '');
+SELECT pg_catalog.pg_extension_config_dump('llm.conversation_lineage', '');
+
+CREATE FUNCTION llm._conversation_touched() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.owner_role IS DISTINCT FROM OLD.owner_role OR NEW.forked_from IS DISTINCT FROM OLD.forked_from
+       OR NEW.forked_at_seq IS DISTINCT FROM OLD.forked_at_seq THEN
+        RAISE EXCEPTION 'a conversation''s owner and fork origin cannot change'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Share it with llm.share_conversation(), or fork it with llm.fork_conversation().';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER touched BEFORE UPDATE ON llm.conversations
+    FOR EACH ROW EXECUTE FUNCTION llm._conversation_touched();
+
+-- Row security.  Policies read other tables only downward (turns ->
+-- lineage -> conversations -> shares), never back, so none recurses.
+ALTER TABLE llm.conversations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE llm.conversation_turns ENABLE ROW LEVEL SECURITY;
+ALTER TABLE llm.conversation_shares ENABLE ROW LEVEL SECURITY;
+ALTER TABLE llm.conversation_lineage ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY visible ON llm.conversations FOR SELECT
+    USING (owner_role = current_user::text
+           OR pg_catalog.pg_has_role(current_user, 'llm_admin', 'MEMBER')
+           OR EXISTS (SELECT 1 FROM llm.conversation_shares s
+                       JOIN pg_catalog.pg_roles r ON r.rolname = s.role_name
+                      WHERE s.conversation = conversations.id
+                        AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')));
+CREATE POLICY owner_changes ON llm.conversations FOR UPDATE
+    USING (owner_role = current_user::text OR pg_catalog.pg_has_role(current_user, 'llm_admin', 'MEMBER'))
+    WITH CHECK (owner_role = current_user::text OR pg_catalog.pg_has_role(current_user, 'llm_admin', 'MEMBER'));
+CREATE POLICY owner_deletes ON llm.conversations FOR DELETE
+    USING (owner_role = current_user::text OR pg_catalog.pg_has_role(current_user, 'llm_admin', 'MEMBER'));
+
+CREATE POLICY visible ON llm.conversation_shares FOR SELECT
+    USING (owner_role = current_user::text
+           OR pg_catalog.pg_has_role(current_user, 'llm_admin', 'MEMBER')
+           OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                      WHERE r.rolname = conversation_shares.role_name
+                        AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')));
+
+CREATE POLICY visible ON llm.conversation_lineage FOR SELECT
+    USING (EXISTS (SELECT 1 FROM llm.conversations c WHERE c.id = conversation_lineage.conversation));
+
+-- a turn is visible with its conversation, and with every fork that shares it
+CREATE POLICY visible ON llm.conversation_turns FOR SELECT
+    USING (EXISTS (SELECT 1 FROM llm.conversations c WHERE c.id = conversation_turns.conversation)
+           OR EXISTS (SELECT 1 FROM llm.conversation_lineage l
+                      WHERE l.ancestor = conversation_turns.conversation
+                        AND conversation_turns.seq <= l.through_seq));
+
+CREATE POLICY worker_all ON llm.conversations TO llm_gateway_worker USING (true) WITH CHECK (true);
+CREATE POLICY worker_all ON llm.conversation_turns TO llm_gateway_worker USING (true) WITH CHECK (true);
+CREATE POLICY worker_all ON llm.conversation_shares TO llm_gateway_worker USING (true) WITH CHECK (true);
+CREATE POLICY worker_all ON llm.conversation_lineage TO llm_gateway_worker USING (true) WITH CHECK (true);
+
+REVOKE ALL ON llm.conversations, llm.conversation_turns, llm.conversation_shares,
+              llm.conversation_lineage FROM PUBLIC;
+GRANT SELECT, DELETE ON llm.conversations TO llm_admin, llm_user;
+GRANT UPDATE (alias, system, options, context_policy, title, metadata) ON llm.conversations TO llm_admin, llm_user;
+GRANT SELECT ON llm.conversation_turns, llm.conversation_shares, llm.conversation_lineage TO llm_admin, llm_user;
+-- what the C functions write as llm_gateway_worker (the lock of llm_chat is
+-- a FOR NO KEY UPDATE, which needs UPDATE)
+GRANT SELECT, INSERT, UPDATE ON llm.conversations TO llm_gateway_worker;
+GRANT SELECT, INSERT ON llm.conversation_turns, llm.conversation_lineage TO llm_gateway_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON llm.conversation_shares TO llm_gateway_worker;
+
+CREATE FUNCTION llm.new_conversation(model text, system text DEFAULT NULL, options jsonb DEFAULT '{}')
+RETURNS bigint
+    AS 'MODULE_PATHNAME', 'llm_new_conversation'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm.new_conversation(text, text, jsonb) IS 'creates a conversation with the model alias and system prompt, owned by the caller; options are llm_messages call options plus "context" (the context policy), "title" and "metadata"; returns its id';
+
+CREATE FUNCTION llm_chat(conversation bigint, message text)
+RETURNS text
+    AS 'MODULE_PATHNAME', 'llm_chat'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_chat(bigint, text) IS 'continues a conversation: appends the user message, calls the model with the history fitted to the context budget, appends the answer and returns its text; turns are written in the caller''s transaction, and only when the call succeeds';
+
+CREATE FUNCTION llm_chat(conversation bigint, message jsonb, options jsonb DEFAULT '{}')
+RETURNS jsonb
+    AS 'MODULE_PATHNAME', 'llm_chat_json'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm_chat(bigint, jsonb, jsonb) IS 'continues a conversation with a user message given as content blocks (tool_result included) or a {"role": "user", "content": ...} object, and call options that override the conversation''s; returns the answer as llm_messages does';
+
+CREATE FUNCTION llm.fork_conversation(conversation bigint, at_seq int)
+RETURNS bigint
+    AS 'MODULE_PATHNAME', 'llm_fork_conversation'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm.fork_conversation(bigint, int) IS 'a new conversation of the caller''s that shares the turns up to at_seq (read in place, not copied) and the settings of the original; returns its id';
+
+CREATE FUNCTION llm.share_conversation(conversation bigint, role_name text, can_continue boolean DEFAULT true)
+RETURNS void
+    AS 'MODULE_PATHNAME', 'llm_share_conversation'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm.share_conversation(bigint, text, boolean) IS 'lets a role (and its members) see a conversation, and continue it unless can_continue is false; owner or llm_admin';
+
+CREATE FUNCTION llm.unshare_conversation(conversation bigint, role_name text)
+RETURNS boolean
+    AS 'MODULE_PATHNAME', 'llm_unshare_conversation'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm.unshare_conversation(bigint, text) IS 'ends a share; returns whether there was one; owner or llm_admin';
+
+CREATE FUNCTION llm.replay_conversation(conversation bigint, model text)
+RETURNS TABLE (seq int, user_turn jsonb, original jsonb, replayed jsonb,
+               original_tokens bigint, replayed_tokens bigint,
+               original_cost numeric, replayed_cost numeric)
+    AS 'MODULE_PATHNAME', 'llm_replay_conversation'
+    LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION llm.replay_conversation(bigint, text) IS 'sends each user turn of a conversation, in order, to another model alias with the replayed history, and returns the original and replayed answers (content blocks) side by side with their tokens (input + output) and cost; stores no turn';
+
+CREATE FUNCTION llm.conversation_history(conversation bigint)
+RETURNS SETOF llm.conversation_turns
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.* FROM llm.conversation_turns t WHERE t.conversation = $1
+    UNION ALL
+    SELECT t.* FROM llm.conversation_lineage l
+      JOIN llm.conversation_turns t ON t.conversation = l.ancestor AND t.seq <= l.through_seq
+     WHERE l.conversation = $1
+    ORDER BY seq
+$$;
+COMMENT ON FUNCTION llm.conversation_history(bigint) IS 'every turn of a conversation in order, those shared with the conversation it was forked from included (their conversation column names where they are stored)';
+
+CREATE FUNCTION llm.conversation_context(conversation bigint, seq int)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH a AS (
+        SELECT h.* FROM llm.conversation_history($1) h WHERE h.seq = $2 AND h.role = 'assistant'
+    )
+    SELECT jsonb_build_object(
+        'system', (SELECT c.system FROM llm.conversations c WHERE c.id = $1),
+        'summary', (SELECT s.content FROM llm.conversation_history($1) s, a
+                     WHERE s.seq = a.context_summary_seq),
+        'messages', (SELECT jsonb_agg(jsonb_build_object('role', h.role, 'content', h.content) ORDER BY h.seq)
+                       FROM llm.conversation_history($1) h, a
+                      WHERE h.seq >= a.context_first_seq AND h.seq < a.seq AND h.role <> 'summary'))
+      FROM a
+$$;
+COMMENT ON FUNCTION llm.conversation_context(bigint, int) IS 'what was sent for the assistant turn seq: the system prompt, the summary that stood for dropped turns (if any), and the messages; NULL when seq is not an assistant turn';
+
+GRANT EXECUTE ON FUNCTION llm.new_conversation(text, text, jsonb), llm_chat(bigint, text),
+                          llm_chat(bigint, jsonb, jsonb), llm.fork_conversation(bigint, int),
+                          llm.share_conversation(bigint, text, boolean),
+                          llm.unshare_conversation(bigint, text),
+                          llm.replay_conversation(bigint, text),
+                          llm.conversation_history(bigint), llm.conversation_context(bigint, int)
+    TO llm_admin, llm_user;

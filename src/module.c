@@ -31,6 +31,7 @@
 
 #include "backend/call_result.h"
 #include "backend/pipeline.h"
+#include "backend/conversation.h"
 #include "backend/progress.h"
 #include "channel/channel.h"
 #include "common/credentials.h"
@@ -104,6 +105,7 @@ _PG_init(void)
 
 	define_gucs();
 	pipeline_init();
+	chat_define_callbacks();
 
 	/* pg_upgrade's server must not start workers or take shared memory */
 	if (IsBinaryUpgrade)

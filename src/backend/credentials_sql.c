@@ -41,6 +41,7 @@
 #include "utils/syscache.h"
 
 #include "common/credentials.h"
+#include "backend/run_as.h"
 #include "llm_gateway.h"
 
 #define MAX_SECRET_BYTES	CRED_MAX_SECRET_BYTES
@@ -112,16 +113,12 @@ static uint64
 exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 			  const char *nulls, int expect)
 {
-	Oid			owner = credentials_owner();
-	Oid			save_userid;
-	int			save_sec;
+	LlmRunAs	ra;
 	MemoryContext cxt = CurrentMemoryContext;
 	int			ret = 0;
 	uint64		processed = 0;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(owner, save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	run_as_begin(credentials_owner(), &ra);
 	PG_TRY();
 	{
 		ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
@@ -131,7 +128,7 @@ exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 	{
 		ErrorData  *edata;
 
-		SetUserIdAndSecContext(save_userid, save_sec);
+		run_as_end(&ra);
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
@@ -139,7 +136,7 @@ exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
-	SetUserIdAndSecContext(save_userid, save_sec);
+	run_as_end(&ra);
 	if (ret != expect)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	return processed;

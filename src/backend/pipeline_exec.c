@@ -118,6 +118,7 @@ static TupleTableSlot *pipeline_exec(CustomScanState *node);
 static void pipeline_end(CustomScanState *node);
 static void pipeline_rescan(CustomScanState *node);
 static void pipeline_explain(CustomScanState *node, List *ancestors, ExplainState *es);
+static void call_args(PipelineCallSpec *spec, PipelineRow *row, NullableDatum *args);
 
 const CustomScanMethods llm_pipeline_scan_methods = {
 	LLM_PIPELINE_NAME,
@@ -180,17 +181,32 @@ close_call(PipelineState *ps, PipelineRow *row, PipelineCall *call)
 	pipelined_in_flight--;
 }
 
-/* Abandon every call still open: the worker aborts them and logs them cancelled. */
+/*
+ * Abandon every call still open: the worker aborts them and logs them
+ * cancelled.  tell: let their kinds forget them (not while the executor's
+ * memory is being reset: the rows may be gone, and the transaction's end
+ * clears what the kinds keep).
+ */
 static void
-abandon_all(PipelineState *ps)
+abandon_all(PipelineState *ps, bool tell)
 {
 	int			n = collect_open_calls(ps);
 	int			i;
 
 	for (i = 0; i < n; i++)
 	{
-		close_call(ps, ps->wait_rows[i], ps->wait_calls[i]);
+		PipelineRow *row = ps->wait_rows[i];
+		PipelineCallSpec *spec = &ps->specs[ps->wait_calls[i] - row->calls];
+
+		close_call(ps, row, ps->wait_calls[i]);
 		(void) channel_abandon(ps->wait_handles[i]);
+		if (tell && spec->kind->abandoned != NULL)
+		{
+			NullableDatum args[FUNC_MAX_ARGS] = {{0}};
+
+			call_args(spec, row, args);
+			spec->kind->abandoned(args);
+		}
 	}
 }
 
@@ -201,7 +217,7 @@ pipeline_memory_reset(void *arg)
 	PipelineState *ps = arg;
 
 	if (!ps->closed)
-		abandon_all(ps);
+		abandon_all(ps, false);
 	ps->closed = true;
 }
 
@@ -318,6 +334,13 @@ submit_next(PipelineState *ps, PipelineRow *row)
 
 	old = MemoryContextSwitchTo(ps->prepare_cxt);
 	call_args(spec, row, args);
+	/* an earlier row's call on the same conversation goes first */
+	if (!may_wait && spec->kind->busy != NULL && spec->kind->busy(args))
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(ps->prepare_cxt);
+		return false;
+	}
 	spec->kind->prepare(args, &prepared);
 	if (may_wait)
 		call->handle = channel_submit(&prepared.hdr, prepared.data.data, prepared.data.len,
@@ -490,7 +513,7 @@ pipeline_end(CustomScanState *node)
 	PipelineState *ps = (PipelineState *) node;
 
 	if (!ps->closed && ps->ring != NULL)
-		abandon_all(ps);
+		abandon_all(ps, true);
 	ps->closed = true;
 	ExecEndNode(outerPlanState(node));
 }
@@ -500,7 +523,7 @@ pipeline_rescan(CustomScanState *node)
 {
 	PipelineState *ps = (PipelineState *) node;
 
-	abandon_all(ps);
+	abandon_all(ps, true);
 	while (ps->count > 0)
 		retire_head(ps);
 	ps->head = 0;

@@ -402,7 +402,8 @@ const LlmCallKind llm_messages_kind = {"llm_messages", llm_messages, messages_pr
 static const LlmCallKind llm_complete_kind = {"llm_complete", llm_complete, complete_prepare, complete_result, 2, true};
 static const LlmCallKind llm_extract_kind = {"llm_extract", llm_extract, extract_prepare, extract_result, 3, true};
 
-static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind, &llm_extract_kind, &llm_embed_kind};
+static const LlmCallKind *const call_kinds[] = {&llm_messages_kind, &llm_complete_kind, &llm_extract_kind, &llm_embed_kind,
+&llm_chat_kind, &llm_chat_json_kind};
 
 /* The call kind whose C entry has this symbol name; NULL if none. */
 const LlmCallKind *

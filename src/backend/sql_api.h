@@ -54,12 +54,23 @@ typedef struct LlmCallKind
 	int			options_arg;
 	/* for llm.estimate: the call can produce output tokens (not embeddings) */
 	bool		has_output;
+	/* argument 0 is a conversation (llm_chat), not a model alias */
+	bool		conversation;
+	/*
+	 * optional, for the pipeline: busy says an earlier call of this backend
+	 * must be answered before this one is prepared (the pipeline waits);
+	 * abandoned is told of a prepared call that will never be taken
+	 */
+	bool		(*busy) (const NullableDatum *args);
+	void		(*abandoned) (const NullableDatum *args);
 } LlmCallKind;
 
 extern const LlmCallKind llm_messages_kind;
 /* one blocking call of a kind, as its SQL function runs it */
 extern Datum llm_run_call(const LlmCallKind *kind, FunctionCallInfo fcinfo);
 extern const LlmCallKind llm_embed_kind;	/* embed_sql.c */
+extern const LlmCallKind llm_chat_kind; /* chat.c */
+extern const LlmCallKind llm_chat_json_kind;
 extern bool llm_calls_forbidden;	/* llm.estimate's exact count is running */
 extern const LlmCallKind *llm_call_kind_named(const char *symbol);
 

@@ -54,6 +54,9 @@
 #define ERRCODE_LLM_SCHEMA_MISMATCH			MAKE_SQLSTATE('L','L','0','1','5')
 /* an embedding of another size than the call or the route target declares */
 #define ERRCODE_LLM_EMBED_DIMENSION			MAKE_SQLSTATE('L','L','0','1','6')
+/* the request's input is longer than the model's context window (provider's answer, or a
+ * conversation whose history cannot fit its budget) */
+#define ERRCODE_LLM_CONTEXT_TOO_LONG MAKE_SQLSTATE('L','L','0','1','7')
 
 extern void llm_error_for_status(int status, LlmError *err);
 extern const char *llm_fail_class_name(LlmFailClass fail_class);

@@ -1,0 +1,950 @@
+/*-------------------------------------------------------------------------
+ *
+ * chat_context.c
+ *	  A conversation as llm_chat sees it: loading it (access, lock, the
+ *	  sizes of its turns), and fitting its history to the token budget.
+ *
+ * runs in: backend.
+ *
+ * Fitting (docs/design.md §27):
+ * - Tokens are estimated from the bytes of JSON sent (bytes / 4), times a
+ *	 ratio learned from the conversation's last answer: the provider's
+ *	 input_tokens over the gateway's raw estimate of that request.  Before
+ *	 the first answer the ratio is CHAT_DEFAULT_RATIO (3 bytes per token),
+ *	 on the safe side of every tokenizer we know for prose.
+ * - The budget is the policy's budget_tokens, else the smallest
+ *	 context_window minus output reserve over the alias's enabled targets
+ *	 (the history must fit whichever one answers), else
+ *	 CHAT_DEFAULT_BUDGET_TOKENS, and then a history that does not fit is an
+ *	 error, not trimmed (nobody said how big the window is).
+ * - A history sent begins at a user turn that answers no tool call (a
+ *	 "start"), so a tool_use is never sent without its tool_result or the
+ *	 other way round.  drop_oldest sends the most turns from a start that
+ *	 fit; summarize sends the last summary and every turn after it when
+ *	 they fit, and otherwise first summarises the turns up to a start that
+ *	 leaves half the budget free, so the next calls do not summarise again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+
+#include "common/json_util.h"
+#include "common/llm_errors.h"
+#include "backend/call_result.h"
+#include "backend/conversation.h"
+#include "backend/run_as.h"
+#include "backend/sql_api.h"
+#include "backend/validate.h"
+
+#define SUMMARY_HEADER "\n\nSummary of the earlier part of this conversation (those turns are not repeated below):\n"
+
+Jsonb *
+jsonb_from_cstring(const char *text)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}
+
+static char *
+jsonb_text(Jsonb *j)
+{
+	return JsonbToCString(NULL, &j->root, VARSIZE(j));
+}
+
+/*
+ * Run one statement of the conversation code: as the caller (role
+ * InvalidOid) or as the gateway role.  SPI is connected.
+ */
+void
+conversation_spi(Oid role, const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+		int expect)
+{
+	LlmRunAs	ra;
+	int			ret;
+
+	run_as_begin(role, &ra);
+	ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	run_as_end(&ra);
+	if (ret != expect)
+		elog(ERROR, "llm_gateway: conversation statement failed: %s", SPI_result_code_string(ret));
+}
+
+static Datum
+spi_col(int row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, isnull);
+}
+
+static int64
+spi_int64(int row, int col, int64 if_null)
+{
+	bool		isnull;
+	Datum		d = spi_col(row, col, &isnull);
+
+	return isnull ? if_null : DatumGetInt64(d);
+}
+
+/* the caller's view: row security decides whether the conversation exists for it */
+static const char *const conversation_sql =
+"SELECT c.owner_role, c.alias, c.system, c.options, c.context_policy,"
+"       c.owner_role = current_user::text"
+"       OR pg_catalog.pg_has_role(current_user, 'llm_admin', 'MEMBER')"
+"       OR EXISTS (SELECT 1 FROM llm.conversation_shares s"
+"                    JOIN pg_catalog.pg_roles r ON r.rolname = s.role_name"
+"                   WHERE s.conversation = c.id AND s.can_continue"
+"                     AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'))"
+"  FROM llm.conversations c WHERE c.id = $1";
+
+/* every turn of the conversation, those it shares with its ancestors included */
+#define CHAIN_SQL(cols, cond) \
+"SELECT " cols " FROM llm.conversation_turns t WHERE t.conversation = $1" cond \
+" UNION ALL SELECT " cols " FROM llm.conversation_lineage l" \
+"  JOIN llm.conversation_turns t ON t.conversation = l.ancestor AND t.seq <= l.through_seq" \
+" WHERE l.conversation = $1" cond " ORDER BY 1"
+
+static const char *const turns_sql =
+CHAIN_SQL("t.seq, t.role, t.bytes::int8, t.starts_exchange, t.summary_through, t.input_tokens, t.context_est_tokens", "");
+
+static const char *const contents_sql =
+CHAIN_SQL("t.seq, t.content", " AND (t.seq >= $2 OR t.seq = $3)");
+
+/*
+ * Load a conversation the caller may see; with lock, also check that it
+ * may continue it and lock it until the transaction ends (a second
+ * llm_chat on it waits here, then reads the first's turns).
+ */
+void
+conversation_load(int64 id, bool lock, ChatConversation *conv)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext old;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+	bool		isnull;
+	int			i;
+
+	memset(conv, 0, sizeof(*conv));
+	conv->id = id;
+	SPI_connect();
+	conversation_spi(InvalidOid, conversation_sql, 1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("conversation " INT64_FORMAT " does not exist", id),
+				 errdetail("A conversation is visible to its owner, to llm_admin and to the roles it is shared with."),
+				 errhint("Create one with llm.new_conversation(model, system).")));
+	old = MemoryContextSwitchTo(outer);
+	conv->owner = TextDatumGetCString(spi_col(0, 1, &isnull));
+	conv->alias = TextDatumGetCString(spi_col(0, 2, &isnull));
+	conv->system = NULL;
+	{
+		Datum		d = spi_col(0, 3, &isnull);
+
+		if (!isnull)
+			conv->system = TextDatumGetCString(d);
+	}
+	conv->options = DatumGetJsonbPCopy(spi_col(0, 4, &isnull));
+	conv->policy = DatumGetJsonbPCopy(spi_col(0, 5, &isnull));
+	conv->may_continue = DatumGetBool(spi_col(0, 6, &isnull));
+	MemoryContextSwitchTo(old);
+
+	if (lock)
+	{
+		if (!conv->may_continue)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("conversation " INT64_FORMAT " is shared with this role to read, not to continue", id),
+					 errhint("Its owner (%s) can share it with can_continue => true, or fork it with llm.fork_conversation().",
+							 conv->owner)));
+		conversation_spi(run_as_gateway_role(),
+				"SELECT 1 FROM llm.conversations WHERE id = $1 FOR NO KEY UPDATE",
+				1, types, values, NULL, SPI_OK_SELECT);
+	}
+
+	conversation_spi(run_as_gateway_role(), turns_sql, 1, types, values, NULL, SPI_OK_SELECT);
+	conv->nturns = (int) SPI_processed;
+	conv->turns = MemoryContextAllocZero(outer, sizeof(ChatTurn) * (conv->nturns + 1));
+	conv->next_seq = 1;
+	for (i = 0; i < conv->nturns; i++)
+	{
+		ChatTurn   *t = &conv->turns[i];
+		char	   *role = TextDatumGetCString(spi_col(i, 2, &isnull));
+
+		t->seq = DatumGetInt32(spi_col(i, 1, &isnull));
+		t->role = role[0];
+		t->bytes = spi_int64(i, 3, 0);
+		t->starts = DatumGetBool(spi_col(i, 4, &isnull));
+		{
+			Datum		d = spi_col(i, 5, &isnull);
+
+			t->summary_through = isnull ? 0 : DatumGetInt32(d);
+		}
+		t->input_tokens = spi_int64(i, 6, -1);
+		t->est_tokens = spi_int64(i, 7, -1);
+		conv->next_seq = t->seq + 1;
+	}
+	SPI_finish();
+}
+
+/* the contents of turns [from, nturns) and of turn also (-1: none) */
+static void
+load_contents(ChatConversation *conv, int from, int also)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	Oid			types[3] = {INT8OID, INT4OID, INT4OID};
+	Datum		values[3];
+	int			i;
+	int			j = 0;
+
+	values[0] = Int64GetDatum(conv->id);
+	values[1] = Int32GetDatum(from < conv->nturns ? conv->turns[from].seq : PG_INT32_MAX);
+	values[2] = Int32GetDatum(also >= 0 ? conv->turns[also].seq : 0);
+	SPI_connect();
+	conversation_spi(run_as_gateway_role(), contents_sql, 3, types, values, NULL, SPI_OK_SELECT);
+	for (i = 0; i < (int) SPI_processed; i++)
+	{
+		bool		isnull;
+		int			seq = DatumGetInt32(spi_col(i, 1, &isnull));
+		Datum		d = spi_col(i, 2, &isnull);
+
+		while (j < conv->nturns && conv->turns[j].seq < seq)
+			j++;
+		if (j < conv->nturns && conv->turns[j].seq == seq)
+		{
+			MemoryContext old = MemoryContextSwitchTo(outer);
+
+			conv->turns[j].content = DatumGetJsonbPCopy(d);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	SPI_finish();
+}
+
+static void
+bad_policy(const char *msg)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("context policy: %s", msg),
+			 errhint("Write it as {\"strategy\": \"drop_oldest\" | \"summarize\", \"budget_tokens\": N, \"summary_model\": alias, \"summary_max_tokens\": N}.")));
+}
+
+static int64
+policy_count(JsonbContainer *c, const char *key, int64 max)
+{
+	JsonbValue *v = json_get(c, key);
+	int64		n;
+
+	if (v == NULL || v->type == jbvNull)
+		return 0;
+	if (v->type != jbvNumeric || !json_get_int64(c, key, &n) || n < 1 || n > max)
+		bad_policy(psprintf("\"%s\" must be an integer from 1 to " INT64_FORMAT, key, max));
+	return n;
+}
+
+void
+chat_policy_parse(Jsonb *policy, ChatPolicy *p)
+{
+	JsonbContainer *c = &policy->root;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	const char *strategy;
+
+	memset(p, 0, sizeof(*p));
+	if (!JB_ROOT_IS_OBJECT(policy) || JB_ROOT_IS_SCALAR(policy))
+		bad_policy("it must be a JSON object");
+	it = JsonbIteratorInit(c);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		if (strcmp(key, "strategy") != 0 && strcmp(key, "budget_tokens") != 0 &&
+			strcmp(key, "summary_model") != 0 && strcmp(key, "summary_max_tokens") != 0)
+			bad_policy(psprintf("unknown key \"%s\"", key));
+	}
+	strategy = json_get_cstring(c, "strategy");
+	if (json_get(c, "strategy") != NULL && strategy == NULL)
+		bad_policy("\"strategy\" must be a string");
+	if (strategy == NULL || strcmp(strategy, "drop_oldest") == 0)
+		p->summarize = false;
+	else if (strcmp(strategy, "summarize") == 0)
+		p->summarize = true;
+	else
+		bad_policy(psprintf("unknown strategy \"%s\"", strategy));
+	p->budget_tokens = policy_count(c, "budget_tokens", PG_INT32_MAX);
+	p->summary_max_tokens = policy_count(c, "summary_max_tokens", 100000);
+	if (p->summary_max_tokens == 0)
+		p->summary_max_tokens = CHAT_DEFAULT_SUMMARY_TOKENS;
+	if (json_get(c, "summary_model") != NULL)
+	{
+		p->summary_model = (char *) json_get_cstring(c, "summary_model");
+		if (p->summary_model == NULL || p->summary_model[0] == '\0')
+			bad_policy("\"summary_model\" must be a model alias");
+	}
+	if (!p->summarize && p->summary_model != NULL)
+		bad_policy("\"summary_model\" needs \"strategy\": \"summarize\"");
+}
+
+/* whether content (a string or blocks) holds a tool_result */
+static bool
+has_tool_result(JsonbContainer *blocks)
+{
+	int			i;
+
+	for (i = 0; i < json_array_size(blocks); i++)
+	{
+		JsonbContainer *b = json_value_container(json_array_elem(blocks, i), false);
+		const char *type = b ? json_get_cstring(b, "type") : NULL;
+
+		if (type != NULL && strcmp(type, "tool_result") == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The user message of llm_chat's jsonb form: content blocks, a string, or
+ * {"role": "user", "content": ...}.  Its shape is checked again with the
+ * whole history by validate_call.
+ */
+void
+chat_message_parse(Jsonb *message, ChatMessage *m)
+{
+	JsonbValue	v;
+	JsonbValue *content = NULL;
+
+	if (JB_ROOT_IS_SCALAR(message))
+	{
+		if (!JsonbExtractScalar(&message->root, &v) || v.type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("llm_chat: message must be content blocks, a string, or a user message object"),
+					 errhint("Pass e.g. '[{\"type\": \"tool_result\", \"tool_use_id\": \"...\", \"content\": \"...\"}]'.")));
+		m->content = message;
+	}
+	else if (JB_ROOT_IS_ARRAY(message))
+		m->content = message;
+	else
+	{
+		const char *role = json_get_cstring(&message->root, "role");
+
+		content = json_get(&message->root, "content");
+		if (role == NULL || strcmp(role, "user") != 0 || content == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("llm_chat: a message object must have \"role\": \"user\" and \"content\""),
+					 errhint("The answer is appended by llm_chat itself; pass only the user's turn.")));
+		m->content = JsonbValueToJsonb(content);
+	}
+	m->bytes = strlen(jsonb_text(m->content));
+	m->starts = !(JB_ROOT_IS_ARRAY(m->content) && !JB_ROOT_IS_SCALAR(m->content) &&
+				  has_tool_result(&m->content->root));
+}
+
+Jsonb *
+chat_text_message(const char *text, ChatMessage *m)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	json_append_string(&buf, text);
+	m->content = jsonb_from_cstring(buf.data);
+	m->bytes = buf.len;
+	m->starts = true;
+	return m->content;
+}
+
+/*
+ * The conversation's options with the call's over them, its system prompt
+ * (summary included), and a "conversation" tag, unless tags name one.
+ */
+Jsonb *
+chat_options(ChatConversation *conv, Jsonb *call_options, const char *system)
+{
+	Jsonb	   *opts = conv->options;
+	StringInfoData add;
+	JsonbContainer *tags;
+	bool		first = true;
+
+	if (call_options != NULL)
+	{
+		if (!JB_ROOT_IS_OBJECT(call_options) || JB_ROOT_IS_SCALAR(call_options))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("llm_chat: options must be a JSON object")));
+		if (json_get(&call_options->root, "system") != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("llm_chat takes the system prompt from the conversation, not from option \"system\""),
+					 errhint("UPDATE llm.conversations SET system = ... WHERE id = %lld.", (long long) conv->id)));
+		opts = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(opts),
+												  JsonbPGetDatum(call_options)));
+	}
+	initStringInfo(&add);
+	appendStringInfoChar(&add, '{');
+	if (system != NULL)
+	{
+		json_append_key(&add, &first, "system");
+		json_append_string(&add, system);
+	}
+	tags = json_get_object(&opts->root, "tags");
+	if (json_get(&opts->root, "tags") == NULL ||
+		(tags != NULL && json_get(tags, "conversation") == NULL))
+	{
+		json_append_key(&add, &first, "tags");
+		appendStringInfoChar(&add, '{');
+		if (tags != NULL && JsonContainerSize(tags) > 0)
+		{
+			char	   *t = JsonbToCString(NULL, tags, 0);
+
+			/* the caller's tags, then ours: {"a": "x", "conversation": "7"} */
+			appendBinaryStringInfo(&add, t + 1, strlen(t) - 2);
+			appendStringInfoChar(&add, ',');
+		}
+		appendStringInfo(&add, "\"conversation\":\"" INT64_FORMAT "\"}", conv->id);
+	}
+	appendStringInfoChar(&add, '}');
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(opts),
+											  JsonbPGetDatum(jsonb_from_cstring(add.data))));
+}
+
+/*
+ * The token budget of the history sent to alias: see the header.  *known:
+ * a policy or a route said it.
+ */
+static int64
+chat_budget(const char *alias, int64 max_tokens, int64 policy_budget, bool *known)
+{
+	static const char *const sql =
+	"SELECT count(*), (min((r.options->>'context_window')::numeric"
+	"    - least(coalesce($2::numeric,"
+	"                     CASE WHEN jsonb_typeof(r.options->'default_max_tokens') = 'number'"
+	"                          THEN (r.options->>'default_max_tokens')::numeric END,"
+	"                     CASE WHEN p.kind = 'anthropic' THEN 1024 END, 4096),"
+	"            coalesce(CASE WHEN jsonb_typeof(r.options->'max_tokens') = 'number'"
+	"                          THEN (r.options->>'max_tokens')::numeric END, 'Infinity')))"
+	"    FILTER (WHERE jsonb_typeof(r.options->'context_window') = 'number'))::int8"
+	"  FROM llm.routes r JOIN llm.providers p ON p.name = r.provider"
+	" WHERE r.alias = $1 AND r.enabled AND p.enabled";
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {CStringGetTextDatum(alias), Int64GetDatum(max_tokens)};
+	char		nulls[2] = {' ', max_tokens > 0 ? ' ' : 'n'};
+	int64		targets;
+	int64		budget;
+
+	SPI_connect();
+	conversation_spi(run_as_gateway_role(), sql, 2, types, values, nulls, SPI_OK_SELECT);
+	targets = spi_int64(0, 1, 0);
+	budget = spi_int64(0, 2, -1);
+	SPI_finish();
+	if (targets == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model alias \"%s\" does not exist", alias),
+				 errdetail("It has no enabled target."),
+				 errhint("Define it with llm.add_route(alias, provider, upstream_model).")));
+	if (budget != -1 && budget < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model alias \"%s\" leaves no room for a history: its context_window is not larger than its output reserve", alias),
+				 errhint("Raise the route option context_window, or lower max_tokens.")));
+	*known = policy_budget > 0 || budget > 0;
+	if (policy_budget > 0)
+		return budget > 0 ? Min(policy_budget, budget) : policy_budget;
+	return budget > 0 ? budget : CHAT_DEFAULT_BUDGET_TOKENS;
+}
+
+/* the corrected estimate of bytes of JSON */
+static int64
+estimate(int64 bytes, double ratio)
+{
+	return (int64) ceil(ceil(bytes / 4.0) * ratio);
+}
+
+/* provider tokens per raw estimated token, from the conversation's last answer */
+static double
+chat_ratio(ChatConversation *conv)
+{
+	int			i;
+
+	for (i = conv->nturns - 1; i >= 0; i--)
+	{
+		ChatTurn   *t = &conv->turns[i];
+
+		if (t->role == 'a' && t->input_tokens > 0 && t->est_tokens > 0)
+			return Max(0.25, Min(4.0, (double) t->input_tokens / t->est_tokens));
+	}
+	return CHAT_DEFAULT_RATIO;
+}
+
+/*
+ * The earliest start in [lo, nturns) from which every later turn, with
+ * fixed bytes (system, options, the message), fits budget; nturns when
+ * only the message fits (and it answers no tool call); -1 when nothing does.
+ */
+static int
+fit_from(ChatTurn *turns, int nturns, int lo, int64 fixed, bool msg_starts, double ratio,
+		 int64 budget)
+{
+	int64		acc = fixed;
+	int			best = msg_starts ? nturns : -1;
+	int			i;
+
+	if (estimate(acc, ratio) > budget)
+		return -1;
+	for (i = nturns - 1; i >= lo; i--)
+	{
+		if (turns[i].role == 's')
+			continue;
+		acc += turns[i].bytes;
+		if (estimate(acc, ratio) > budget)
+			break;
+		if (turns[i].starts)
+			best = i;
+	}
+	return best;
+}
+
+static void
+too_long(const char *alias, int64 need, int64 budget, bool known)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_LLM_CONTEXT_TOO_LONG),
+			 known ?
+			 errmsg("the message needs about " INT64_FORMAT " tokens with the conversation's settings, more than its budget of " INT64_FORMAT, need, budget) :
+			 errmsg("the conversation's history needs more than " INT64_FORMAT " tokens, and no budget is set", budget),
+			 known ?
+			 errdetail("A tool_result is sent with the exchange it answers; the system prompt and tools count too.") :
+			 errdetail("Neither the conversation's context policy (budget_tokens) nor a route of alias \"%s\" (option context_window) says how much history the model takes; without one, a history is sent whole up to " INT64_FORMAT " tokens.", alias, budget),
+			 known ?
+			 errhint("Send a shorter message, or raise budget_tokens or the route's context_window.") :
+			 errhint("Set the route option context_window (llm.add_route(..., options => '{\"context_window\": 200000}')) or the conversation's context_policy budget_tokens.")));
+}
+
+/* The text of content (a string or blocks) for a summary's transcript. */
+static void
+append_content_text(StringInfo buf, JsonbContainer *c)
+{
+	JsonbValue	v;
+	int			i;
+
+	if (JsonContainerIsScalar(c))
+	{
+		if (JsonbExtractScalar(c, &v) && v.type == jbvString)
+			appendBinaryStringInfo(buf, v.val.string.val, v.val.string.len);
+		return;
+	}
+	for (i = 0; i < json_array_size(c); i++)
+	{
+		JsonbValue *e = json_array_elem(c, i);
+		JsonbContainer *b = json_value_container(e, false);
+		const char *type = b ? json_get_cstring(b, "type") : NULL;
+
+		if (e->type == jbvString)
+		{
+			appendBinaryStringInfo(buf, e->val.string.val, e->val.string.len);
+			continue;
+		}
+		if (type == NULL)
+			continue;
+		if (i > 0)
+			appendStringInfoChar(buf, ' ');
+		if (strcmp(type, "text") == 0 && json_get_cstring(b, "text"))
+			appendStringInfoString(buf, json_get_cstring(b, "text"));
+		else if (strcmp(type, "tool_use") == 0)
+		{
+			JsonbContainer *input = json_get_object(b, "input");
+
+			appendStringInfo(buf, "[called tool %s with ", json_get_cstring(b, "name"));
+			if (input)
+				json_append_container(buf, input);
+			appendStringInfoChar(buf, ']');
+		}
+		else if (strcmp(type, "tool_result") == 0)
+		{
+			JsonbValue *rc = json_get(b, "content");
+
+			appendStringInfoString(buf, "[tool result: ");
+			if (rc && rc->type == jbvString)
+				appendBinaryStringInfo(buf, rc->val.string.val, rc->val.string.len);
+			else if (rc && json_value_container(rc, true))
+				append_content_text(buf, json_value_container(rc, true));
+			appendStringInfoChar(buf, ']');
+		}
+		else if (strcmp(type, "thinking") != 0 && strcmp(type, "redacted_thinking") != 0)
+			appendStringInfo(buf, "[%s]", type);
+	}
+}
+
+/* the text of an answer's content */
+static char *
+answer_text(Jsonb *content)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	append_content_text(&buf, &content->root);
+	return buf.data;
+}
+
+/*
+ * One call as the caller, start to end; its failure is raised.  Returns
+ * the answer (the Messages object with "gateway").
+ */
+Jsonb *
+chat_call(const char *alias, Jsonb *history, Jsonb *options, LlmCallResult *r)
+{
+	LlmCallSpec spec;
+	LlmPreparedCall call;
+	bool		isnull;
+
+	llm_check_can_call(alias);
+	validate_call(alias, history, options, &spec);
+	llm_build_call(alias, &spec, &call);
+	channel_call(&call.hdr, call.data.data, call.data.len, call.hdr.timeout_ms, r);
+	pfree(call.data.data);
+	return DatumGetJsonbP(llm_call_result(r, false, false, &isnull));
+}
+
+void
+chat_answer_parts(Jsonb *answer, ChatAnswer *a)
+{
+	JsonbContainer *usage = json_get_object(&answer->root, "usage");
+	JsonbContainer *gw = json_get_object(&answer->root, "gateway");
+	JsonbValue *content = json_get(&answer->root, "content");
+	JsonbValue *cost = gw ? json_get(gw, "cost_usd") : NULL;
+	int64		n;
+
+	memset(a, 0, sizeof(*a));
+	a->content = content ? JsonbValueToJsonb(content) : jsonb_from_cstring("[]");
+	if (usage && json_get_int64(usage, "input_tokens", &n))
+		a->input_tokens = n;
+	if (usage && json_get_int64(usage, "cache_read_input_tokens", &n))
+		a->input_tokens += n;
+	if (usage && json_get_int64(usage, "cache_creation_input_tokens", &n))
+		a->input_tokens += n;
+	if (usage && json_get_int64(usage, "output_tokens", &n))
+		a->output_tokens = n;
+	if (!gw || !json_get_int64(gw, "request_id", &a->request_id))
+		a->request_id = 0;
+	a->stop_reason = (char *) json_get_cstring(&answer->root, "stop_reason");
+	if (cost && cost->type == jbvNumeric)
+		a->cost_usd = DatumGetCString(DirectFunctionCall1(numeric_out,
+														  NumericGetDatum(cost->val.numeric)));
+}
+
+/*
+ * Summarise old (a summary, or NULL) and turns [from, to) with the
+ * policy's model, in as many calls as its budget needs; returns the text.
+ */
+static char *
+summarize(ChatConversation *conv, const ChatPolicy *p, const char *old, int from, int to,
+		  ChatAnswer *ans)
+{
+	const char *alias = p->summary_model ? p->summary_model : conv->alias;
+	bool		known;
+	int64		budget = chat_budget(alias, p->summary_max_tokens, 0, &known);
+	int64		limit = (int64) (budget * 4 / CHAT_DEFAULT_RATIO);
+	char	   *summary = old ? pstrdup(old) : NULL;
+	int			i = from;
+
+	do
+	{
+		StringInfoData prompt;
+		StringInfoData hist;
+		StringInfoData opts;
+		LlmCallResult r;
+		bool		added = false;
+
+		initStringInfo(&prompt);
+		appendStringInfo(&prompt,
+						 "Summarize the conversation below so that the summary can replace it as the context "
+						 "for continuing it. Keep every fact, name, number, decision, tool result and open "
+						 "question the assistant will need; leave out pleasantries. Use at most " INT64_FORMAT
+						 " words. Answer with the summary only.", p->summary_max_tokens / 2);
+		if (summary)
+			appendStringInfo(&prompt, "\n\nSummary of what came before:\n%s", summary);
+		appendStringInfoString(&prompt, "\n\nConversation:");
+		for (; i < to; i++)
+		{
+			ChatTurn   *t = &conv->turns[i];
+			StringInfoData line;
+
+			if (t->role == 's')
+				continue;
+			initStringInfo(&line);
+			appendStringInfoString(&line, t->role == 'u' ? "\nUser: " : "\nAssistant: ");
+			append_content_text(&line, &t->content->root);
+			if (line.len > limit / 2)
+			{
+				line.len = pg_mbcliplen(line.data, line.len, limit / 2);
+				line.data[line.len] = '\0';
+				appendStringInfoString(&line, " [...]");
+			}
+			if (added && prompt.len + line.len > limit)
+				break;
+			appendBinaryStringInfo(&prompt, line.data, line.len);
+			added = true;
+		}
+
+		initStringInfo(&hist);
+		appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
+		json_append_string(&hist, prompt.data);
+		appendStringInfoString(&hist, "}]");
+		initStringInfo(&opts);
+		appendStringInfo(&opts, "{\"max_tokens\":" INT64_FORMAT ",\"tags\":{\"conversation\":\""
+						 INT64_FORMAT "\",\"purpose\":\"summary\"}}", p->summary_max_tokens, conv->id);
+		chat_answer_parts(chat_call(alias, jsonb_from_cstring(hist.data),
+									jsonb_from_cstring(opts.data), &r), ans);
+		summary = answer_text(ans->content);
+	} while (i < to);
+	return summary;
+}
+
+/* Store a summary as a turn of its own, and add it to conv->turns. */
+static int
+store_summary(ChatConversation *conv, const char *text, int through, const ChatAnswer *ans)
+{
+	static const char *const sql =
+	"INSERT INTO llm.conversation_turns (conversation, seq, role, content, bytes, tokens,"
+	"    request_id, input_tokens, cost_usd, summary_through)"
+	" VALUES ($1, $2, 'summary', to_jsonb($3), octet_length(to_jsonb($3)::text), $4, $5, $6,"
+	"         $7::numeric, $8)";
+	Oid			types[8] = {INT8OID, INT4OID, TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	ChatTurn   *t = &conv->turns[conv->nturns];
+	StringInfoData js;
+
+	values[0] = Int64GetDatum(conv->id);
+	values[1] = Int32GetDatum(conv->next_seq);
+	values[2] = CStringGetTextDatum(text);
+	values[3] = Int64GetDatum(ans->output_tokens);
+	values[4] = Int64GetDatum(ans->request_id);
+	values[5] = Int64GetDatum(ans->input_tokens);
+	values[6] = ans->cost_usd ? CStringGetTextDatum(ans->cost_usd) : (Datum) 0;
+	nulls[6] = ans->cost_usd ? ' ' : 'n';
+	values[7] = Int32GetDatum(through);
+	SPI_connect();
+	conversation_spi(run_as_gateway_role(), sql, 8, types, values, nulls, SPI_OK_INSERT);
+	SPI_finish();
+
+	initStringInfo(&js);
+	json_append_string(&js, text);
+	memset(t, 0, sizeof(*t));
+	t->seq = conv->next_seq++;
+	t->role = 's';
+	t->bytes = js.len;
+	t->summary_through = through;
+	t->input_tokens = t->est_tokens = -1;
+	t->content = jsonb_from_cstring(js.data);
+	return conv->nturns++;
+}
+
+/* the index of the first turn at or after lo that is not a summary (nturns if none) */
+static int
+first_message(ChatTurn *turns, int nturns, int lo)
+{
+	while (lo < nturns && turns[lo].role == 's')
+		lo++;
+	return lo;
+}
+
+/*
+ * Messages [first, nturns) then the new one, as a JSON array; an exchange
+ * whose answer was empty (nothing to send back) is left out.
+ */
+static Jsonb *
+build_history(ChatTurn *turns, int nturns, int first, const ChatMessage *msg, int64 *bytes)
+{
+	StringInfoData buf;
+	int		   *starts = palloc(sizeof(int) * (nturns + 1));
+	int			n = 0;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	*bytes = 0;
+	for (i = first; i < nturns; i++)
+	{
+		ChatTurn   *t = &turns[i];
+
+		if (t->role == 's')
+			continue;
+		if (t->role == 'a' && t->bytes <= 2 && n > 0)
+		{
+			buf.len = starts[--n];	/* "[]" or "": drop it and its question */
+			buf.data[buf.len] = '\0';
+			continue;
+		}
+		starts[n++] = buf.len;
+		if (buf.len > 1)
+			appendStringInfoChar(&buf, ',');
+		appendStringInfo(&buf, "{\"role\":\"%s\",\"content\":", t->role == 'u' ? "user" : "assistant");
+		json_append_container(&buf, &t->content->root);
+		appendStringInfoChar(&buf, '}');
+		*bytes += t->bytes;
+	}
+	if (buf.len > 1)
+		appendStringInfoChar(&buf, ',');
+	appendStringInfoString(&buf, "{\"role\":\"user\",\"content\":");
+	json_append_container(&buf, &msg->content->root);
+	appendStringInfoString(&buf, "}]");
+	return jsonb_from_cstring(buf.data);
+}
+
+static char *
+system_with_summary(const char *system, const char *summary)
+{
+	if (summary == NULL)
+		return system ? pstrdup(system) : NULL;
+	return psprintf("%s%s%s", system ? system : "", system ? SUMMARY_HEADER : &SUMMARY_HEADER[2],
+					summary);
+}
+
+static int64
+options_bytes(Jsonb *options, int64 *max_tokens)
+{
+	if (!json_get_int64(&options->root, "max_tokens", max_tokens))
+		*max_tokens = 0;
+	return strlen(jsonb_text(options));
+}
+
+/*
+ * What to send for msg on conv (locked): the turns that fit, after a
+ * summary made now if the policy says so.  options: the call's merged
+ * options without system.
+ */
+void
+chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatContext *ctx)
+{
+	ChatPolicy	p;
+	bool		known;
+	int64		max_tokens;
+	int64		fixed = options_bytes(options, &max_tokens) + msg->bytes +
+		(conv->system ? strlen(conv->system) : 0);
+	int64		budget;
+	double		ratio = chat_ratio(conv);
+	int64		sent;
+	char	   *summary_text = NULL;
+	int			lo = 0;
+
+	chat_policy_parse(conv->policy, &p);
+	budget = chat_budget(conv->alias, max_tokens, p.budget_tokens, &known);
+	ctx->summary = -1;
+
+	if (p.summarize)
+	{
+		int			s;
+		int64		with = fixed;
+
+		for (s = conv->nturns - 1; s >= 0 && conv->turns[s].role != 's'; s--)
+			;
+		if (s >= 0)
+		{
+			while (lo < conv->nturns && conv->turns[lo].seq <= conv->turns[s].summary_through)
+				lo++;
+			with += conv->turns[s].bytes + strlen(SUMMARY_HEADER);
+			ctx->summary = s;
+		}
+		ctx->first = fit_from(conv->turns, conv->nturns, lo, with, msg->starts, ratio, budget);
+		if (ctx->first != first_message(conv->turns, conv->nturns, lo))
+		{
+			int64		reserve = (int64) (p.summary_max_tokens * 4 / ratio) + strlen(SUMMARY_HEADER);
+			int			from = first_message(conv->turns, conv->nturns, lo);
+			int			cut;
+			ChatAnswer	ans;
+			char	   *old = NULL;
+
+			if (!known)
+				too_long(conv->alias, 0, budget, false);
+			cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, ratio, budget / 2);
+			if (cut <= from)
+				cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, ratio, budget);
+			if (cut < 0)
+				too_long(conv->alias, estimate(fixed + reserve, ratio), budget, true);
+			if (cut < from)
+				cut = from;
+			load_contents(conv, from, s);
+			if (s >= 0)
+				old = answer_text(conv->turns[s].content);
+			summary_text = summarize(conv, &p, old, from, cut, &ans);
+			ctx->summary = store_summary(conv, summary_text,
+										 cut > 0 ? conv->turns[cut - 1].seq : 0, &ans);
+			ctx->first = cut;
+		}
+		else if (s >= 0)
+		{
+			load_contents(conv, ctx->first, s);
+			summary_text = answer_text(conv->turns[s].content);
+		}
+	}
+	else
+	{
+		ctx->first = fit_from(conv->turns, conv->nturns, 0, fixed, msg->starts, ratio, budget);
+		if (ctx->first < 0)
+			too_long(conv->alias, estimate(fixed, ratio), budget, true);
+		if (!known && ctx->first != first_message(conv->turns, conv->nturns, 0))
+			too_long(conv->alias, 0, budget, false);
+	}
+	if (ctx->first < 0)
+		too_long(conv->alias, estimate(fixed, ratio), budget, true);
+	if (summary_text == NULL)
+		load_contents(conv, ctx->first, -1);
+
+	ctx->history = build_history(conv->turns, conv->nturns, ctx->first, msg, &sent);
+	ctx->system = system_with_summary(conv->system, summary_text);
+	ctx->est_raw = (int64) ceil((fixed + sent +
+								 (summary_text ? strlen(SUMMARY_HEADER) + strlen(summary_text) : 0)) / 4.0);
+	ctx->message_tokens = estimate(msg->bytes, ratio);
+}
+
+/*
+ * For a replay: what to send for msg after the replayed turns, to alias,
+ * by drop_oldest (a replay never summarises: it would add calls that are
+ * not part of the comparison).  The turns' contents are loaded.
+ */
+void
+chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns, const char *alias,
+				const ChatMessage *msg, Jsonb *options, ChatContext *ctx)
+{
+	ChatPolicy	p;
+	bool		known;
+	int64		max_tokens;
+	int64		fixed = options_bytes(options, &max_tokens) + msg->bytes +
+		(conv->system ? strlen(conv->system) : 0);
+	int64		budget;
+	int64		sent;
+
+	chat_policy_parse(conv->policy, &p);
+	budget = chat_budget(alias, max_tokens, p.budget_tokens, &known);
+	ctx->summary = -1;
+	ctx->first = fit_from(turns, nturns, 0, fixed, msg->starts, CHAT_DEFAULT_RATIO, budget);
+	if (ctx->first < 0)
+		too_long(alias, estimate(fixed, CHAT_DEFAULT_RATIO), budget, true);
+	if (!known && ctx->first != first_message(turns, nturns, 0))
+		too_long(alias, 0, budget, false);
+	ctx->history = build_history(turns, nturns, ctx->first, msg, &sent);
+	ctx->system = conv->system;
+	ctx->est_raw = (int64) ceil((fixed + sent) / 4.0);
+	ctx->message_tokens = estimate(msg->bytes, CHAT_DEFAULT_RATIO);
+}
+
+/* for chat_replay.c: load every turn's content */
+void
+chat_load_all_contents(ChatConversation *conv)
+{
+	load_contents(conv, 0, -1);
+}
