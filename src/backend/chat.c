@@ -147,8 +147,8 @@ prepare(const NullableDatum *args, bool text_form, LlmPreparedCall *call)
 		chat_text_message(text_to_cstring(DatumGetTextPP(args[1].value)), &msg);
 	else
 		chat_message_parse(DatumGetJsonbP(args[1].value), &msg);
-	chat_fit(&conv, &msg, chat_options(&conv, call_options, NULL), &ctx);
-	validate_call(conv.alias, ctx.history, chat_options(&conv, call_options, ctx.system), &spec);
+	chat_fit(&conv, &msg, chat_options(&conv, call_options, NULL, NULL), &ctx);
+	validate_call(conv.alias, ctx.history, chat_options(&conv, call_options, ctx.system, NULL), &spec);
 	llm_build_call(conv.alias, &spec, call);
 
 	old = MemoryContextSwitchTo(TopTransactionContext);

@@ -111,7 +111,8 @@ static const char *const conversation_sql =
 " WHERE l.conversation = $1" cond " ORDER BY 1"
 
 static const char *const turns_sql =
-CHAIN_SQL("t.seq, t.role, t.bytes::int8, t.starts_exchange, t.summary_through, t.input_tokens, t.context_est_tokens", "");
+CHAIN_SQL("t.seq, t.role, t.bytes::int8, t.starts_exchange, t.summary_through, t.input_tokens,"
+		  " t.context_est_tokens, t.tokens, t.cost_usd::text", "");
 
 static const char *const contents_sql =
 CHAIN_SQL("t.seq, t.content", " AND (t.seq >= $2 OR t.seq = $3)");
@@ -189,6 +190,12 @@ conversation_load(int64 id, bool lock, ChatConversation *conv)
 		}
 		t->input_tokens = spi_int64(i, 6, -1);
 		t->est_tokens = spi_int64(i, 7, -1);
+		t->tokens = spi_int64(i, 8, -1);
+		{
+			Datum		d = spi_col(i, 9, &isnull);
+
+			t->cost_usd = isnull ? NULL : MemoryContextStrdup(outer, TextDatumGetCString(d));
+		}
 		conv->next_seq = t->seq + 1;
 	}
 	SPI_finish();
@@ -368,10 +375,11 @@ chat_text_message(const char *text, ChatMessage *m)
 
 /*
  * The conversation's options with the call's over them, its system prompt
- * (summary included), and a "conversation" tag, unless tags name one.
+ * (summary included), and tags "conversation" (and "purpose", when given)
+ * added to the caller's, unless they name a conversation.
  */
 Jsonb *
-chat_options(ChatConversation *conv, Jsonb *call_options, const char *system)
+chat_options(ChatConversation *conv, Jsonb *call_options, const char *system, const char *purpose)
 {
 	Jsonb	   *opts = conv->options;
 	StringInfoData add;
@@ -413,7 +421,10 @@ chat_options(ChatConversation *conv, Jsonb *call_options, const char *system)
 			appendBinaryStringInfo(&add, t + 1, strlen(t) - 2);
 			appendStringInfoChar(&add, ',');
 		}
-		appendStringInfo(&add, "\"conversation\":\"" INT64_FORMAT "\"}", conv->id);
+		appendStringInfo(&add, "\"conversation\":\"" INT64_FORMAT "\"", conv->id);
+		if (purpose != NULL)
+			appendStringInfo(&add, ",\"purpose\":\"%s\"", purpose);
+		appendStringInfoChar(&add, '}');
 	}
 	appendStringInfoChar(&add, '}');
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(opts),

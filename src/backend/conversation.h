@@ -34,6 +34,8 @@ typedef struct ChatTurn
 	int			summary_through;	/* summary: the last seq it stands for */
 	int64		input_tokens;	/* assistant: the provider's count, else -1 */
 	int64		est_tokens;		/* assistant: the gateway's raw estimate, else -1 */
+	int64		tokens;			/* the turn's tokens column, else -1 */
+	char	   *cost_usd;		/* assistant: numeric text, or NULL */
 	Jsonb	   *content;		/* loaded only for the turns sent */
 } ChatTurn;
 
@@ -90,7 +92,8 @@ extern void chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *opti
 extern void chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns,
 							const char *alias, const ChatMessage *msg, Jsonb *options,
 							ChatContext *ctx);
-extern Jsonb *chat_options(ChatConversation *conv, Jsonb *call_options, const char *system);
+extern Jsonb *chat_options(ChatConversation *conv, Jsonb *call_options, const char *system,
+						   const char *purpose);
 extern void chat_load_all_contents(ChatConversation *conv);
 extern Jsonb *jsonb_from_cstring(const char *text);
 
