@@ -58,7 +58,7 @@
 #define ERRCODE_LLM_CONTEXT_TOO_LONG		MAKE_SQLSTATE('L','L','0','1','7')
 /* the hint every adapter gives with LL017 */
 #define LLM_CONTEXT_TOO_LONG_HINT \
-	"The conversation's history is longer than the model's context window: set the route option context_window (or the conversation's context budget) below the model's real window."
+	"The input is longer than the model's context window: shorten it; for a conversation, set the route option context_window (or the conversation's context budget) below the model's real window."
 
 /*
  * A provider's "input longer than the context window" answer: LL017, fatal

@@ -82,7 +82,7 @@ for my $k (@kinds)
 	my ($state, $text, $hint) = split /\n/, $node->safe_psql('postgres', "SELECT call_state('c_$k', '$w21')");
 	is($state, 'LL017', "$k: 21 words fail with LL017");
 	like($text, qr/\Q$msg\E/, "$k: the error carries the provider's message");
-	like($hint // '', qr/context window: set the route option context_window/, "$k: with the hint");
+	like($hint // '', qr/context window: shorten it; for a conversation, set the route option context_window/, "$k: with the hint");
 	is($node->safe_psql('postgres', qq{
 		SELECT status || ' ' || error_code || ' ' || attempts || ' ' || http_status || ' '
 		       || jsonb_array_length(attempts_detail) || ' ' || (attempts_detail->0->>'provider')
