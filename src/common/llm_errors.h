@@ -54,9 +54,24 @@
 #define ERRCODE_LLM_SCHEMA_MISMATCH			MAKE_SQLSTATE('L','L','0','1','5')
 /* an embedding of another size than the call or the route target declares */
 #define ERRCODE_LLM_EMBED_DIMENSION			MAKE_SQLSTATE('L','L','0','1','6')
-/* the request's input is longer than the model's context window (provider's answer, or a
- * conversation whose history cannot fit its budget) */
-#define ERRCODE_LLM_CONTEXT_TOO_LONG MAKE_SQLSTATE('L','L','0','1','7')
+/* the request's input is longer than the model's context window (provider's answer, or a conversation whose history cannot fit its budget) */
+#define ERRCODE_LLM_CONTEXT_TOO_LONG		MAKE_SQLSTATE('L','L','0','1','7')
+/* the hint every adapter gives with LL017 */
+#define LLM_CONTEXT_TOO_LONG_HINT \
+	"The input is longer than the model's context window: shorten it; for a conversation, set the route option context_window (or the conversation's context budget) below the model's real window."
+
+/*
+ * A provider's "input longer than the context window" answer: LL017, fatal
+ * (the same input fails on any retry, and a fallback target would get the
+ * same history), with the hint.  Message and http_status stay as parsed.
+ */
+static inline void
+llm_error_context_too_long(LlmError *err)
+{
+	err->sqlerrcode = ERRCODE_LLM_CONTEXT_TOO_LONG;
+	err->fail_class = LLM_FAIL_FATAL;
+	err->hint = pstrdup(LLM_CONTEXT_TOO_LONG_HINT);
+}
 
 extern void llm_error_for_status(int status, LlmError *err);
 extern const char *llm_fail_class_name(LlmFailClass fail_class);

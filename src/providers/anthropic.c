@@ -44,6 +44,9 @@ static bool anthropic_parse_response(const LlmCall *call, const LlmTarget *targe
 									 LlmError *err);
 static void anthropic_parse_error(const LlmHttpResult *res, LlmError *err);
 
+/* how the Messages API starts its 400 for an input over the context window */
+#define ANTHROPIC_CONTEXT_PREFIX "prompt is too long"
+
 /* provider option structured_output: "tool" (true), "native" or absent (false) */
 static bool
 forced_tool_output(const LlmTarget *target, bool *forced, LlmError *err)
@@ -281,4 +284,9 @@ anthropic_parse_error(const LlmHttpResult *res, LlmError *err)
 		err->sqlerrcode = ERRCODE_LLM_PROVIDER_QUOTA;
 		err->fail_class = LLM_FAIL_FATAL;
 	}
+	/* "prompt is too long: 215000 tokens > 200000 maximum" (by prefix only) */
+	else if (res->status == 400 && type != NULL &&
+			 strcmp(type, "invalid_request_error") == 0 && message != NULL &&
+			 strncmp(message, ANTHROPIC_CONTEXT_PREFIX, strlen(ANTHROPIC_CONTEXT_PREFIX)) == 0)
+		llm_error_context_too_long(err);
 }

@@ -241,6 +241,32 @@ error_type(const LlmHttpResult *res, JsonbContainer *root)
 	return NULL;
 }
 
+/*
+ * A ValidationException about the input's length: Converse's own "Input is
+ * too long for requested model.", and what some models add after "The
+ * model returned the following errors: " (Anthropic's "prompt is too
+ * long: N tokens > M maximum", others' "too many input tokens").
+ * Compared case-insensitively: the models' capitalisation varies.
+ */
+static bool
+input_too_long(const char *message)
+{
+	static const char *const phrases[] = {
+		"input is too long", "prompt is too long", "too many input tokens", NULL
+	};
+	char	   *lower;
+
+	if (message == NULL)
+		return false;
+	lower = pstrdup(message);
+	for (char *c = lower; *c; c++)
+		*c = pg_tolower((unsigned char) *c);
+	for (int i = 0; phrases[i] != NULL; i++)
+		if (strstr(lower, phrases[i]) != NULL)
+			return true;
+	return false;
+}
+
 static void
 set_class(LlmError *err, int code, LlmFailClass cls)
 {
@@ -296,6 +322,8 @@ bedrock_parse_error(const LlmHttpResult *res, LlmError *err)
 	}
 	else if (strcmp(type, "ServiceQuotaExceededException") == 0)
 		set_class(err, ERRCODE_LLM_PROVIDER_QUOTA, LLM_FAIL_FATAL);
+	else if (strcmp(type, "ValidationException") == 0 && input_too_long(message))
+		llm_error_context_too_long(err);
 	else if (strcmp(type, "ValidationException") == 0 ||
 			 strcmp(type, "ResourceNotFoundException") == 0 ||
 			 strcmp(type, "SerializationException") == 0)

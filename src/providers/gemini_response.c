@@ -390,4 +390,9 @@ gemini_parse_error(const LlmHttpResult *res, LlmError *err)
 		err->fail_class = LLM_FAIL_CREDENTIAL;
 		err->hint = pstrdup("Check the provider's credential; llm.set_credential() replaces it.");
 	}
+	/* "The input token count (N) exceeds the maximum number of tokens allowed (M)." */
+	else if (status != NULL && strcmp(status, "INVALID_ARGUMENT") == 0 && message != NULL &&
+			 strstr(message, "input token count") != NULL &&
+			 strstr(message, "exceeds the maximum") != NULL)
+		llm_error_context_too_long(err);
 }

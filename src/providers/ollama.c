@@ -746,6 +746,7 @@ ollama_parse_response(const LlmCall *call, const LlmTarget *target,
 /*
  * Non-2xx: {"error": "..."}.  A 404 is a model the server has not pulled
  * ("model \"x\" not found, try pulling it first"): fatal, with a hint.
+ * A 400 over the context window is LL017.
  */
 static void
 ollama_parse_error(const LlmHttpResult *res, LlmError *err)
@@ -767,4 +768,11 @@ ollama_parse_error(const LlmHttpResult *res, LlmError *err)
 		err->fail_class = LLM_FAIL_FATAL;
 		err->hint = pstrdup("Pull the model on the Ollama server (ollama pull <model>), or correct the route's upstream model.");
 	}
+	/*
+	 * The runner's errorInputTooLong, "the input length exceeds the context
+	 * length": sent as a 400 when truncation is off (Ollama otherwise cuts
+	 * the prompt silently).
+	 */
+	else if (res->status == 400 && strstr(message, "exceeds the context length") != NULL)
+		llm_error_context_too_long(err);
 }

@@ -162,4 +162,12 @@ openai_parse_error(const LlmHttpResult *res, LlmError *err)
 		err->sqlerrcode = ERRCODE_LLM_PROVIDER_QUOTA;
 		err->fail_class = LLM_FAIL_FATAL;
 	}
+	/*
+	 * The input is over the model's window ("This model's maximum context
+	 * length is 8192 tokens. However, your messages resulted in 9000
+	 * tokens. ...").  The code alone decides: OpenAI, Azure and Groq send
+	 * it, and the message text differs between them.
+	 */
+	else if (code_text != NULL && strcmp(code_text, "context_length_exceeded") == 0)
+		llm_error_context_too_long(err);
 }

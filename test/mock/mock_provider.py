@@ -131,7 +131,7 @@ class BadRequest(Exception):
 # =============================================================================
 
 _INT_KEYS = frozenset(("status", "fail_first", "bad_json_first", "large", "cache", "retry_after_ms",
-                       "retry_after_date", "trickle_bytes", "embed_dim"))
+                       "retry_after_date", "trickle_bytes", "embed_dim", "context"))
 _FLOAT_KEYS = frozenset(("latency", "trickle"))
 
 
@@ -327,6 +327,10 @@ class Api:
     def plan(self, ex, status, obj, extra=""):
         return (status, self.headers(ex) + extra, dumpb(obj), JSON_CT)
 
+    def context_error(self, ex, n, limit):
+        """The protocol's real 400 for an input of n tokens over a window of limit."""
+        raise NotImplementedError
+
 
 # ---- 4.1 Anthropic Messages -------------------------------------------------
 
@@ -396,6 +400,9 @@ class Anthropic(Api):
 
     def error200(self, ex):
         return dumpb({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+
+    def context_error(self, ex, n, limit):
+        return self.error(ex, 400, f"prompt is too long: {n} tokens > {limit} maximum")
 
     def check(self, ex):
         h = ex.req.headers
@@ -515,6 +522,12 @@ class OpenAI(Api):
     def error200(self, ex):
         return dumpb({"error": {"message": "The server had an error while processing your request.",
                                 "type": "server_error", "param": None, "code": None}})
+
+    def context_error(self, ex, n, limit):
+        return self.plan(ex, 400, {"error": {
+            "message": f"This model's maximum context length is {limit} tokens. However, your "
+                       f"messages resulted in {n} tokens. Please reduce the length of the messages.",
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
 
     def auth_key(self, h):
         return bearer(h) or h.get("api-key")
@@ -680,6 +693,10 @@ class Gemini(Api):
     def error200(self, ex):
         return dumpb({"error": {"code": 503, "message": self.MESSAGES["UNAVAILABLE"],
                                 "status": "UNAVAILABLE"}})
+
+    def context_error(self, ex, n, limit):
+        return self.error(ex, 400, f"The input token count ({n}) exceeds the maximum number of "
+                                   f"tokens allowed ({limit}).")
 
     def check(self, ex):
         h = ex.req.headers
@@ -876,6 +893,9 @@ class Bedrock(Api):
     def error200(self, ex):
         return dumpb({"message": self.MESSAGES["InternalServerException"]})
 
+    def context_error(self, ex, n, limit):
+        return self.error(ex, 400, "Input is too long for requested model.")
+
     def check(self, ex):
         auth = ex.req.headers.get("authorization", "")
         info = None
@@ -982,6 +1002,9 @@ class Ollama(Api):
 
     def error200(self, ex):
         return dumpb({"error": "internal server error"})
+
+    def context_error(self, ex, n, limit):
+        return self.error(ex, 400, "the input length exceeds the context length")
 
     def check(self, ex):
         key = bearer(ex.req.headers)            # no auth locally; a bad bearer is refused
@@ -1553,6 +1576,12 @@ class MockState:
             d.update(call.last_directives)
         if getattr(api, "embed", False) and isinstance(d.get("embed_dim"), int) and d["embed_dim"] > 0:
             call.dim = d["embed_dim"]       # a provider that ignores the size asked for
+        limit = d.get("context")
+        if (isinstance(limit, int) and not getattr(api, "embed", False)
+                and call.input_tokens > limit):
+            # a model whose window is `limit` tokens: refused before any reply or other fault
+            ex.entry["context_exceeded"] = {"input_tokens": call.input_tokens, "context": limit}
+            return api.context_error(ex, call.input_tokens, limit)
         fail = None
         ff = d.get("fail_first", 0)
         if ff > 0:

@@ -717,6 +717,18 @@ class TestVertex(MockTest):
         self.assertEqual(stats()["token_requests"], 1)
         self.assertEqual(stats()["tokens_issued"], 1)
 
+    def test_context_directive(self):
+        control("POST", "config", {"vertex_public_key": self.keys["good"][1],
+                                   "directives": "context=2"})
+        st, b = self.token(self.jwt())
+        auth = {"authorization": "Bearer " + b["access_token"]}
+        st, _, b = post(self.PATH, gem("one two"), auth)
+        self.assertEqual(st, 200)
+        st, _, b = post(self.PATH, gem("one two three"), auth)
+        self.assertEqual((st, b), (400, {"error": {
+            "code": 400, "message": "The input token count (3) exceeds the maximum number of tokens "
+                                    "allowed (2).", "status": "INVALID_ARGUMENT"}}))
+
     def test_embeddings_predict(self):
         control("POST", "config", {"vertex_public_key": self.keys["good"][1]})
         st, b = self.token(self.jwt())
@@ -1108,6 +1120,80 @@ class TestFaults(MockTest):
         self.assertEqual((st, h["connection"]), (200, "close"))
         self.assertEqual(f.read(), b"")
         s.close()
+
+
+class TestContext(MockTest):
+    """context=N: an input over N tokens (the mock's word count) gets the real context 400."""
+    WORDS20 = " ".join(f"w{i}" for i in range(20))
+    WORDS21 = WORDS20 + " w20"
+
+    def check(self, path, build, headers, over_status, over_body):
+        for how in ("marker", "header", "global"):
+            control("POST", "reset")
+            hdr = dict(headers)
+            suffix = ""
+            if how == "marker":
+                suffix = " [[mock:context=20]]"
+            elif how == "header":
+                hdr["x-mock"] = "context=20"
+            else:
+                control("POST", "config", {"directives": "context=20"})
+            st, _, b = post(path, build(self.WORDS20 + suffix), hdr)
+            self.assertEqual(st, 200, (path, how, b))
+            st, _, b = post(path, build(self.WORDS21 + suffix), hdr)
+            self.assertEqual((st, b), (over_status, over_body), (path, how))
+            entry = requests_log()[-1]
+            self.assertEqual((entry["status"], entry["context_exceeded"], entry["directives"]["context"]),
+                             (400, {"input_tokens": 21, "context": 20}, 20))
+
+    def test_anthropic(self):
+        self.check("/v1/messages", anth, AH, 400, {
+            "type": "error", "error": {"type": "invalid_request_error",
+                                       "message": "prompt is too long: 21 tokens > 20 maximum"},
+            "request_id": "req_mock_2"})
+
+    def test_system_and_tool_results_count(self):
+        control("POST", "config", {"directives": "context=5"})
+        body = anth("", system="s1 s2", messages=[
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "r1 r2"}]}])
+        st, _, b = post("/v1/messages", body, AH)
+        self.assertEqual(st, 200)                              # 2 + 1 + 2 = 5 words
+        body["messages"][0]["content"] = "a b"
+        st, _, b = post("/v1/messages", body, AH)
+        self.assertEqual((st, b["error"]["message"]), (400, "prompt is too long: 6 tokens > 5 maximum"))
+
+    def test_openai_and_azure(self):
+        want = {"error": {"message": "This model's maximum context length is 20 tokens. However, your "
+                                     "messages resulted in 21 tokens. Please reduce the length of the messages.",
+                          "type": "invalid_request_error", "param": "messages",
+                          "code": "context_length_exceeded"}}
+        self.check("/v1/chat/completions", oai, OH, 400, want)
+        self.check("/openai/deployments/my-gpt4o/chat/completions?api-version=2024-10-21", oai,
+                   {"api-key": "k"}, 400, want)
+
+    def test_gemini(self):
+        self.check(GEMINI, gem, GH, 400, {"error": {
+            "code": 400, "message": "The input token count (21) exceeds the maximum number of tokens "
+                                    "allowed (20).", "status": "INVALID_ARGUMENT"}})
+
+    def test_bedrock(self):
+        self.check(BEDROCK, bed, BH, 400, {"message": "Input is too long for requested model."})
+        control("POST", "config", {"directives": "context=20"})
+        _, h, _ = call("POST", BEDROCK, json.dumps(bed(self.WORDS21)), BH)
+        self.assertTrue(h["x-amzn-errortype"].startswith("ValidationException:"))
+
+    def test_ollama(self):
+        self.check("/api/chat", oll, {}, 400, {"error": "the input length exceeds the context length"})
+
+    def test_embeddings_and_other_faults(self):
+        control("POST", "config", {"directives": "context=1"})
+        st, _, _ = post("/v1/embeddings", {"model": "emb", "input": ["a b c"]}, OH)
+        self.assertEqual(st, 200)                              # chat endpoints only
+        st, _, b = post("/v1/messages", anth("a b [[mock:status=503]]"), AH)
+        self.assertEqual(st, 400)                              # refused before other faults
+        self.assertNotIn("context_exceeded", requests_log()[-2])
 
 
 # -----------------------------------------------------------------------------
