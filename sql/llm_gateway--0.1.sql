@@ -260,11 +260,14 @@ BEGIN
                                 k, left(v::text, 40)
                     USING ERRCODE = '22023', HINT = 'For example {"price_input": 3, "price_output": 15}.';
             END IF;
-        ELSIF k IN ('max_tokens', 'default_max_tokens', 'max_attempts', 'breaker_failures', 'breaker_cooldown_ms') THEN
+        ELSIF k IN ('max_tokens', 'default_max_tokens', 'max_attempts', 'breaker_failures', 'breaker_cooldown_ms',
+                    'context_window') THEN
+            -- context_window: the model's input + output tokens, which bounds a conversation's history
             lo := CASE WHEN k LIKE 'breaker%' THEN 0 ELSE 1 END;
             hi := CASE k WHEN 'max_attempts' THEN 100
                          WHEN 'breaker_failures' THEN 1000000
                          WHEN 'breaker_cooldown_ms' THEN 2147483647
+                         WHEN 'context_window' THEN 100000000
                          ELSE 1048576 END;
             IF jsonb_typeof(v) = 'number' THEN
                 n := v::text::numeric;
@@ -300,7 +303,7 @@ BEGIN
         ELSE
             RAISE EXCEPTION 'unknown route option "%"', k
                 USING ERRCODE = '22023',
-                      HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms, retry_unreadable, idempotency_header, dimensions.';
+                      HINT = 'Route options: price_input, price_output, price_cache_read, price_cache_write, max_tokens, default_max_tokens, max_attempts, breaker_failures, breaker_cooldown_ms, retry_unreadable, idempotency_header, dimensions, context_window.';
         END IF;
     END LOOP;
     RETURN true;
