@@ -112,7 +112,7 @@ static const char *const conversation_sql =
 
 static const char *const turns_sql =
 CHAIN_SQL("t.seq, t.role, t.bytes::int8, t.starts_exchange, t.summary_through, t.input_tokens,"
-		  " t.context_est_tokens, t.tokens, t.cost_usd::text", "");
+		  " t.context_est_tokens, t.tokens, t.cost_usd::text, t.context_first_seq", "");
 
 static const char *const contents_sql =
 CHAIN_SQL("t.seq, t.content", " AND (t.seq >= $2 OR t.seq = $3)");
@@ -195,6 +195,8 @@ conversation_load(int64 id, bool lock, ChatConversation *conv)
 			Datum		d = spi_col(i, 9, &isnull);
 
 			t->cost_usd = isnull ? NULL : MemoryContextStrdup(outer, TextDatumGetCString(d));
+			d = spi_col(i, 10, &isnull);
+			t->context_first_seq = isnull ? 0 : DatumGetInt32(d);
 		}
 		conv->next_seq = t->seq + 1;
 	}
@@ -477,52 +479,98 @@ chat_budget(const char *alias, int64 max_tokens, int64 policy_budget, bool *know
 	return budget > 0 ? budget : CHAT_DEFAULT_BUDGET_TOKENS;
 }
 
-/* the corrected estimate of bytes of JSON */
-static int64
-estimate(int64 bytes, double ratio)
+/*
+ * Token estimates: tokens = fixed + per_raw * raw, raw being bytes / 4 of
+ * the history (turns, the message, a summary), fixed the tokens of what
+ * every request of the conversation sends besides (system prompt, tools).
+ * The provider's input_tokens of the last answers fit the line: per_raw
+ * is the steepest slope between consecutive ones (the densest history
+ * seen, so prose is not counted at the rate of a tool call's JSON), and a
+ * tool schema sent every time lands in fixed, not in the slope; fixed is
+ * what the last request counted beyond its history.  With one answer the
+ * slope is CHAT_DEFAULT_RATIO; with none, fixed is the system prompt and
+ * options at that rate too.
+ */
+typedef struct Estimator
 {
-	return (int64) ceil(ceil(bytes / 4.0) * ratio);
+	double		per_raw;
+	double		fixed;
+} Estimator;
+
+#define ESTIMATOR_POINTS 4		/* answers whose counts the slope is taken from */
+
+static void
+estimator_init(ChatTurn *turns, int nturns, int64 fixed_bytes, Estimator *e)
+{
+	ChatTurn   *answers[ESTIMATOR_POINTS];
+	int			n = 0;
+	int			i;
+	bool		have_slope = false;
+
+	for (i = nturns - 1; i >= 0 && n < ESTIMATOR_POINTS; i--)
+		if (turns[i].role == 'a' && turns[i].input_tokens > 0 && turns[i].est_tokens > 0)
+			answers[n++] = &turns[i];
+	e->per_raw = CHAT_DEFAULT_RATIO;
+	e->fixed = fixed_bytes / 4.0 * CHAT_DEFAULT_RATIO;
+	if (n == 0)
+		return;
+	/* the steepest slope of the last pairs: the densest history seen */
+	for (i = 1; i < n; i++)
+	{
+		int64		d_raw = answers[i - 1]->est_tokens - answers[i]->est_tokens;
+		double		slope;
+
+		if (llabs(d_raw) < 8)
+			continue;
+		slope = (double) (answers[i - 1]->input_tokens - answers[i]->input_tokens) / d_raw;
+		if (slope >= 0.1 && slope <= 10 && (!have_slope || slope > e->per_raw))
+		{
+			e->per_raw = slope;
+			have_slope = true;
+		}
+	}
+	e->fixed = Max(0.0, answers[0]->input_tokens -
+				   e->per_raw * (answers[0]->est_tokens - fixed_bytes / 4.0));
 }
 
-/* provider tokens per raw estimated token, from the conversation's last answer */
 static double
-chat_ratio(ChatConversation *conv)
+tokens_of(const Estimator *e, int64 bytes)
 {
-	int			i;
+	return bytes / 4.0 * e->per_raw;
+}
 
-	for (i = conv->nturns - 1; i >= 0; i--)
-	{
-		ChatTurn   *t = &conv->turns[i];
-
-		if (t->role == 'a' && t->input_tokens > 0 && t->est_tokens > 0)
-			return Max(0.25, Min(4.0, (double) t->input_tokens / t->est_tokens));
-	}
-	return CHAT_DEFAULT_RATIO;
+static int64
+tokens_ceil(double tokens)
+{
+	return (int64) ceil(tokens);
 }
 
 /*
  * The earliest start in [lo, nturns) from which every later turn, with
- * fixed bytes (system, options, the message), fits budget; nturns when
- * only the message fits (and it answers no tool call); -1 when nothing does.
+ * fixed tokens (system, options, the message, a summary), fits budget;
+ * nturns when only the message fits (and it answers no tool call); -1
+ * when nothing does.
  */
 static int
-fit_from(ChatTurn *turns, int nturns, int lo, int64 fixed, bool msg_starts, double ratio,
-		 int64 budget)
+fit_from(ChatTurn *turns, int nturns, int lo, double fixed, bool msg_starts,
+		 const Estimator *e, int64 budget)
 {
-	int64		acc = fixed;
+	double		acc = fixed;
 	int			best = msg_starts ? nturns : -1;
 	int			i;
 
-	if (estimate(acc, ratio) > budget)
+	if (tokens_ceil(acc) > budget)
 		return -1;
 	for (i = nturns - 1; i >= lo; i--)
 	{
-		if (turns[i].role == 's')
+		ChatTurn   *t = &turns[i];
+
+		if (t->role == 's')
 			continue;
-		acc += turns[i].bytes;
-		if (estimate(acc, ratio) > budget)
+		acc += tokens_of(e, t->bytes);
+		if (tokens_ceil(acc) > budget)
 			break;
-		if (turns[i].starts)
+		if (t->starts)
 			best = i;
 	}
 	return best;
@@ -844,14 +892,17 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 	ChatPolicy	p;
 	bool		known;
 	int64		max_tokens;
-	int64		fixed = options_bytes(options, &max_tokens) + msg->bytes +
+	int64		sent_before = options_bytes(options, &max_tokens) +
 		(conv->system ? strlen(conv->system) : 0);
+	Estimator	e;
+	double		fixed;
 	int64		budget;
-	double		ratio = chat_ratio(conv);
 	int64		sent;
 	char	   *summary_text = NULL;
 	int			lo = 0;
 
+	estimator_init(conv->turns, conv->nturns, sent_before, &e);
+	fixed = e.fixed + tokens_of(&e, msg->bytes);
 	chat_policy_parse(conv->policy, &p);
 	budget = chat_budget(conv->alias, max_tokens, p.budget_tokens, &known);
 	ctx->summary = -1;
@@ -859,7 +910,7 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 	if (p.summarize)
 	{
 		int			s;
-		int64		with = fixed;
+		double		with = fixed;
 
 		for (s = conv->nturns - 1; s >= 0 && conv->turns[s].role != 's'; s--)
 			;
@@ -867,13 +918,14 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 		{
 			while (lo < conv->nturns && conv->turns[lo].seq <= conv->turns[s].summary_through)
 				lo++;
-			with += conv->turns[s].bytes + strlen(SUMMARY_HEADER);
+			with += tokens_of(&e, conv->turns[s].bytes + strlen(SUMMARY_HEADER));
 			ctx->summary = s;
 		}
-		ctx->first = fit_from(conv->turns, conv->nturns, lo, with, msg->starts, ratio, budget);
+		ctx->first = fit_from(conv->turns, conv->nturns, lo, with, msg->starts, &e, budget);
 		if (ctx->first != first_message(conv->turns, conv->nturns, lo))
 		{
-			int64		reserve = (int64) (p.summary_max_tokens * 4 / ratio) + strlen(SUMMARY_HEADER);
+			/* room for the summary to come: its max tokens, and the header */
+			double		reserve = p.summary_max_tokens + tokens_of(&e, strlen(SUMMARY_HEADER));
 			int			from = first_message(conv->turns, conv->nturns, lo);
 			int			cut;
 			ChatAnswer	ans;
@@ -881,11 +933,11 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 
 			if (!known)
 				too_long(conv->alias, 0, budget, false);
-			cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, ratio, budget / 2);
+			cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, &e, budget / 2);
 			if (cut <= from)
-				cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, ratio, budget);
+				cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, &e, budget);
 			if (cut < 0)
-				too_long(conv->alias, estimate(fixed + reserve, ratio), budget, true);
+				too_long(conv->alias, tokens_ceil(fixed + reserve), budget, true);
 			if (cut < from)
 				cut = from;
 			load_contents(conv, from, s);
@@ -904,22 +956,20 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 	}
 	else
 	{
-		ctx->first = fit_from(conv->turns, conv->nturns, 0, fixed, msg->starts, ratio, budget);
-		if (ctx->first < 0)
-			too_long(conv->alias, estimate(fixed, ratio), budget, true);
-		if (!known && ctx->first != first_message(conv->turns, conv->nturns, 0))
+		ctx->first = fit_from(conv->turns, conv->nturns, 0, fixed, msg->starts, &e, budget);
+		if (ctx->first >= 0 && !known && ctx->first != first_message(conv->turns, conv->nturns, 0))
 			too_long(conv->alias, 0, budget, false);
 	}
 	if (ctx->first < 0)
-		too_long(conv->alias, estimate(fixed, ratio), budget, true);
+		too_long(conv->alias, tokens_ceil(fixed), budget, true);
 	if (summary_text == NULL)
 		load_contents(conv, ctx->first, -1);
 
 	ctx->history = build_history(conv->turns, conv->nturns, ctx->first, msg, &sent);
 	ctx->system = system_with_summary(conv->system, summary_text);
-	ctx->est_raw = (int64) ceil((fixed + sent +
+	ctx->est_raw = (int64) ceil((sent_before + msg->bytes + sent +
 								 (summary_text ? strlen(SUMMARY_HEADER) + strlen(summary_text) : 0)) / 4.0);
-	ctx->message_tokens = estimate(msg->bytes, ratio);
+	ctx->message_tokens = tokens_ceil(tokens_of(&e, msg->bytes));
 }
 
 /*
@@ -934,23 +984,28 @@ chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns, const char 
 	ChatPolicy	p;
 	bool		known;
 	int64		max_tokens;
-	int64		fixed = options_bytes(options, &max_tokens) + msg->bytes +
+	int64		sent_before = options_bytes(options, &max_tokens) +
 		(conv->system ? strlen(conv->system) : 0);
+	Estimator	e;
+	double		fixed;
 	int64		budget;
 	int64		sent;
 
+	/* another model: its answers so far are the only measure of its tokenizer */
+	estimator_init(turns, nturns, sent_before, &e);
+	fixed = e.fixed + tokens_of(&e, msg->bytes);
 	chat_policy_parse(conv->policy, &p);
 	budget = chat_budget(alias, max_tokens, p.budget_tokens, &known);
 	ctx->summary = -1;
-	ctx->first = fit_from(turns, nturns, 0, fixed, msg->starts, CHAT_DEFAULT_RATIO, budget);
+	ctx->first = fit_from(turns, nturns, 0, fixed, msg->starts, &e, budget);
 	if (ctx->first < 0)
-		too_long(alias, estimate(fixed, CHAT_DEFAULT_RATIO), budget, true);
+		too_long(alias, tokens_ceil(fixed), budget, true);
 	if (!known && ctx->first != first_message(turns, nturns, 0))
 		too_long(alias, 0, budget, false);
 	ctx->history = build_history(turns, nturns, ctx->first, msg, &sent);
 	ctx->system = conv->system;
-	ctx->est_raw = (int64) ceil((fixed + sent) / 4.0);
-	ctx->message_tokens = estimate(msg->bytes, CHAT_DEFAULT_RATIO);
+	ctx->est_raw = (int64) ceil((sent_before + msg->bytes + sent) / 4.0);
+	ctx->message_tokens = tokens_ceil(tokens_of(&e, msg->bytes));
 }
 
 /* for chat_replay.c: load every turn's content */

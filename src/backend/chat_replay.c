@@ -202,7 +202,10 @@ llm_replay_conversation(PG_FUNCTION_ARGS)
 			if (moved != NULL)
 				chat_message_parse(moved, &msg);
 			else if (prev_orig != NULL)
+			{
 				rt[nrt - 1] = *prev_orig;	/* stay on the original's tool path */
+				rt[nrt - 1].input_tokens = -1;	/* another model's count */
+			}
 		}
 
 		chat_fit_replay(&conv, rt, nrt, alias, &msg, chat_options(&conv, NULL, NULL, "replay"), &ctx);
@@ -216,6 +219,8 @@ llm_replay_conversation(PG_FUNCTION_ARGS)
 		memset(&rt[nrt], 0, sizeof(ChatTurn));
 		rt[nrt].role = 'a';
 		rt[nrt].content = a.content;
+		rt[nrt].input_tokens = a.input_tokens;	/* the replay model's rate, for the next fit */
+		rt[nrt].est_tokens = ctx.est_raw;
 		rt[nrt].bytes = strlen(JsonbToCString(NULL, &a.content->root, VARSIZE(a.content)));
 		nrt++;
 

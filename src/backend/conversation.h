@@ -35,6 +35,7 @@ typedef struct ChatTurn
 	int64		input_tokens;	/* assistant: the provider's count, else -1 */
 	int64		est_tokens;		/* assistant: the gateway's raw estimate, else -1 */
 	int64		tokens;			/* the turn's tokens column, else -1 */
+	int			context_first_seq;	/* assistant: the first turn its request sent */
 	char	   *cost_usd;		/* assistant: numeric text, or NULL */
 	Jsonb	   *content;		/* loaded only for the turns sent */
 } ChatTurn;

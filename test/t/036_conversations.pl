@@ -11,9 +11,15 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use LlmGatewayTest;
+use JSON::PP;
+
+sub encode_json_text { return JSON::PP->new->canonical->encode($_[0]); }
+sub decode_json_text { return JSON::PP->new->decode($_[0]); }
 
 my $mock = start_mock();
 my $node = gateway_node('conversations', $mock, 'anthropic');
+# a secret of one letter would be scrubbed out of provider messages ("to[redacted]ens")
+$node->safe_psql('postgres', q{SELECT llm.set_credential('mock', 'sk-conversations-test-key')});
 
 sub psql_err
 {
@@ -46,6 +52,125 @@ is_deeply($b->[1]{messages}, [
 	{ role => 'user', content => 'and again' } ], 'second call sent the whole history');
 is($b->[1]{system}, 'Be brief.', 'system prompt sent');
 is($node->safe_psql('postgres', qq{SELECT string_agg(seq || ':' || role || ':' || coalesce(tokens::text, '-'), ' ' ORDER BY seq) FROM llm.conversation_turns WHERE conversation = $c}),
-	'1:user:4 2:assistant:9 3:user:3 4:assistant:8', 'four turns stored with their tokens');
+	'1:user:5 2:assistant:8 3:user:4 4:assistant:8', 'four turns stored with their tokens');
+
+
+sub turns_of
+{
+	my ($conv) = @_;
+	return $node->safe_psql('postgres',
+		qq{SELECT count(*) FROM llm.conversation_turns WHERE conversation = $conv});
+}
+
+# --- a failed call appends nothing, and its attempt is in the log
+my ($out, $err) = psql_err(qq{SELECT llm_chat($c, 'boom [[mock:status=400]]')});
+like($err, qr/ERROR:  LL004/, 'a failed call raises the provider error');
+is(turns_of($c), 4, 'nothing appended when the call fails');
+is($node->safe_psql('postgres', q{SELECT status FROM llm.requests WHERE request_body::text LIKE '%boom [[%'}),
+	'error', 'the failed attempt is in llm.requests');
+is($node->safe_psql('postgres',
+	qq{SELECT llm_chat($c, '"quiet [[mock:status=400]]"'::jsonb, '{"on_error": "null"}')->'error'->>'type'}),
+	'invalid_request_error', 'on_error null: the jsonb form returns the error object');
+is($node->safe_psql('postgres', qq{SELECT llm_chat($c, 'quiet2 [[mock:status=400]]') IS NULL FROM (SELECT set_config('llm.on_error', 'null', false)) s}),
+	't', 'and the text form NULL');
+is(turns_of($c), 4, 'and nothing appended');
+
+# --- ROLLBACK removes the turns, the audit row stays
+$node->safe_psql('postgres', qq{BEGIN; SELECT llm_chat($c, 'rolled back'); ROLLBACK;});
+is(turns_of($c), 4, 'ROLLBACK removes the turns');
+is($node->safe_psql('postgres', q{SELECT status FROM llm.requests WHERE request_body::text LIKE '%rolled back%'}),
+	'ok', 'the audit row of the rolled-back call stays');
+$mock->reset;
+$node->safe_psql('postgres', qq{SELECT llm_chat($c, 'after rollback')});
+$b = bodies();
+is(scalar(@{ $b->[0]{messages} }), 5, 'the next call sends 4 stored turns and its message');
+unlike(encode_json_text($b->[0]), qr/rolled back/, 'not the rolled-back turn');
+
+# --- tools, trimming at the budget, and a mock that rejects longer input
+# with Anthropic's real 400: alias "small" declares a window of 80 tokens
+# and keeps 20 for output, so histories are fitted to 120; the mock refuses
+# anything over 120 (its tokens are words; it does not count the tool
+# definitions, which real providers do, and the gateway too).
+$node->safe_psql('postgres', q{
+	SELECT llm.add_route('small', 'mock', 'anthropic-mock', options => '{"context_window": 140, "default_max_tokens": 20}')});
+my $t = $node->safe_psql('postgres', q{
+	SELECT llm.new_conversation('small', 'Use tools.', '{"tools": [{"name": "lookup", "description": "look things up",
+	   "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]}')});
+$mock->reset;
+$mock->post('/_mock/config', { directives => 'context=120' });
+my @said;
+for my $i (1 .. 3)
+{
+	push @said, $node->safe_psql('postgres', qq{SELECT llm_chat($t, 'tell me about topic $i please, in some detail with examples')});
+}
+my $call = $node->safe_psql('postgres', qq{SELECT llm_chat($t, '"look up cats [[mock:tool]]"'::jsonb)});
+like($call, qr/"stop_reason": "tool_use"/, 'the model calls a tool');
+my ($tool_id) = $call =~ /"id": "(toolu_mock_\d+)"/;
+ok($tool_id, "tool_use id $tool_id");
+is($node->safe_psql('postgres',
+	qq{SELECT llm_chat($t, '[{"type": "tool_result", "tool_use_id": "$tool_id", "content": "cats are mammals"}]'::jsonb)->'content'->0->>'text'}),
+	'tool result was: cats are mammals', 'the tool_result continues it');
+for my $i (6 .. 12)
+{
+	push @said, $node->safe_psql('postgres', qq{SELECT llm_chat($t, 'tell me about topic $i please, in some detail with examples')});
+}
+is(scalar(grep { /^mock reply to: tell me about topic \d+ please, in some detail with examples \[system: Use tools.\]$/ } @said), 10,
+	'every call of the conversation was answered: the mock never saw more than 120 tokens');
+is($mock->get('/_mock/stats')->{by_status}{400} // 0, 0, 'no context-length 400');
+$b = bodies();
+is(scalar(@$b), 12, 'twelve requests');
+my $trimmed = 0;
+for my $k (0 .. $#$b)
+{
+	my $m = $b->[$k]{messages};
+	is($m->[0]{role}, 'user', "request $k starts with a user turn");
+	unlike(encode_json_text($m->[0]), qr/tool_result/, "request $k does not start with a tool_result");
+	for my $j (1 .. $#$m)
+	{
+		next unless encode_json_text($m->[$j]) =~ /"tool_use_id":"(\w+)"/;
+		like(encode_json_text($m->[ $j - 1 ]), qr/"id":"$1"/, "request $k: its tool_result follows its tool_use");
+	}
+	$trimmed++ if $m->[0]{content} ne 'tell me about topic 1 please, in some detail with examples';
+}
+cmp_ok($trimmed, '>=', 5, "the history was trimmed ($trimmed of 12 requests)");
+
+# what each call sent is recoverable: llm.conversation_context rebuilds it exactly
+my $ctx = $node->safe_psql('postgres', qq{
+	SELECT json_agg(llm.conversation_context($t, seq) ORDER BY seq) FROM llm.conversation_turns
+	 WHERE conversation = $t AND role = 'assistant'});
+my $ctxs = decode_json_text($ctx);
+for my $k (0 .. $#$b)
+{
+	is_deeply($ctxs->[$k]{messages}, $b->[$k]{messages}, "request $k: conversation_context is what was sent");
+}
+is(turns_of($t), 24, 'every turn is kept, whatever was sent');
+cmp_ok($node->safe_psql('postgres', qq{SELECT max(context_first_seq) FROM llm.conversation_turns WHERE conversation = $t}),
+	'>', 1, 'context_first_seq records the trimming');
+
+# the estimate tracks the provider's count: the last request's estimate,
+# corrected, against the tokens the mock counted
+my ($est, $real) = split /\|/, $node->safe_psql('postgres', qq{
+	SELECT context_est_tokens, input_tokens FROM llm.conversation_turns
+	 WHERE conversation = $t AND role = 'assistant' ORDER BY seq DESC LIMIT 1});
+note $node->safe_psql('postgres', qq{SELECT string_agg(seq || ':' || context_first_seq || ':' || context_est_tokens || ':' || input_tokens, ' ' ORDER BY seq) FROM llm.conversation_turns WHERE conversation = $t AND role = 'assistant'});
+cmp_ok($real, '<=', 120, "the last request was $real tokens (budget 120)");
+cmp_ok($real, '>=', 80, 'and the budget was used, not wasted');
+
+# --- the context-length error path: a route that claims a larger window
+$node->safe_psql('postgres', q{
+	SELECT llm.add_route('liar', 'mock', 'anthropic-mock', options => '{"context_window": 100000}')});
+my $l = $node->safe_psql('postgres', q{SELECT llm.new_conversation('liar')});
+my $failed;
+for my $i (1 .. 10)
+{
+	($out, $err) = psql_err(qq{SELECT llm_chat($l, 'a longer message number $i for the liar')});
+	if ($err) { $failed = $i; last; }
+}
+ok($failed, "the provider refused the history at turn $failed");
+like($err, qr/ERROR:  LL017: provider "mock" returned HTTP 400: prompt is too long: \d+ tokens > 120 maximum/, 'LL017 with the provider\'s message');
+is(turns_of($l), 2 * ($failed - 1), 'the refused turn is not appended');
+is($node->safe_psql('postgres', q{SELECT error_code FROM llm.requests ORDER BY id DESC LIMIT 1}), 'LL017',
+	'the log row says LL017');
+$mock->post('/_mock/config', { directives => '' });
 
 done_testing();
