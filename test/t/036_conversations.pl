@@ -173,4 +173,120 @@ is($node->safe_psql('postgres', q{SELECT error_code FROM llm.requests ORDER BY i
 	'the log row says LL017');
 $mock->post('/_mock/config', { directives => '' });
 
+# --- summarize: alias "sum" fits histories to 80 tokens (and its mock
+# refuses more); the summaries are made by alias "summarizer", a second
+# mock that answers "mock reply to: <prompt>" cut to summary_max_tokens
+# words, and stored as turns of their own
+my $mock2 = start_mock();
+my $url2 = $mock2->url;
+$node->safe_psql('postgres', qq{
+	SELECT llm.add_provider('mock2', 'anthropic', '$url2');
+	SELECT llm.set_credential('mock2', 'sk-conversations-test-key-2');
+	SELECT llm.add_route('summarizer', 'mock2', 'anthropic-mock');
+	SELECT llm.add_route('sum', 'mock', 'anthropic-mock', options => '{"context_window": 100, "default_max_tokens": 20}')});
+my $s = $node->safe_psql('postgres', q{
+	SELECT llm.new_conversation('sum', NULL, '{"context": {"strategy": "summarize", "summary_model": "summarizer", "summary_max_tokens": 12}}')});
+$mock->reset;
+$mock->post('/_mock/config', { directives => 'context=80' });
+my $first_summary_at;
+for my $i (1 .. 12)
+{
+	$node->safe_psql('postgres', qq{SELECT llm_chat($s, 'fact number $i is that the sky has colour $i')});
+	my $n = $node->safe_psql('postgres', qq{SELECT count(*) FROM llm.conversation_turns WHERE conversation = $s AND role = 'summary'});
+	$first_summary_at //= $i if $n > 0;
+}
+ok($first_summary_at, "a summary was made when the history outgrew the budget (turn $first_summary_at)");
+my @sums = split /\n/, $node->safe_psql('postgres', qq{
+	SELECT seq || '|' || summary_through || '|' || (content #>> '{}') FROM llm.conversation_turns
+	 WHERE conversation = $s AND role = 'summary' ORDER BY seq});
+cmp_ok(scalar(@sums), '<', 12 - $first_summary_at, scalar(@sums) . ' summaries for ' . (13 - $first_summary_at) . ' calls after the first: not one per call');
+my ($sseq, $through, $stext) = split /\|/, $sums[0], 3;
+is($stext, 'mock reply to: Summarize the conversation below so that the summary can',
+	'the summary is the summary model\'s answer (cut to summary_max_tokens words)');
+my $sb = bodies();
+my @summary_requests = map { $_->{body} } @{ $mock2->get('/_mock/requests')->{requests} };
+is(scalar(@summary_requests), scalar(@sums), 'one summary request per summary');
+like($summary_requests[0]{messages}[0]{content}, qr/\nUser: fact number 1 is that the sky has colour 1\nAssistant: mock reply to: fact number 1/,
+	'the summary request carries the dropped turns as a transcript');
+is($summary_requests[0]{max_tokens}, 12, 'with summary_max_tokens');
+like($summary_requests[1]{messages}[0]{content} // '', qr/Summary of what came before:\nmock reply to: Summarize/,
+	'a later summary starts from the previous one') if @sums > 1;
+# the call after the first summary: the summary in the system prompt, then
+# the turns after summary_through
+my ($after) = $node->safe_psql('postgres', qq{
+	SELECT min(seq) FROM llm.conversation_turns WHERE conversation = $s AND role = 'assistant' AND context_summary_seq = $sseq});
+my $sctx = decode_json_text($node->safe_psql('postgres', qq{SELECT llm.conversation_context($s, $after)}));
+is($sctx->{summary}, $stext, 'conversation_context names the summary sent');
+my ($sent) = grep { defined $_->{system} && $_->{system} =~ /\Q$stext\E/ } @$sb;
+is($sent->{system}, "Summary of the earlier part of this conversation (those turns are not repeated below):\n$stext",
+	'the summary went in the system prompt');
+is_deeply($sent->{messages}, $sctx->{messages}, 'then the turns after it, as recorded');
+like($sent->{messages}[0]{content}, qr/^fact number \d+/, 'starting with a user turn');
+is($mock->get('/_mock/stats')->{by_status}{400} // 0, 0, 'the provider never saw more than 80 tokens');
+$mock->post('/_mock/config', { directives => '' });
+
+# --- two sessions on one conversation: the second waits, then sees the first's turns
+my $k = $node->safe_psql('postgres', q{SELECT llm.new_conversation('m')});
+$mock->reset;
+my $bg1 = $node->background_psql('postgres', on_error_stop => 0);
+$bg1->query_safe('BEGIN');
+$bg1->query_safe(qq{SELECT llm_chat($k, 'first in')});
+my $bg2 = $node->background_psql('postgres', on_error_stop => 0);
+$bg2->query_until(qr/started/, "\\echo started\nSELECT llm_chat($k, 'second in');\n");
+ok($node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE query LIKE '%second in%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()}),
+	'the second call waits for the first one\'s transaction');
+is(scalar(@{ bodies() }), 1, 'and has sent nothing yet');
+$bg1->query_safe('COMMIT');
+$bg1->quit;
+ok($node->poll_query_until('postgres', qq{SELECT count(*) = 4 FROM llm.conversation_turns WHERE conversation = $k}),
+	'then it continues');
+$bg2->quit;
+$b = bodies();
+is_deeply([ map { $_->{role} . ':' . (ref $_->{content} ? $_->{content}[0]{text} : $_->{content}) } @{ $b->[1]{messages} } ],
+	[ 'user:first in', 'assistant:mock reply to: first in', 'user:second in' ], 'with the first one\'s turns');
+is($node->safe_psql('postgres', qq{SELECT string_agg(seq || role, ',' ORDER BY seq) FROM llm.conversation_turns WHERE conversation = $k}),
+	'1user,2assistant,3user,4assistant', 'never interleaved');
+
+# --- many conversations advance in one statement, concurrently
+$node->safe_psql('postgres', q{SELECT llm.new_conversation('m', NULL, '{"title": "batch"}') FROM generate_series(1, 6)});
+$mock->reset;
+$mock->post('/_mock/config', { latency_ms => 300 });
+like($node->safe_psql('postgres', q{EXPLAIN (COSTS OFF) SELECT llm_chat(id, 'next') FROM llm.conversations WHERE title = 'batch'}),
+	qr/LLM Pipeline/, 'llm_chat over many conversations is pipelined');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM (SELECT llm_chat(id, 'next please') AS a FROM llm.conversations WHERE title = 'batch') s WHERE a = 'mock reply to: next please'}),
+	'6', 'six conversations answered');
+is($mock->get('/_mock/stats')->{max_in_flight}, 6, 'all six in flight at once');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM llm.conversation_turns t JOIN llm.conversations c ON c.id = t.conversation WHERE c.title = 'batch'}),
+	'12', 'each got its two turns');
+
+# the same conversation twice in one statement: one call at a time, in row order
+my $twice = $node->safe_psql('postgres', q{SELECT llm.new_conversation('m')});
+$mock->reset;
+$mock->post('/_mock/config', { latency_ms => 100 });
+like($node->safe_psql('postgres', qq{EXPLAIN (COSTS OFF) SELECT llm_chat($twice, m) FROM (VALUES (1, 'one'), (2, 'two'), (3, 'three')) v(n, m)}),
+	qr/LLM Pipeline/, 'pipelined plan');
+is($node->safe_psql('postgres', qq{SELECT string_agg(llm_chat($twice, m), ' / ' ORDER BY n) FROM (SELECT * FROM (VALUES (1, 'one'), (2, 'two'), (3, 'three')) v(n, m) ORDER BY n) v}),
+	'mock reply to: one / mock reply to: two / mock reply to: three', 'three answers');
+is($mock->get('/_mock/stats')->{max_in_flight}, 1, 'sent one after the other');
+$b = bodies();
+is(scalar(@{ $b->[2]{messages} }), 5, 'the third call carried the first two exchanges');
+is($node->safe_psql('postgres', qq{SELECT string_agg(seq || ':' || (CASE WHEN role = 'user' THEN content #>> '{}' ELSE content->0->>'text' END), ',' ORDER BY seq) FROM llm.conversation_turns WHERE conversation = $twice}),
+	'1:one,2:mock reply to: one,3:two,4:mock reply to: two,5:three,6:mock reply to: three', 'turns in row order');
+$mock->post('/_mock/config', { latency_ms => 0 });
+
+# --- fork: shares the turns up to at_seq, copies none
+my $f = $node->safe_psql('postgres', qq{SELECT llm.fork_conversation($c, 2)});
+$mock->reset;
+is($node->safe_psql('postgres', qq{SELECT llm_chat($f, 'a different second question')}),
+	'mock reply to: a different second question [system: Be brief.]', 'the fork answers with the parent\'s settings');
+$b = bodies();
+is_deeply([ map { $_->{role} } @{ $b->[0]{messages} } ], [ 'user', 'assistant', 'user' ], 'sent the shared turns 1-2 and the new one');
+is($b->[0]{messages}[0]{content}, 'hello there', 'the parent\'s first turn');
+is($node->safe_psql('postgres', qq{SELECT string_agg(seq::text, ',' ORDER BY seq) FROM llm.conversation_turns WHERE conversation = $f}),
+	'3,4', 'the fork stores only its own turns');
+is($node->safe_psql('postgres', qq{SELECT string_agg(seq || ':' || conversation, ',' ORDER BY seq) FROM llm.conversation_history($f)}),
+	"1:$c,2:$c,3:$f,4:$f", 'conversation_history reads the shared ones in place');
+is(turns_of($c), 6, 'the parent is unchanged');
+
 done_testing();
