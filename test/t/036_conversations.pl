@@ -289,4 +289,50 @@ is($node->safe_psql('postgres', qq{SELECT string_agg(seq || ':' || conversation,
 	"1:$c,2:$c,3:$f,4:$f", 'conversation_history reads the shared ones in place');
 is(turns_of($c), 6, 'the parent is unchanged');
 
+# --- replay on a provider of another kind (OpenAI), side by side
+my $url = $mock->url . '/v1';
+$node->safe_psql('postgres', qq{
+	SELECT llm.add_provider('mock_openai', 'openai', '$url');
+	SELECT llm.set_credential('mock_openai', 'sk-conversations-test-key-3');
+	SELECT llm.add_route('o', 'mock_openai', 'gpt-mock', options => '{"price_input": 1, "price_output": 2}')});
+my $r = $node->safe_psql('postgres', q{
+	SELECT llm.new_conversation('m', 'Use tools.', '{"tools": [{"name": "lookup", "description": "look things up",
+	   "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]}')});
+sub tool_id_of { my ($answer) = @_; my ($id) = $answer =~ /"id": "(\w+)"/; return $id; }
+$node->safe_psql('postgres', qq{SELECT llm_chat($r, 'hello replay')});
+# the original model was made to call the tool by a per-call option the replay does not have
+my $id1 = tool_id_of($node->safe_psql('postgres', qq{SELECT llm_chat($r, '"look up dogs"'::jsonb, '{"tool_choice": {"type": "any"}}')}));
+$node->safe_psql('postgres', qq{SELECT llm_chat($r, '[{"type": "tool_result", "tool_use_id": "$id1", "content": "dogs bark"}]'::jsonb)});
+my $id2 = tool_id_of($node->safe_psql('postgres', qq{SELECT llm_chat($r, '"look up cats [[mock:tool]]"'::jsonb)}));
+$node->safe_psql('postgres', qq{SELECT llm_chat($r, '[{"type": "tool_result", "tool_use_id": "$id2", "content": "cats purr"}]'::jsonb)});
+$node->safe_psql('postgres', qq{SELECT llm_chat($r, 'thanks')});
+$mock->reset;
+my @rows = split /\n/, $node->safe_psql('postgres', qq{
+	SELECT seq, coalesce(original->0->>'text', original::text), replayed::text, original_tokens, replayed_tokens,
+	       coalesce(original_cost::text, '-'), replayed_cost
+	  FROM llm.replay_conversation($r, 'o')});
+is(scalar(@rows), 6, 'one row per user turn');
+my @f = map { [ split /\|/ ] } @rows;
+is_deeply([ map { $_->[0] } @f ], [ 1, 3, 5, 7, 9, 11 ], 'in order, by the user turns\' seq');
+is($f[0][1], 'mock reply to: hello replay [system: Use tools.]', 'the original answer');
+like($f[0][2], qr/^\[\{"text": "mock reply to: hello replay \[system: Use tools.\]", "type": "text"\}\]$/, 'the replayed answer, from the OpenAI kind');
+like($f[1][2], qr/"text": "mock reply to: look up dogs/, 'unforced, the replayed model answered in text where the original called the tool');
+like($f[2][2], qr/tool result was: dogs bark/, 'so the original tool call was replayed with its result');
+like($f[3][2], qr/"type": "tool_use"/, 'the replayed model made the same call');
+like($f[4][2], qr/tool result was: cats purr/, 'and got the original result for it');
+is($f[0][5], '-', 'the original has no price');
+my ($in, $out) = ($f[0][4], undef);
+my $b_o = bodies();
+is(scalar(@$b_o), 6, 'six requests');
+like($b_o->[0]{model} // '', qr/gpt-mock/, 'sent to the OpenAI-kind target');
+my ($subst) = grep { ($_->{role} // '') eq 'tool' && $_->{content} eq 'dogs bark' } @{ $b_o->[2]{messages} };
+is($subst->{tool_call_id}, $id1, 'the original tool call id, with the original call before it');
+my $new_id = $b_o->[3]{messages} && do { my ($x) = grep { ($_->{role} // '') eq 'tool' } @{ $b_o->[4]{messages} }; $x };
+like($new_id->{tool_call_id}, qr/^call_mock_\d+$/, 'the replayed call\'s own id for its result');
+is($node->safe_psql('postgres', q{SELECT sum(cost_usd) FROM llm.requests WHERE request_body::text LIKE '%"purpose": "replay"%' OR tags->>'purpose' = 'replay'}),
+	$node->safe_psql('postgres', qq{SELECT sum(replayed_cost) FROM llm.replay_conversation($r, 'o')}) eq '' ? '' :
+	$node->safe_psql('postgres', q{SELECT sum(cost_usd) / 2 FROM llm.requests WHERE tags->>'purpose' = 'replay'}),
+	'replayed_cost is the cost logged for the replay calls');
+is(turns_of($r), 12, 'a replay stores no turn');
+
 done_testing();
