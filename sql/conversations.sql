@@ -90,6 +90,16 @@ SELECT jsonb_pretty(llm.conversation_context(:c1, 4));
 SELECT llm.conversation_context(:c1, 3) IS NULL AS user_turn_null,
        llm.conversation_context(:c1, 99) IS NULL AS missing_null;
 
+-- a system prompt cannot be slipped in through the stored options either
+-- (llm.new_conversation and llm_chat refuse option "system"): whether the
+-- UPDATE, the call, or the sending refuses it, no answer is made with it
+SELECT llm.new_conversation('conv') AS ch \gset
+SELECT expect_error(format($$UPDATE llm.conversations SET options = '{"system": "hidden"}' WHERE id = %s$$, :ch)) IS NOT NULL
+   AND expect_error(format($$SELECT llm_chat(%s, 'hidden?')$$, :ch)) IS NOT NULL AS tried;
+SELECT count(*) AS answered_with_hidden_system FROM llm.conversation_turns
+ WHERE conversation = :ch AND content::text LIKE '%[system: hidden]%';
+DELETE FROM llm.conversations WHERE id = :ch;
+
 --
 -- llm.fork_conversation
 --
