@@ -21,7 +21,7 @@ SHLIB_LINK  = -lcurl -lcrypto
 
 # pg_regress runs on its own temporary instance with the library preloaded;
 # the test runner exports MOCK_PORT for the mock provider the tests talk to.
-REGRESS      = setup validation adapters adapter_gemini adapter_bedrock adapter_ollama adapter_vertex messages errors on_error pipeline estimate quotas request_log routing credentials log_paths structured_output embeddings embed_kinds embed_bedrock context_errors
+REGRESS      = setup validation adapters adapter_gemini adapter_bedrock adapter_ollama adapter_vertex messages errors on_error pipeline estimate quotas request_log routing credentials log_paths structured_output embeddings embed_kinds embed_bedrock context_errors conversations
 REGRESS_OPTS = --temp-config=test/regress.conf --temp-instance=./tmp_check --encoding=UTF8
 
 # Isolation specs (specs/*.spec) interleave sessions step by step, on their

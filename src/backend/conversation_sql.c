@@ -261,6 +261,12 @@ llm_share_conversation(PG_FUNCTION_ARGS)
 	Oid			types[5] = {INT8OID, TEXTOID, BOOLOID, TEXTOID, TEXTOID};
 	Datum		values[5];
 
+	/* a NULL can_continue must not grant the wider right */
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("can_continue must not be NULL"),
+				 errhint("Pass true to let the role continue the conversation, false to let it only read it.")));
 	conversation_load(PG_GETARG_INT64(0), false, &conv);
 	check_owner(&conv, "llm.share_conversation");
 	if (strcmp(role, conv.owner) == 0)
@@ -269,7 +275,7 @@ llm_share_conversation(PG_FUNCTION_ARGS)
 				 errmsg("role \"%s\" owns conversation " INT64_FORMAT, role, conv.id)));
 	values[0] = Int64GetDatum(conv.id);
 	values[1] = CStringGetTextDatum(role);
-	values[2] = BoolGetDatum(PG_ARGISNULL(2) || PG_GETARG_BOOL(2));
+	values[2] = BoolGetDatum(PG_GETARG_BOOL(2));
 	values[3] = CStringGetTextDatum(conv.owner);
 	values[4] = CStringGetTextDatum(current_role_name());
 	SPI_connect();
