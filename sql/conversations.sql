@@ -128,10 +128,15 @@ SELECT llm.fork_conversation(:f2, 4) AS ff \gset
 SELECT ancestor = :c1 AS anc_c1, ancestor = :f2 AS anc_f2, through_seq
   FROM llm.conversation_lineage WHERE conversation = :ff ORDER BY through_seq;
 SELECT string_agg(seq || ':' || role, ' ' ORDER BY seq) AS history FROM llm.conversation_history(:ff);
--- a conversation with forks cannot be deleted before them
-SELECT expect_error(format($$DELETE FROM llm.conversations WHERE id = %s$$, :f2));
-DELETE FROM llm.conversations WHERE id = :ff;
+-- deleting a conversation that a fork shares turns with copies them into the fork first
 DELETE FROM llm.conversations WHERE id = :f2;
+SELECT forked_from IS NULL AS parent_gone, forked_at_seq FROM llm.conversations WHERE id = :ff;
+SELECT string_agg(seq || ':' || role, ' ' ORDER BY seq) AS copied FROM llm.conversation_turns WHERE conversation = :ff;
+SELECT ancestor = :c1 AS anc_c1, through_seq FROM llm.conversation_lineage WHERE conversation = :ff;
+SELECT string_agg(seq || ':' || role, ' ' ORDER BY seq) AS history FROM llm.conversation_history(:ff);
+SELECT llm_chat(:ff, 'after its parent is gone');
+SELECT string_agg(seq || ':' || role, ' ' ORDER BY seq) AS history FROM llm.conversation_history(:ff);
+DELETE FROM llm.conversations WHERE id = :ff;
 DELETE FROM llm.conversations WHERE id = :f0;
 SELECT count(*) AS lineage_left FROM llm.conversation_lineage;
 
@@ -255,15 +260,13 @@ RESET ROLE;
 SELECT expect_error(format($$UPDATE llm.conversations SET owner_role = 'conv_bob' WHERE id = %s$$, :ca));
 SELECT expect_error(format($$UPDATE llm.conversations SET forked_from = NULL, forked_at_seq = NULL WHERE id = %s$$, :fb));
 
--- alice deletes hers once bob's fork is gone; the turns go with it
-SET ROLE conv_alice;
-SELECT expect_error(format($$DELETE FROM llm.conversations WHERE id = %s$$, :ca));
-RESET ROLE;
-SET ROLE conv_bob;
-DELETE FROM llm.conversations WHERE id = :fb;
-RESET ROLE;
+-- alice deletes hers although bob forked it: bob's fork keeps its history
 SET ROLE conv_alice;
 DELETE FROM llm.conversations WHERE id = :ca;
+RESET ROLE;
+SET ROLE conv_bob;
+SELECT string_agg(seq || ':' || role, ' ' ORDER BY seq) AS bobs_fork FROM llm.conversation_history(:fb);
+DELETE FROM llm.conversations WHERE id = :fb;
 RESET ROLE;
 SELECT count(*) AS turns_left FROM llm.conversation_turns WHERE conversation IN (:ca, :fb);
 SELECT count(*) AS shares_left FROM llm.conversation_shares WHERE conversation = :ca;

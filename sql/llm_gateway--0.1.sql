@@ -1249,22 +1249,23 @@ CREATE TABLE llm.conversations (
     owner_role      text NOT NULL,
     alias           text NOT NULL,
     system          text,
-    options         jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(options) = 'object'),
+    -- the system prompt is its own column: the summary is added to it
+    options         jsonb NOT NULL DEFAULT '{}'
+                    CHECK (jsonb_typeof(options) = 'object' AND NOT options ? 'system'),
     context_policy  jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(context_policy) = 'object'),
     title           text,
     metadata        jsonb NOT NULL DEFAULT '{}',
-    forked_from     bigint REFERENCES llm.conversations (id),
+    forked_from     bigint REFERENCES llm.conversations (id) ON DELETE SET NULL,
     forked_at_seq   int,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now(),
-    CHECK ((forked_from IS NULL) = (forked_at_seq IS NULL))
+    updated_at      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX ON llm.conversations (owner_role);
 COMMENT ON TABLE llm.conversations IS 'one row per conversation continued by llm_chat: its model alias, system prompt, call options, context policy; created by llm.new_conversation or llm.fork_conversation';
 COMMENT ON COLUMN llm.conversations.owner_role IS 'the role that created it: it (and llm_admin, and roles it is shared with) sees and continues it';
 COMMENT ON COLUMN llm.conversations.options IS 'call options of every llm_chat (as llm_messages takes them: tools, max_tokens, ...); a call''s own options override them key by key';
 COMMENT ON COLUMN llm.conversations.context_policy IS 'how the history is fitted to the token budget: {"strategy": "drop_oldest" | "summarize", "budget_tokens": N, "summary_model": alias, "summary_max_tokens": N}';
-COMMENT ON COLUMN llm.conversations.forked_from IS 'the conversation this one was forked from (llm.fork_conversation); its turns up to forked_at_seq are this one''s first turns';
+COMMENT ON COLUMN llm.conversations.forked_from IS 'the conversation this one was forked from (llm.fork_conversation); its turns up to forked_at_seq are this one''s first turns; NULL once that one is deleted (the fork then holds copies of them)';
 COMMENT ON COLUMN llm.conversations.updated_at IS 'last change of the settings (alias, system, options, context policy, title, metadata); the last turn''s created_at says when it was last continued';
 
 CREATE TABLE llm.conversation_turns (
@@ -1312,12 +1313,12 @@ COMMENT ON COLUMN llm.conversation_shares.owner_role IS 'the conversation''s own
 
 CREATE TABLE llm.conversation_lineage (
     conversation    bigint NOT NULL REFERENCES llm.conversations (id) ON DELETE CASCADE,
-    ancestor        bigint NOT NULL REFERENCES llm.conversations (id),
+    ancestor        bigint NOT NULL REFERENCES llm.conversations (id) ON DELETE CASCADE,
     through_seq     int NOT NULL,
     PRIMARY KEY (conversation, ancestor)
 );
 CREATE INDEX ON llm.conversation_lineage (ancestor);
-COMMENT ON TABLE llm.conversation_lineage IS 'for each fork, every conversation whose turns it shares and up to which seq: a fork reads them in place, nothing is copied; a conversation with forks cannot be deleted before them';
+COMMENT ON TABLE llm.conversation_lineage IS 'for each fork, every conversation whose turns it shares and up to which seq: a fork reads them in place, nothing is copied until that conversation is deleted';
 
 SELECT pg_catalog.pg_extension_config_dump('llm.conversations', '');
 SELECT pg_catalog.pg_extension_config_dump('llm.conversations_id_seq', '');
@@ -1330,7 +1331,9 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF NEW.owner_role IS DISTINCT FROM OLD.owner_role OR NEW.forked_from IS DISTINCT FROM OLD.forked_from
+    -- forked_from may only become NULL: its conversation was deleted
+    IF NEW.owner_role IS DISTINCT FROM OLD.owner_role
+       OR (NEW.forked_from IS DISTINCT FROM OLD.forked_from AND NEW.forked_from IS NOT NULL)
        OR NEW.forked_at_seq IS DISTINCT FROM OLD.forked_at_seq THEN
         RAISE EXCEPTION 'a conversation''s owner and fork origin cannot change'
             USING ERRCODE = 'insufficient_privilege',
@@ -1340,8 +1343,35 @@ BEGIN
     RETURN NEW;
 END
 $$;
+COMMENT ON FUNCTION llm._conversation_touched() IS 'trigger: a conversation''s updated_at follows its changes; its owner and fork origin stay';
 CREATE TRIGGER touched BEFORE UPDATE ON llm.conversations
     FOR EACH ROW EXECUTE FUNCTION llm._conversation_touched();
+
+-- A deleted conversation's turns that forks share are copied into those
+-- forks first (a fork never loses its history, and whoever forked it
+-- cannot keep its owner from deleting it).  SECURITY DEFINER: the forks
+-- may belong to roles the deleting one cannot write for.
+CREATE FUNCTION llm._conversation_deleting() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    INSERT INTO llm.conversation_turns (conversation, seq, role, content, bytes, starts_exchange, tokens,
+        request_id, input_tokens, cost_usd, stop_reason, context_first_seq, context_summary_seq,
+        context_est_tokens, summary_through, created_at)
+    SELECT l.conversation, t.seq, t.role, t.content, t.bytes, t.starts_exchange, t.tokens, t.request_id,
+           t.input_tokens, t.cost_usd, t.stop_reason, t.context_first_seq, t.context_summary_seq,
+           t.context_est_tokens, t.summary_through, t.created_at
+      FROM llm.conversation_lineage l
+      JOIN llm.conversation_turns t ON t.conversation = l.ancestor AND t.seq <= l.through_seq
+     WHERE l.ancestor = OLD.id;
+    RETURN OLD;
+END
+$$;
+COMMENT ON FUNCTION llm._conversation_deleting() IS 'trigger: before a conversation is deleted, the turns its forks share are copied into them';
+REVOKE ALL ON FUNCTION llm._conversation_deleting() FROM PUBLIC;
+CREATE TRIGGER deleting BEFORE DELETE ON llm.conversations
+    FOR EACH ROW EXECUTE FUNCTION llm._conversation_deleting();
 
 -- Row security.  Policies read other tables only downward (turns ->
 -- lineage -> conversations -> shares), never back, so none recurses.

@@ -378,7 +378,7 @@ chat_text_message(const char *text, ChatMessage *m)
 /*
  * The conversation's options with the call's over them, its system prompt
  * (summary included), and tags "conversation" (and "purpose", when given)
- * added to the caller's, unless they name a conversation.
+ * over the caller's: the log always names the conversation truly.
  */
 Jsonb *
 chat_options(ChatConversation *conv, Jsonb *call_options, const char *system, const char *purpose)
@@ -410,18 +410,27 @@ chat_options(ChatConversation *conv, Jsonb *call_options, const char *system, co
 		json_append_string(&add, system);
 	}
 	tags = json_get_object(&opts->root, "tags");
-	if (json_get(&opts->root, "tags") == NULL ||
-		(tags != NULL && json_get(tags, "conversation") == NULL))
+	if (json_get(&opts->root, "tags") == NULL || tags != NULL)
 	{
 		json_append_key(&add, &first, "tags");
 		appendStringInfoChar(&add, '{');
 		if (tags != NULL && JsonContainerSize(tags) > 0)
 		{
-			char	   *t = JsonbToCString(NULL, tags, 0);
+			Jsonb	   *own = JsonbValueToJsonb(json_get(&opts->root, "tags"));
+			char	   *t;
 
-			/* the caller's tags, then ours: {"a": "x", "conversation": "7"} */
-			appendBinaryStringInfo(&add, t + 1, strlen(t) - 2);
-			appendStringInfoChar(&add, ',');
+			/* the caller's tags, then ours (a key of theirs is replaced) */
+			own = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(own),
+													 CStringGetTextDatum("conversation")));
+			if (purpose != NULL)
+				own = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(own),
+														 CStringGetTextDatum("purpose")));
+			t = jsonb_text(own);
+			if (strlen(t) > 2)
+			{
+				appendBinaryStringInfo(&add, t + 1, strlen(t) - 2);
+				appendStringInfoChar(&add, ',');
+			}
 		}
 		appendStringInfo(&add, "\"conversation\":\"" INT64_FORMAT "\"", conv->id);
 		if (purpose != NULL)

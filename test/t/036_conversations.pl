@@ -298,7 +298,7 @@ $node->safe_psql('postgres', qq{
 my $r = $node->safe_psql('postgres', q{
 	SELECT llm.new_conversation('m', 'Use tools.', '{"tools": [{"name": "lookup", "description": "look things up",
 	   "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}}}]}')});
-sub tool_id_of { my ($answer) = @_; my ($id) = $answer =~ /"id": "(\w+)"/; return $id; }
+sub tool_id_of { my ($answer) = @_; my ($id) = $answer =~ /"id": "(toolu_\w+)"/; return $id; }
 $node->safe_psql('postgres', qq{SELECT llm_chat($r, 'hello replay')});
 # the original model was made to call the tool by a per-call option the replay does not have
 my $id1 = tool_id_of($node->safe_psql('postgres', qq{SELECT llm_chat($r, '"look up dogs"'::jsonb, '{"tool_choice": {"type": "any"}}')}));
@@ -327,12 +327,13 @@ is(scalar(@$b_o), 6, 'six requests');
 like($b_o->[0]{model} // '', qr/gpt-mock/, 'sent to the OpenAI-kind target');
 my ($subst) = grep { ($_->{role} // '') eq 'tool' && $_->{content} eq 'dogs bark' } @{ $b_o->[2]{messages} };
 is($subst->{tool_call_id}, $id1, 'the original tool call id, with the original call before it');
-my $new_id = $b_o->[3]{messages} && do { my ($x) = grep { ($_->{role} // '') eq 'tool' } @{ $b_o->[4]{messages} }; $x };
+my ($new_id) = grep { ($_->{role} // '') eq 'tool' && $_->{content} eq 'cats purr' } @{ $b_o->[4]{messages} };
 like($new_id->{tool_call_id}, qr/^call_mock_\d+$/, 'the replayed call\'s own id for its result');
-is($node->safe_psql('postgres', q{SELECT sum(cost_usd) FROM llm.requests WHERE request_body::text LIKE '%"purpose": "replay"%' OR tags->>'purpose' = 'replay'}),
-	$node->safe_psql('postgres', qq{SELECT sum(replayed_cost) FROM llm.replay_conversation($r, 'o')}) eq '' ? '' :
-	$node->safe_psql('postgres', q{SELECT sum(cost_usd) / 2 FROM llm.requests WHERE tags->>'purpose' = 'replay'}),
-	'replayed_cost is the cost logged for the replay calls');
+is($node->safe_psql('postgres', q{SELECT count(*), sum(cost_usd) = sum(input_tokens * 1 + output_tokens * 2) / 1e6 FROM llm.requests WHERE tags->>'purpose' = 'replay' AND tags->>'conversation' IS NOT NULL}),
+	'6|t', 'the replay calls are logged, tagged, at the route\'s prices');
+is($node->safe_psql('postgres', qq{SELECT string_agg(replayed_cost::text, ',' ORDER BY seq) FROM llm.replay_conversation($r, 'o')}),
+	$node->safe_psql('postgres', q{SELECT string_agg(cost_usd::text, ',' ORDER BY id) FROM (SELECT * FROM llm.requests WHERE tags->>'purpose' = 'replay' ORDER BY id LIMIT 6) r}),
+	'replayed_cost is what the log says each call cost');
 is(turns_of($r), 12, 'a replay stores no turn');
 
 done_testing();
