@@ -45,19 +45,6 @@
 #include "backend/sql_api.h"
 #include "backend/validate.h"
 
-#define SUMMARY_HEADER "\n\nSummary of the earlier part of this conversation (those turns are not repeated below):\n"
-
-Jsonb *
-jsonb_from_cstring(const char *text)
-{
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
-}
-
-static char *
-jsonb_text(Jsonb *j)
-{
-	return JsonbToCString(NULL, &j->root, VARSIZE(j));
-}
 
 /*
  * Run one statement of the conversation code: as the caller (role
@@ -237,216 +224,11 @@ load_contents(ChatConversation *conv, int from, int also)
 	SPI_finish();
 }
 
-static void
-bad_policy(const char *msg)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("context policy: %s", msg),
-			 errhint("Write it as {\"strategy\": \"drop_oldest\" | \"summarize\", \"budget_tokens\": N, \"summary_model\": alias, \"summary_max_tokens\": N}.")));
-}
-
-static int64
-policy_count(JsonbContainer *c, const char *key, int64 max)
-{
-	JsonbValue *v = json_get(c, key);
-	int64		n;
-
-	if (v == NULL || v->type == jbvNull)
-		return 0;
-	if (v->type != jbvNumeric || !json_get_int64(c, key, &n) || n < 1 || n > max)
-		bad_policy(psprintf("\"%s\" must be an integer from 1 to " INT64_FORMAT, key, max));
-	return n;
-}
-
-void
-chat_policy_parse(Jsonb *policy, ChatPolicy *p)
-{
-	JsonbContainer *c = &policy->root;
-	JsonbIterator *it;
-	JsonbValue	v;
-	JsonbIteratorToken tok;
-	const char *strategy;
-
-	memset(p, 0, sizeof(*p));
-	if (!JB_ROOT_IS_OBJECT(policy) || JB_ROOT_IS_SCALAR(policy))
-		bad_policy("it must be a JSON object");
-	it = JsonbIteratorInit(c);
-	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-	{
-		char	   *key;
-
-		if (tok != WJB_KEY)
-			continue;
-		key = pnstrdup(v.val.string.val, v.val.string.len);
-		if (strcmp(key, "strategy") != 0 && strcmp(key, "budget_tokens") != 0 &&
-			strcmp(key, "summary_model") != 0 && strcmp(key, "summary_max_tokens") != 0)
-			bad_policy(psprintf("unknown key \"%s\"", key));
-	}
-	strategy = json_get_cstring(c, "strategy");
-	if (json_get(c, "strategy") != NULL && strategy == NULL)
-		bad_policy("\"strategy\" must be a string");
-	if (strategy == NULL || strcmp(strategy, "drop_oldest") == 0)
-		p->summarize = false;
-	else if (strcmp(strategy, "summarize") == 0)
-		p->summarize = true;
-	else
-		bad_policy(psprintf("unknown strategy \"%s\"", strategy));
-	p->budget_tokens = policy_count(c, "budget_tokens", PG_INT32_MAX);
-	p->summary_max_tokens = policy_count(c, "summary_max_tokens", 100000);
-	if (p->summary_max_tokens == 0)
-		p->summary_max_tokens = CHAT_DEFAULT_SUMMARY_TOKENS;
-	if (json_get(c, "summary_model") != NULL)
-	{
-		p->summary_model = (char *) json_get_cstring(c, "summary_model");
-		if (p->summary_model == NULL || p->summary_model[0] == '\0')
-			bad_policy("\"summary_model\" must be a model alias");
-	}
-	if (!p->summarize && p->summary_model != NULL)
-		bad_policy("\"summary_model\" needs \"strategy\": \"summarize\"");
-}
-
-/* whether content (a string or blocks) holds a tool_result */
-static bool
-has_tool_result(JsonbContainer *blocks)
-{
-	int			i;
-
-	for (i = 0; i < json_array_size(blocks); i++)
-	{
-		JsonbContainer *b = json_value_container(json_array_elem(blocks, i), false);
-		const char *type = b ? json_get_cstring(b, "type") : NULL;
-
-		if (type != NULL && strcmp(type, "tool_result") == 0)
-			return true;
-	}
-	return false;
-}
-
-/*
- * The user message of llm_chat's jsonb form: content blocks, a string, or
- * {"role": "user", "content": ...}.  Its shape is checked again with the
- * whole history by validate_call.
- */
-void
-chat_message_parse(Jsonb *message, ChatMessage *m)
-{
-	JsonbValue	v;
-	JsonbValue *content = NULL;
-
-	if (JB_ROOT_IS_SCALAR(message))
-	{
-		if (!JsonbExtractScalar(&message->root, &v) || v.type != jbvString)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("llm_chat: message must be content blocks, a string, or a user message object"),
-					 errhint("Pass e.g. '[{\"type\": \"tool_result\", \"tool_use_id\": \"...\", \"content\": \"...\"}]'.")));
-		m->content = message;
-	}
-	else if (JB_ROOT_IS_ARRAY(message))
-		m->content = message;
-	else
-	{
-		const char *role = json_get_cstring(&message->root, "role");
-
-		content = json_get(&message->root, "content");
-		if (role == NULL || strcmp(role, "user") != 0 || content == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("llm_chat: a message object must have \"role\": \"user\" and \"content\""),
-					 errhint("The answer is appended by llm_chat itself; pass only the user's turn.")));
-		m->content = JsonbValueToJsonb(content);
-	}
-	m->bytes = strlen(jsonb_text(m->content));
-	m->starts = !(JB_ROOT_IS_ARRAY(m->content) && !JB_ROOT_IS_SCALAR(m->content) &&
-				  has_tool_result(&m->content->root));
-}
-
-Jsonb *
-chat_text_message(const char *text, ChatMessage *m)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	json_append_string(&buf, text);
-	m->content = jsonb_from_cstring(buf.data);
-	m->bytes = buf.len;
-	m->starts = true;
-	return m->content;
-}
-
-/*
- * The conversation's options with the call's over them, its system prompt
- * (summary included), and tags "conversation" (and "purpose", when given)
- * over the caller's: the log always names the conversation truly.
- */
-Jsonb *
-chat_options(ChatConversation *conv, Jsonb *call_options, const char *system, const char *purpose)
-{
-	Jsonb	   *opts = conv->options;
-	StringInfoData add;
-	JsonbContainer *tags;
-	bool		first = true;
-
-	if (call_options != NULL)
-	{
-		if (!JB_ROOT_IS_OBJECT(call_options) || JB_ROOT_IS_SCALAR(call_options))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("llm_chat: options must be a JSON object")));
-		if (json_get(&call_options->root, "system") != NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("llm_chat takes the system prompt from the conversation, not from option \"system\""),
-					 errhint("UPDATE llm.conversations SET system = ... WHERE id = %lld.", (long long) conv->id)));
-		opts = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(opts),
-												  JsonbPGetDatum(call_options)));
-	}
-	initStringInfo(&add);
-	appendStringInfoChar(&add, '{');
-	if (system != NULL)
-	{
-		json_append_key(&add, &first, "system");
-		json_append_string(&add, system);
-	}
-	tags = json_get_object(&opts->root, "tags");
-	if (json_get(&opts->root, "tags") == NULL || tags != NULL)
-	{
-		json_append_key(&add, &first, "tags");
-		appendStringInfoChar(&add, '{');
-		if (tags != NULL && JsonContainerSize(tags) > 0)
-		{
-			Jsonb	   *own = JsonbValueToJsonb(json_get(&opts->root, "tags"));
-			char	   *t;
-
-			/* the caller's tags, then ours (a key of theirs is replaced) */
-			own = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(own),
-													 CStringGetTextDatum("conversation")));
-			if (purpose != NULL)
-				own = DatumGetJsonbP(DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(own),
-														 CStringGetTextDatum("purpose")));
-			t = jsonb_text(own);
-			if (strlen(t) > 2)
-			{
-				appendBinaryStringInfo(&add, t + 1, strlen(t) - 2);
-				appendStringInfoChar(&add, ',');
-			}
-		}
-		appendStringInfo(&add, "\"conversation\":\"" INT64_FORMAT "\"", conv->id);
-		if (purpose != NULL)
-			appendStringInfo(&add, ",\"purpose\":\"%s\"", purpose);
-		appendStringInfoChar(&add, '}');
-	}
-	appendStringInfoChar(&add, '}');
-	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(opts),
-											  JsonbPGetDatum(jsonb_from_cstring(add.data))));
-}
-
 /*
  * The token budget of the history sent to alias: see the header.  *known:
  * a policy or a route said it.
  */
-static int64
+int64
 chat_budget(const char *alias, int64 max_tokens, int64 policy_budget, bool *known)
 {
 	static const char *const sql =
@@ -601,226 +383,6 @@ too_long(const char *alias, int64 need, int64 budget, bool known)
 			 errhint("Set the route option context_window (llm.add_route(..., options => '{\"context_window\": 200000}')) or the conversation's context_policy budget_tokens.")));
 }
 
-/* The text of content (a string or blocks) for a summary's transcript. */
-static void
-append_content_text(StringInfo buf, JsonbContainer *c)
-{
-	JsonbValue	v;
-	int			i;
-
-	if (JsonContainerIsScalar(c))
-	{
-		if (JsonbExtractScalar(c, &v) && v.type == jbvString)
-			appendBinaryStringInfo(buf, v.val.string.val, v.val.string.len);
-		return;
-	}
-	for (i = 0; i < json_array_size(c); i++)
-	{
-		JsonbValue *e = json_array_elem(c, i);
-		JsonbContainer *b = json_value_container(e, false);
-		const char *type = b ? json_get_cstring(b, "type") : NULL;
-
-		if (e->type == jbvString)
-		{
-			appendBinaryStringInfo(buf, e->val.string.val, e->val.string.len);
-			continue;
-		}
-		if (type == NULL)
-			continue;
-		if (i > 0)
-			appendStringInfoChar(buf, ' ');
-		if (strcmp(type, "text") == 0 && json_get_cstring(b, "text"))
-			appendStringInfoString(buf, json_get_cstring(b, "text"));
-		else if (strcmp(type, "tool_use") == 0)
-		{
-			JsonbContainer *input = json_get_object(b, "input");
-
-			appendStringInfo(buf, "[called tool %s with ", json_get_cstring(b, "name"));
-			if (input)
-				json_append_container(buf, input);
-			appendStringInfoChar(buf, ']');
-		}
-		else if (strcmp(type, "tool_result") == 0)
-		{
-			JsonbValue *rc = json_get(b, "content");
-
-			appendStringInfoString(buf, "[tool result: ");
-			if (rc && rc->type == jbvString)
-				appendBinaryStringInfo(buf, rc->val.string.val, rc->val.string.len);
-			else if (rc && json_value_container(rc, true))
-				append_content_text(buf, json_value_container(rc, true));
-			appendStringInfoChar(buf, ']');
-		}
-		else if (strcmp(type, "thinking") != 0 && strcmp(type, "redacted_thinking") != 0)
-			appendStringInfo(buf, "[%s]", type);
-	}
-}
-
-/* the text of an answer's content */
-static char *
-answer_text(Jsonb *content)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	append_content_text(&buf, &content->root);
-	return buf.data;
-}
-
-/*
- * One call as the caller, start to end; its failure is raised.  Returns
- * the answer (the Messages object with "gateway").
- */
-Jsonb *
-chat_call(const char *alias, Jsonb *history, Jsonb *options, LlmCallResult *r)
-{
-	LlmCallSpec spec;
-	LlmPreparedCall call;
-	bool		isnull;
-
-	llm_check_can_call(alias);
-	validate_call(alias, history, options, &spec);
-	llm_build_call(alias, &spec, &call);
-	channel_call(&call.hdr, call.data.data, call.data.len, call.hdr.timeout_ms, r);
-	pfree(call.data.data);
-	return DatumGetJsonbP(llm_call_result(r, false, false, &isnull));
-}
-
-void
-chat_answer_parts(Jsonb *answer, ChatAnswer *a)
-{
-	JsonbContainer *usage = json_get_object(&answer->root, "usage");
-	JsonbContainer *gw = json_get_object(&answer->root, "gateway");
-	JsonbValue *content = json_get(&answer->root, "content");
-	JsonbValue *cost = gw ? json_get(gw, "cost_usd") : NULL;
-	int64		n;
-
-	memset(a, 0, sizeof(*a));
-	a->content = content ? JsonbValueToJsonb(content) : jsonb_from_cstring("[]");
-	if (usage && json_get_int64(usage, "input_tokens", &n))
-		a->input_tokens = n;
-	if (usage && json_get_int64(usage, "cache_read_input_tokens", &n))
-		a->input_tokens += n;
-	if (usage && json_get_int64(usage, "cache_creation_input_tokens", &n))
-		a->input_tokens += n;
-	if (usage && json_get_int64(usage, "output_tokens", &n))
-		a->output_tokens = n;
-	if (!gw || !json_get_int64(gw, "request_id", &a->request_id))
-		a->request_id = 0;
-	a->stop_reason = (char *) json_get_cstring(&answer->root, "stop_reason");
-	if (cost && cost->type == jbvNumeric)
-		a->cost_usd = DatumGetCString(DirectFunctionCall1(numeric_out,
-														  NumericGetDatum(cost->val.numeric)));
-}
-
-/*
- * Summarise old (a summary, or NULL) and turns [from, to) with the
- * policy's model, in as many calls as its budget needs; returns the text.
- */
-static char *
-summarize(ChatConversation *conv, const ChatPolicy *p, const char *old, int from, int to,
-		  ChatAnswer *ans)
-{
-	const char *alias = p->summary_model ? p->summary_model : conv->alias;
-	bool		known;
-	int64		budget = chat_budget(alias, p->summary_max_tokens, 0, &known);
-	int64		limit = (int64) (budget * 4 / CHAT_DEFAULT_RATIO);
-	char	   *summary = old ? pstrdup(old) : NULL;
-	int			i = from;
-
-	do
-	{
-		StringInfoData prompt;
-		StringInfoData hist;
-		StringInfoData opts;
-		LlmCallResult r;
-		bool		added = false;
-
-		initStringInfo(&prompt);
-		appendStringInfo(&prompt,
-						 "Summarize the conversation below so that the summary can replace it as the context "
-						 "for continuing it. Keep every fact, name, number, decision, tool result and open "
-						 "question the assistant will need; leave out pleasantries. Use at most " INT64_FORMAT
-						 " words. Answer with the summary only.", p->summary_max_tokens / 2);
-		if (summary)
-			appendStringInfo(&prompt, "\n\nSummary of what came before:\n%s", summary);
-		appendStringInfoString(&prompt, "\n\nConversation:");
-		for (; i < to; i++)
-		{
-			ChatTurn   *t = &conv->turns[i];
-			StringInfoData line;
-
-			if (t->role == 's')
-				continue;
-			initStringInfo(&line);
-			appendStringInfoString(&line, t->role == 'u' ? "\nUser: " : "\nAssistant: ");
-			append_content_text(&line, &t->content->root);
-			if (line.len > limit / 2)
-			{
-				line.len = pg_mbcliplen(line.data, line.len, limit / 2);
-				line.data[line.len] = '\0';
-				appendStringInfoString(&line, " [...]");
-			}
-			if (added && prompt.len + line.len > limit)
-				break;
-			appendBinaryStringInfo(&prompt, line.data, line.len);
-			added = true;
-		}
-
-		initStringInfo(&hist);
-		appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
-		json_append_string(&hist, prompt.data);
-		appendStringInfoString(&hist, "}]");
-		initStringInfo(&opts);
-		appendStringInfo(&opts, "{\"max_tokens\":" INT64_FORMAT ",\"tags\":{\"conversation\":\""
-						 INT64_FORMAT "\",\"purpose\":\"summary\"}}", p->summary_max_tokens, conv->id);
-		chat_answer_parts(chat_call(alias, jsonb_from_cstring(hist.data),
-									jsonb_from_cstring(opts.data), &r), ans);
-		summary = answer_text(ans->content);
-	} while (i < to);
-	return summary;
-}
-
-/* Store a summary as a turn of its own, and add it to conv->turns. */
-static int
-store_summary(ChatConversation *conv, const char *text, int through, const ChatAnswer *ans)
-{
-	static const char *const sql =
-	"INSERT INTO llm.conversation_turns (conversation, seq, role, content, bytes, tokens,"
-	"    request_id, input_tokens, cost_usd, summary_through)"
-	" VALUES ($1, $2, 'summary', to_jsonb($3), octet_length(to_jsonb($3)::text), $4, $5, $6,"
-	"         $7::numeric, $8)";
-	Oid			types[8] = {INT8OID, INT4OID, TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID, INT4OID};
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	ChatTurn   *t = &conv->turns[conv->nturns];
-	StringInfoData js;
-
-	values[0] = Int64GetDatum(conv->id);
-	values[1] = Int32GetDatum(conv->next_seq);
-	values[2] = CStringGetTextDatum(text);
-	values[3] = Int64GetDatum(ans->output_tokens);
-	values[4] = Int64GetDatum(ans->request_id);
-	values[5] = Int64GetDatum(ans->input_tokens);
-	values[6] = ans->cost_usd ? CStringGetTextDatum(ans->cost_usd) : (Datum) 0;
-	nulls[6] = ans->cost_usd ? ' ' : 'n';
-	values[7] = Int32GetDatum(through);
-	SPI_connect();
-	conversation_spi(run_as_gateway_role(), sql, 8, types, values, nulls, SPI_OK_INSERT);
-	SPI_finish();
-
-	initStringInfo(&js);
-	json_append_string(&js, text);
-	memset(t, 0, sizeof(*t));
-	t->seq = conv->next_seq++;
-	t->role = 's';
-	t->bytes = js.len;
-	t->summary_through = through;
-	t->input_tokens = t->est_tokens = -1;
-	t->content = jsonb_from_cstring(js.data);
-	return conv->nturns++;
-}
-
 /* the index of the first turn at or after lo that is not a summary (nturns if none) */
 static int
 first_message(ChatTurn *turns, int nturns, int lo)
@@ -887,7 +449,7 @@ options_bytes(Jsonb *options, int64 *max_tokens)
 {
 	if (!json_get_int64(&options->root, "max_tokens", max_tokens))
 		*max_tokens = 0;
-	return strlen(jsonb_text(options));
+	return strlen(chat_jsonb_text(options));
 }
 
 /*
@@ -937,7 +499,6 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 			double		reserve = p.summary_max_tokens + tokens_of(&e, strlen(SUMMARY_HEADER));
 			int			from = first_message(conv->turns, conv->nturns, lo);
 			int			cut;
-			ChatAnswer	ans;
 			char	   *old = NULL;
 
 			if (!known)
@@ -951,16 +512,14 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 				cut = from;
 			load_contents(conv, from, s);
 			if (s >= 0)
-				old = answer_text(conv->turns[s].content);
-			summary_text = summarize(conv, &p, old, from, cut, &ans);
-			ctx->summary = store_summary(conv, summary_text,
-										 cut > 0 ? conv->turns[cut - 1].seq : 0, &ans);
+				old = chat_content_text(conv->turns[s].content);
+			ctx->summary = chat_summarize(conv, &p, old, from, cut, &summary_text);
 			ctx->first = cut;
 		}
 		else if (s >= 0)
 		{
 			load_contents(conv, ctx->first, s);
-			summary_text = answer_text(conv->turns[s].content);
+			summary_text = chat_content_text(conv->turns[s].content);
 		}
 	}
 	else

@@ -81,22 +81,29 @@ typedef struct ChatContext
 	char	   *system;			/* the system prompt, with the summary */
 } ChatContext;
 
+/* the header of a summary in the system prompt */
+#define SUMMARY_HEADER "\n\nSummary of the earlier part of this conversation (those turns are not repeated below):\n"
+
 /* chat_context.c */
 extern void conversation_spi(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 							 const char *nulls, int expect);
 extern void conversation_load(int64 id, bool lock, ChatConversation *conv);
-extern void chat_policy_parse(Jsonb *policy, ChatPolicy *p);
-extern void chat_message_parse(Jsonb *message, ChatMessage *m);
-extern Jsonb *chat_text_message(const char *text, ChatMessage *m);
+extern int64 chat_budget(const char *alias, int64 max_tokens, int64 policy_budget, bool *known);
 extern void chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options,
 					 ChatContext *ctx);
 extern void chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns,
 							const char *alias, const ChatMessage *msg, Jsonb *options,
 							ChatContext *ctx);
+extern void chat_load_all_contents(ChatConversation *conv);
+
+/* chat_message.c */
+extern Jsonb *jsonb_from_cstring(const char *text);
+extern char *chat_jsonb_text(Jsonb *j);
+extern void chat_policy_parse(Jsonb *policy, ChatPolicy *p);
+extern void chat_message_parse(Jsonb *message, ChatMessage *m);
+extern Jsonb *chat_text_message(const char *text, ChatMessage *m);
 extern Jsonb *chat_options(ChatConversation *conv, Jsonb *call_options, const char *system,
 						   const char *purpose);
-extern void chat_load_all_contents(ChatConversation *conv);
-extern Jsonb *jsonb_from_cstring(const char *text);
 
 /* the parts of an answer a turn keeps */
 typedef struct ChatAnswer
@@ -111,6 +118,11 @@ typedef struct ChatAnswer
 
 extern void chat_answer_parts(Jsonb *answer, ChatAnswer *a);
 extern Jsonb *chat_call(const char *alias, Jsonb *history, Jsonb *options, LlmCallResult *r);
+
+/* chat_summary.c */
+extern char *chat_content_text(Jsonb *content);
+extern int	chat_summarize(ChatConversation *conv, const ChatPolicy *p, const char *old, int from,
+						   int to, char **text);
 
 /* chat.c */
 extern void chat_define_callbacks(void);
