@@ -279,6 +279,19 @@ SELECT c::regclass AS dumped
  WHERE e.extname = 'llm_gateway' AND c::regclass::text LIKE 'llm.conversation%'
  ORDER BY c::regclass::text;
 
+--
+-- llm.estimate: an llm_chat site counts the conversation's history and uses its alias
+--
+SELECT function, alias, calls, input_tokens_per_call
+  FROM llm.estimate(format($$SELECT llm_chat(%s, 'one more question')$$, :c1));
+SELECT (SELECT input_tokens_per_call FROM llm.estimate(format($$SELECT llm_chat(%s, 'one more question')$$, :c1)))
+     = ceil((octet_length('"one more question"')
+             + coalesce((SELECT octet_length(system) FROM llm.conversations WHERE id = :c1), 0)
+             + (SELECT sum(bytes) FROM llm.conversation_history(:c1) WHERE role <> 'summary')) / 4.0) AS counts_history;
+-- many conversations: the alias is not a constant; the jsonb form is llm_chat too
+SELECT function, alias, calls > 0 AS some FROM llm.estimate($$SELECT llm_chat(id, 'next') FROM llm.conversations$$);
+SELECT function FROM llm.estimate($$SELECT llm_chat(id, '"next"'::jsonb) FROM llm.conversations$$);
+
 -- clean up
 DELETE FROM llm.conversations WHERE id = :c1;
 DROP ROLE conv_alice, conv_bob, conv_carol, conv_group, conv_admin;

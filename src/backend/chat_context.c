@@ -582,3 +582,41 @@ chat_load_all_contents(ChatConversation *conv)
 {
 	load_contents(conv, 0, -1);
 }
+
+/*
+ * For llm.estimate: the alias of the conversation an llm_chat call site
+ * names (arg: its first argument), and in *bytes what its history adds to
+ * the message (system prompt and stored turns: an upper bound when they
+ * are trimmed).  NULL (unknown) when the conversation is not a constant
+ * or the caller cannot see it.
+ */
+char *
+chat_estimate_site(Node *arg, double *bytes)
+{
+	static const char *const sql =
+	"SELECT c.alias, coalesce(octet_length(c.system), 0)"
+	"       + coalesce((SELECT sum(h.bytes) FROM llm.conversation_history(c.id) h"
+	"                    WHERE h.role <> 'summary'), 0)::int8"
+	"  FROM llm.conversations c WHERE c.id = $1";
+	Const	   *c = (Const *) arg;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+	char	   *alias = NULL;
+	MemoryContext outer = CurrentMemoryContext;
+
+	*bytes = 0;
+	if (arg == NULL || !IsA(arg, Const) || c->constisnull || c->consttype != INT8OID)
+		return NULL;
+	values[0] = c->constvalue;
+	SPI_connect();
+	conversation_spi(InvalidOid, sql, 1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		alias = MemoryContextStrdup(outer, TextDatumGetCString(spi_col(0, 1, &isnull)));
+		*bytes = (double) spi_int64(0, 2, 0);
+	}
+	SPI_finish();
+	return alias;
+}

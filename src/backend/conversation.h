@@ -14,6 +14,7 @@
 #ifndef LLM_CONVERSATION_H
 #define LLM_CONVERSATION_H
 
+#include "nodes/nodes.h"
 #include "utils/jsonb.h"
 
 #include "channel/channel.h"
@@ -95,6 +96,7 @@ extern void chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns,
 							const char *alias, const ChatMessage *msg, Jsonb *options,
 							ChatContext *ctx);
 extern void chat_load_all_contents(ChatConversation *conv);
+extern char *chat_estimate_site(Node *arg, double *bytes);
 
 /* chat_message.c */
 extern Jsonb *jsonb_from_cstring(const char *text);

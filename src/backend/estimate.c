@@ -64,6 +64,7 @@
 #include "utils/syscache.h"
 
 #include "backend/estimate.h"
+#include "backend/conversation.h"
 #include "backend/pipeline.h"
 
 PG_FUNCTION_INFO_V1(llm_estimate);
@@ -701,8 +702,9 @@ llm_estimate(PG_FUNCTION_ARGS)
 		CallSite   *s = lfirst(lc);
 		FuncExpr   *f = s->call;
 		const LlmCallKind *kind = pipeline_call_kind(f->funcid);
-		char	   *alias = const_text(f->args, 0);
 		double		bytes = 0;
+		char	   *alias = kind->conversation ? chat_estimate_site(linitial(f->args), &bytes) :
+			const_text(f->args, 0);
 		int64		in_tokens;
 		int64		calls = (int64) Min(ceil(s->calls), (double) PG_INT64_MAX / 2);
 		JsonbValue	buf;
@@ -727,7 +729,7 @@ llm_estimate(PG_FUNCTION_ARGS)
 		in_tokens = (int64) ceil(bytes / ESTIMATE_BYTES_PER_TOKEN);
 
 		values[0] = Int32GetDatum(++n);
-		values[1] = CStringGetTextDatum(kind->name);
+		values[1] = CStringGetTextDatum(get_func_name(f->funcid));	/* llm_chat for both forms */
 		if (alias != NULL)
 			values[2] = CStringGetTextDatum(alias);
 		else
