@@ -260,6 +260,27 @@ is($mock->get('/_mock/stats')->{max_in_flight}, 6, 'all six in flight at once');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM llm.conversation_turns t JOIN llm.conversations c ON c.id = t.conversation WHERE c.title = 'batch'}),
 	'12', 'each got its two turns');
 
+# an UPDATE of the conversations themselves: llm_chat never writes their rows
+$mock->post('/_mock/config', { latency_ms => 0 });
+is($node->safe_psql('postgres', q{
+	UPDATE llm.conversations SET title = llm_chat(id, 'name this') WHERE title = 'batch';
+	SELECT count(*) FROM llm.conversations WHERE title = 'mock reply to: name this'}),
+	'6', 'UPDATE ... SET title = llm_chat(id, ...) continues each and sets its title');
+
+# a cursor closed before its calls are answered: they are abandoned, and
+# the same transaction can continue those conversations
+$node->safe_psql('postgres', q{UPDATE llm.conversations SET title = 'batch' WHERE title = 'mock reply to: name this'});
+$mock->post('/_mock/config', { latency_ms => 300 });
+is($node->safe_psql('postgres', q{
+	BEGIN;
+	DECLARE cur CURSOR FOR SELECT llm_chat(id, 'abandoned') FROM llm.conversations WHERE title = 'batch' ORDER BY id;
+	FETCH 1 FROM cur;
+	CLOSE cur;
+	SELECT count(*) FROM (SELECT llm_chat(id, 'after the cursor') FROM llm.conversations WHERE title = 'batch') s;
+	COMMIT;}), "mock reply to: abandoned\n6", 'every conversation continues after the cursor closed');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM llm.conversation_turns t JOIN llm.conversations c ON c.id = t.conversation
+	WHERE c.title = 'batch' AND t.content #>> '{}' = 'abandoned'}), '1', 'only the answered one of the abandoned calls left turns');
+
 # the same conversation twice in one statement: one call at a time, in row order
 my $twice = $node->safe_psql('postgres', q{SELECT llm.new_conversation('m')});
 $mock->reset;
