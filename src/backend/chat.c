@@ -170,13 +170,24 @@ prepare(const NullableDatum *args, bool text_form, LlmPreparedCall *call)
 static void
 append_turns(ChatInFlight *e, const ChatAnswer *a)
 {
+	/*
+	 * the answer without empty text blocks (a history holding one is
+	 * refused by providers); an answer left with nothing is stored as []
+	 * and left out of later histories with its question
+	 */
 	static const char *const sql =
+	"WITH a AS (SELECT CASE WHEN jsonb_typeof($7) = 'array' THEN"
+	"    (SELECT coalesce(jsonb_agg(b ORDER BY n), '[]') FROM jsonb_array_elements($7) WITH ORDINALITY e(b, n)"
+	"      WHERE NOT (b->>'type' = 'text' AND coalesce(b->>'text', '') = ''))"
+	"    ELSE $7 END AS content)"
 	"INSERT INTO llm.conversation_turns (conversation, seq, role, content, bytes, starts_exchange,"
 	"    tokens, request_id, input_tokens, cost_usd, stop_reason, context_first_seq,"
 	"    context_summary_seq, context_est_tokens)"
-	" VALUES ($1, $2, 'user', $3, octet_length($3::text), $4, $5, $6, NULL, NULL, NULL, NULL, NULL, NULL),"
-	"        ($1, $2 + 1, 'assistant', $7, octet_length($7::text), false, $8, $6, $9, $10::numeric,"
-	"         $11, $12, $13, $14)";
+	" SELECT $1, $2, 'user', $3, octet_length($3::text), $4, $5, $6, NULL::int8, NULL::numeric,"
+	"        NULL::text, NULL::int4, NULL::int4, NULL::int8"
+	" UNION ALL"
+	" SELECT $1, $2 + 1, 'assistant', a.content, octet_length(a.content::text), false, $8, $6, $9,"
+	"        $10::numeric, $11, $12, $13, $14 FROM a";
 	Oid			types[14] = {INT8OID, INT4OID, JSONBOID, BOOLOID, INT8OID, INT8OID, JSONBOID,
 		INT8OID, INT8OID, TEXTOID, TEXTOID, INT4OID, INT4OID, INT8OID};
 	Datum		v[14];

@@ -23,6 +23,12 @@
 #     applying to every call (role, alias, tag, all), pgbench 64 clients
 #     against the mock at 50 ms; and in the same run what the usage rollup
 #     (llm.gateway_status().rollup_us) costs per call.
+#  6. Conversations (run before 5): one statement continuing 256
+#     conversations at 200 ms (concurrency 256), three rounds, calls/s
+#     against the ideal; the backend time of llm_chat against llm_complete
+#     at zero latency, serial, over 200 calls of one growing conversation;
+#     and one llm_chat on a conversation of BENCH_CHAT_TURNS stored turns
+#     (default 10,000) against one of 10 turns, both fitted to 2,000 tokens.
 #  5. Usage views over a big log: BENCH_LOG_ROWS (default 10,000,000) rows
 #     of llm.requests over 30 days, with their rollup; a day of
 #     llm.usage_daily read through the view, against the same figures
@@ -305,6 +311,60 @@ quota_refused=$(as_run_user "${PSQL[@]}" -c "SELECT count(*) FROM llm.requests W
         "$(echo "($qa1 * $qc1 - $qa0 * $qc0) / ($qc1 - $qc0)" | bc -l)" $((qc1 - qc0)) "$quota_refused"
     printf 'usage rollup (aggregation + upsert in the completing transaction): %.2f us of worker CPU per call over %d calls\n' \
         "$(echo "($ra1 * $rc1 - $ra0 * $rc0) / ($rc1 - $rc0)" | bc -l)" $((rc1 - rc0))
+} | tee -a "$B/results.txt"
+
+# 6. Conversations.
+CHAT_CONVS=256
+CHAT_TURNS=${BENCH_CHAT_TURNS:-10000}
+log "conversations: $CHAT_CONVS conversations at ${BATCH_LATENCY_MS} ms; serial overhead; a history of $CHAT_TURNS turns"
+as_run_user "${PSQL[@]}" -c "SELECT count(llm.new_conversation('bench', NULL, '{\"title\": \"bench\"}')) FROM generate_series(1, $CHAT_CONVS)" >/dev/null
+mock_config "$BATCH_LATENCY_MS"
+chat_rates=""
+for round in 1 2 3; do
+    t=$(seconds -c "SET llm.statement_concurrency = $CONC" \
+        -c "SELECT count(a) FROM (SELECT llm_chat(id, 'round $round question') AS a FROM llm.conversations WHERE title = 'bench') s")
+    chat_rates="$chat_rates $(echo "$CHAT_CONVS / $t" | bc -l)"
+done
+chat_max=$(python3 -c "import json,urllib.request;print(json.load(urllib.request.urlopen('http://127.0.0.1:$MOCK_PORT/_mock/stats'))['max_in_flight'])")
+mock_config 0
+serial_conv=$(as_run_user "${PSQL[@]}" -c "SELECT llm.new_conversation('bench')")
+as_run_user "${PSQL[@]}" -c "SELECT llm_complete('bench', 'warm')" -c "SELECT llm_chat($serial_conv, 'warm')" >/dev/null
+chat_file="$B/chat_calls.sql"; complete_file="$B/complete_calls.sql"
+for i in $(seq 1 200); do echo "SELECT llm_chat($serial_conv, 'serial question $i');"; done >"$chat_file"
+for i in $(seq 1 200); do echo "SELECT llm_complete('bench', 'serial question $i');"; done >"$complete_file"
+[ "$(id -u)" = 0 ] && chown "$RUN_USER" "$chat_file" "$complete_file"
+complete_s=$(seconds -f "$complete_file")
+chat_s=$(seconds -f "$chat_file")
+# a long history: CHAT_TURNS stored turns (written directly), the context fitted to 2,000 tokens
+long_conv=$(as_run_user "${PSQL[@]}" -c "SELECT llm.new_conversation('bench', NULL, '{\"context\": {\"budget_tokens\": 2000}}')")
+short_conv=$(as_run_user "${PSQL[@]}" -c "SELECT llm.new_conversation('bench', NULL, '{\"context\": {\"budget_tokens\": 2000}}')")
+as_run_user "${PSQL[@]}" >/dev/null <<SQL
+INSERT INTO llm.conversation_turns (conversation, seq, role, content, bytes, starts_exchange)
+SELECT c, s, CASE WHEN s % 2 = 1 THEN 'user' ELSE 'assistant' END, to_jsonb('stored turn ' || s || ' with some words in it'),
+       octet_length(to_jsonb('stored turn ' || s || ' with some words in it')::text), s % 2 = 1
+  FROM (VALUES ($long_conv, $CHAT_TURNS), ($short_conv, 10)) v(c, n), generate_series(1, n) s;
+SQL
+# one_chat_ms CONV: the median of 5 calls' time inside the server
+one_chat_ms() {
+    for i in 1 2 3 4 5; do
+        as_run_user "${PSQL[@]}" -c "EXPLAIN (ANALYZE, FORMAT JSON) SELECT llm_chat($1, 'one more')" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Execution Time"])'
+    done | sort -g | sed -n 3p
+}
+long_ms=$(one_chat_ms "$long_conv")
+short_ms=$(one_chat_ms "$short_conv")
+{
+    set -- $chat_rates
+    # every conversation in flight at once: CHAT_CONVS calls per latency
+    ideal_c=$(echo "$CHAT_CONVS * 1000 / $BATCH_LATENCY_MS" | bc -l)
+    printf 'conversations: %d continued by one statement at %d ms: %.1f, %.1f, %.1f calls/s in rounds 1-3 = %.1f%%, %.1f%%, %.1f%% of ideal %.0f/s; provider max in flight %s\n' \
+        "$CHAT_CONVS" "$BATCH_LATENCY_MS" "$1" "$2" "$3" "$(echo "$1 * 100 / $ideal_c" | bc -l)" \
+        "$(echo "$2 * 100 / $ideal_c" | bc -l)" "$(echo "$3 * 100 / $ideal_c" | bc -l)" "$ideal_c" "$chat_max"
+    printf '      serial, mock at 0 ms, 200 calls: llm_chat %.2f ms per call (history growing to 400 turns), llm_complete %.2f ms: +%.2f ms\n' \
+        "$(echo "$chat_s * 1000 / 200" | bc -l)" "$(echo "$complete_s * 1000 / 200" | bc -l)" \
+        "$(echo "($chat_s - $complete_s) * 1000 / 200" | bc -l)"
+    printf '      one llm_chat (server time, median of 5) on %d stored turns: %.2f ms; on 10 turns: %.2f ms\n' \
+        "$CHAT_TURNS" "$long_ms" "$short_ms"
 } | tee -a "$B/results.txt"
 
 # 5. The usage views do not scan the log.  Synthetic completed rows (8
