@@ -51,7 +51,7 @@
  * backend (the plan cache replans after DDL, or for another role where
  * row security applies), keyed by the statement's text, which is always a
  * string constant.  Planning them on every call cost ~2 ms per llm_chat
- * (design §27.8).
+ * (design §27.7).
  */
 #define CHAT_PLANS 32
 static struct
@@ -490,12 +490,15 @@ options_bytes(Jsonb *options, int64 *max_tokens)
 }
 
 /*
- * What to send for msg on conv (locked): the turns that fit, after a
- * summary made now if the policy says so.  options: the call's merged
- * options without system.
+ * What to send for msg after turns [0, nturns) to alias: the turns that
+ * fit, after a summary made now if the policy says so.  options: the
+ * call's merged options without system.  A replay (turns its own, contents
+ * loaded) never summarises: it would add calls that are not part of the
+ * comparison; it trims by drop_oldest.
  */
-void
-chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatContext *ctx)
+static void
+fit(ChatConversation *conv, ChatTurn *turns, int nturns, const char *alias,
+	const ChatMessage *msg, Jsonb *options, bool replay, ChatContext *ctx)
 {
 	ChatPolicy	p;
 	bool		known;
@@ -509,108 +512,89 @@ chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatCon
 	char	   *summary_text = NULL;
 	int			lo = 0;
 
-	estimator_init(conv->turns, conv->nturns, sent_before, &e);
+	/* a replay's model: its own answers so far are the only measure of its tokenizer */
+	estimator_init(turns, nturns, sent_before, &e);
 	fixed = e.fixed + tokens_of(&e, msg->bytes);
 	chat_policy_parse(conv->policy, &p);
-	budget = chat_budget(conv->alias, max_tokens, p.budget_tokens, &known);
+	budget = chat_budget(alias, max_tokens, p.budget_tokens, &known);
 	ctx->summary = -1;
 
-	if (p.summarize)
+	if (p.summarize && !replay)
 	{
 		int			s;
 		double		with = fixed;
 
-		for (s = conv->nturns - 1; s >= 0 && conv->turns[s].role != 's'; s--)
+		for (s = nturns - 1; s >= 0 && turns[s].role != 's'; s--)
 			;
 		if (s >= 0)
 		{
-			while (lo < conv->nturns && conv->turns[lo].seq <= conv->turns[s].summary_through)
+			while (lo < nturns && turns[lo].seq <= turns[s].summary_through)
 				lo++;
-			with += tokens_of(&e, conv->turns[s].bytes + strlen(SUMMARY_HEADER));
+			with += tokens_of(&e, turns[s].bytes + strlen(SUMMARY_HEADER));
 			ctx->summary = s;
 		}
-		ctx->first = fit_from(conv->turns, conv->nturns, lo, with, msg->starts, &e, budget);
-		if (ctx->first != first_message(conv->turns, conv->nturns, lo))
+		ctx->first = fit_from(turns, nturns, lo, with, msg->starts, &e, budget);
+		if (ctx->first != first_message(turns, nturns, lo))
 		{
 			/* room for the summary to come: its max tokens, and the header */
 			double		reserve = p.summary_max_tokens + tokens_of(&e, strlen(SUMMARY_HEADER));
-			int			from = first_message(conv->turns, conv->nturns, lo);
+			int			from = first_message(turns, nturns, lo);
 			int			cut;
 			char	   *old = NULL;
 
 			if (!known)
-				too_long(conv->alias, 0, budget, false);
-			cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, &e, budget / 2);
+				too_long(alias, 0, budget, false);
+			cut = fit_from(turns, nturns, lo, fixed + reserve, msg->starts, &e, budget / 2);
 			if (cut <= from)
-				cut = fit_from(conv->turns, conv->nturns, lo, fixed + reserve, msg->starts, &e, budget);
+				cut = fit_from(turns, nturns, lo, fixed + reserve, msg->starts, &e, budget);
 			if (cut < 0)
-				too_long(conv->alias, tokens_ceil(fixed + reserve), budget, true);
+				too_long(alias, tokens_ceil(fixed + reserve), budget, true);
 			if (cut < from)
 				cut = from;
 			load_contents(conv, from, s);
 			if (s >= 0)
-				old = chat_content_text(conv->turns[s].content);
+				old = chat_content_text(turns[s].content);
 			ctx->summary = chat_summarize(conv, &p, old, from, cut, &summary_text);
+			nturns = conv->nturns;	/* the summary is a turn now */
 			ctx->first = cut;
 		}
 		else if (s >= 0)
 		{
 			load_contents(conv, ctx->first, s);
-			summary_text = chat_content_text(conv->turns[s].content);
+			summary_text = chat_content_text(turns[s].content);
 		}
 	}
 	else
 	{
-		ctx->first = fit_from(conv->turns, conv->nturns, 0, fixed, msg->starts, &e, budget);
-		if (ctx->first >= 0 && !known && ctx->first != first_message(conv->turns, conv->nturns, 0))
-			too_long(conv->alias, 0, budget, false);
+		ctx->first = fit_from(turns, nturns, 0, fixed, msg->starts, &e, budget);
+		if (ctx->first >= 0 && !known && ctx->first != first_message(turns, nturns, 0))
+			too_long(alias, 0, budget, false);
 	}
 	if (ctx->first < 0)
-		too_long(conv->alias, tokens_ceil(fixed), budget, true);
-	if (summary_text == NULL)
+		too_long(alias, tokens_ceil(fixed), budget, true);
+	if (summary_text == NULL && !replay)
 		load_contents(conv, ctx->first, -1);
 
-	ctx->history = build_history(conv->turns, conv->nturns, ctx->first, msg, &sent);
+	ctx->history = build_history(turns, nturns, ctx->first, msg, &sent);
 	ctx->system = system_with_summary(conv->system, summary_text);
 	ctx->est_raw = (int64) ceil((sent_before + msg->bytes + sent +
 								 (summary_text ? strlen(SUMMARY_HEADER) + strlen(summary_text) : 0)) / 4.0);
 	ctx->message_tokens = tokens_ceil(tokens_of(&e, msg->bytes));
 }
 
-/*
- * For a replay: what to send for msg after the replayed turns, to alias,
- * by drop_oldest (a replay never summarises: it would add calls that are
- * not part of the comparison).  The turns' contents are loaded.
- */
+/* What to send for msg on conv (locked, its turns' sizes loaded). */
+void
+chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *options, ChatContext *ctx)
+{
+	fit(conv, conv->turns, conv->nturns, conv->alias, msg, options, false, ctx);
+}
+
+/* For a replay: what to send for msg after the replayed turns, to alias. */
 void
 chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns, const char *alias,
 				const ChatMessage *msg, Jsonb *options, ChatContext *ctx)
 {
-	ChatPolicy	p;
-	bool		known;
-	int64		max_tokens;
-	int64		sent_before = options_bytes(options, &max_tokens) +
-		(conv->system ? strlen(conv->system) : 0);
-	Estimator	e;
-	double		fixed;
-	int64		budget;
-	int64		sent;
-
-	/* another model: its answers so far are the only measure of its tokenizer */
-	estimator_init(turns, nturns, sent_before, &e);
-	fixed = e.fixed + tokens_of(&e, msg->bytes);
-	chat_policy_parse(conv->policy, &p);
-	budget = chat_budget(alias, max_tokens, p.budget_tokens, &known);
-	ctx->summary = -1;
-	ctx->first = fit_from(turns, nturns, 0, fixed, msg->starts, &e, budget);
-	if (ctx->first < 0)
-		too_long(alias, tokens_ceil(fixed), budget, true);
-	if (!known && ctx->first != first_message(turns, nturns, 0))
-		too_long(alias, 0, budget, false);
-	ctx->history = build_history(turns, nturns, ctx->first, msg, &sent);
-	ctx->system = conv->system;
-	ctx->est_raw = (int64) ceil((sent_before + msg->bytes + sent) / 4.0);
-	ctx->message_tokens = tokens_ceil(tokens_of(&e, msg->bytes));
+	fit(conv, turns, nturns, alias, msg, options, true, ctx);
 }
 
 /* for chat_replay.c: load every turn's content */
