@@ -280,6 +280,25 @@ SELECT c::regclass AS dumped
  ORDER BY c::regclass::text;
 
 --
+-- no budget known (no context_window on the alias's routes, none in the
+-- policy): a history is sent whole up to 16,000 tokens, and a longer one
+-- is an error, not trimmed
+--
+SELECT llm.new_conversation('conv') AS nb \gset
+SELECT expect_error(format($$SELECT llm_chat(%s, repeat('many words ', 6000))$$, :nb));
+INSERT INTO llm.conversation_turns (conversation, seq, role, content, bytes, starts_exchange)
+SELECT :nb, s, CASE WHEN s % 2 = 1 THEN 'user' ELSE 'assistant' END, to_jsonb(repeat('older words ', 1000)),
+       octet_length(to_jsonb(repeat('older words ', 1000))::text), s % 2 = 1
+  FROM generate_series(1, 6) s;
+SELECT expect_error(format($$SELECT llm_chat(%s, 'one more')$$, :nb));
+SELECT count(*) AS turns_unchanged FROM llm.conversation_turns WHERE conversation = :nb;
+-- with a budget in the policy the same history is trimmed instead
+UPDATE llm.conversations SET context_policy = '{"budget_tokens": 9000}' WHERE id = :nb;
+SELECT llm_chat(:nb, 'one more');
+SELECT seq, context_first_seq FROM llm.conversation_turns WHERE conversation = :nb ORDER BY seq DESC LIMIT 1;
+DELETE FROM llm.conversations WHERE id = :nb;
+
+--
 -- llm.estimate: an llm_chat site counts the conversation's history and uses its alias
 --
 SELECT function, alias, calls, input_tokens_per_call

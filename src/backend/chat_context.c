@@ -411,6 +411,8 @@ too_long(const char *alias, int64 need, int64 budget, bool known)
 			(errcode(ERRCODE_LLM_CONTEXT_TOO_LONG),
 			 known ?
 			 errmsg("the message needs about " INT64_FORMAT " tokens with the conversation's settings, more than its budget of " INT64_FORMAT, need, budget) :
+			 need > 0 ?
+			 errmsg("the message needs about " INT64_FORMAT " tokens, more than the " INT64_FORMAT " a conversation sends when no budget is set", need, budget) :
 			 errmsg("the conversation's history needs more than " INT64_FORMAT " tokens, and no budget is set", budget),
 			 known ?
 			 errdetail("A tool_result is sent with the exchange it answers; the system prompt and tools count too.") :
@@ -571,7 +573,7 @@ fit(ChatConversation *conv, ChatTurn *turns, int nturns, const char *alias,
 			too_long(alias, 0, budget, false);
 	}
 	if (ctx->first < 0)
-		too_long(alias, tokens_ceil(fixed), budget, true);
+		too_long(alias, tokens_ceil(fixed), budget, known);
 	if (summary_text == NULL && !replay)
 		load_contents(conv, ctx->first, -1);
 
