@@ -134,17 +134,28 @@ static const char *const conversation_sql =
 "  JOIN llm.conversation_turns t ON t.conversation = l.ancestor AND t.seq <= l.through_seq" \
 " WHERE l.conversation = $1" cond " ORDER BY 1"
 
+/* the turns with seq in ($2, $3], their sizes, not their contents */
 static const char *const turns_sql =
 CHAIN_SQL("t.seq, t.role, t.bytes::int8, t.starts_exchange, t.summary_through, t.input_tokens,"
-		  " t.context_est_tokens, t.tokens, t.cost_usd::text, t.context_first_seq", "");
+		  " t.context_est_tokens, t.tokens, t.cost_usd::text, t.context_first_seq",
+		  " AND t.seq > $2 AND t.seq <= $3");
 
+/* the contents of the turns from seq $2 on (an index range) */
 static const char *const contents_sql =
-CHAIN_SQL("t.seq, t.content", " AND (t.seq >= $2 OR t.seq = $3)");
+CHAIN_SQL("t.seq, t.content", " AND t.seq >= $2");
 
 /*
- * Load a conversation the caller may see; with lock, also check that it
- * may continue it and lock it until the transaction ends (a second
- * llm_chat on it waits here, then reads the first's turns).
+ * The last seq: its own turns', else the fork point (a fork's shared turns
+ * end at forked_at_seq, its own start after it).
+ */
+static const char *const last_seq_sql =
+"SELECT greatest((SELECT max(seq) FROM llm.conversation_turns WHERE conversation = $1),"
+"                (SELECT forked_at_seq FROM llm.conversations WHERE id = $1), 0)";
+
+/*
+ * Load a conversation the caller may see, without its turns; with lock,
+ * also check that it may continue it and lock it until the transaction
+ * ends (a second llm_chat on it waits here, then reads the first's turns).
  */
 void
 conversation_load(int64 id, bool lock, ChatConversation *conv)
@@ -154,7 +165,6 @@ conversation_load(int64 id, bool lock, ChatConversation *conv)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(id)};
 	bool		isnull;
-	int			i;
 
 	memset(conv, 0, sizeof(*conv));
 	conv->id = id;
@@ -193,55 +203,91 @@ conversation_load(int64 id, bool lock, ChatConversation *conv)
 				"SELECT 1 FROM llm.conversations WHERE id = $1 FOR NO KEY UPDATE",
 				1, types, values, NULL, SPI_OK_SELECT);
 	}
-
-	conversation_spi(run_as_gateway_role(), turns_sql, 1, types, values, NULL, SPI_OK_SELECT);
-	conv->nturns = (int) SPI_processed;
-	conv->turns = MemoryContextAllocZero(outer, sizeof(ChatTurn) * (conv->nturns + 1));
-	conv->next_seq = 1;
-	for (i = 0; i < conv->nturns; i++)
-	{
-		ChatTurn   *t = &conv->turns[i];
-		char	   *role = TextDatumGetCString(spi_col(i, 2, &isnull));
-
-		t->seq = DatumGetInt32(spi_col(i, 1, &isnull));
-		t->role = role[0];
-		t->bytes = spi_int64(i, 3, 0);
-		t->starts = DatumGetBool(spi_col(i, 4, &isnull));
-		{
-			Datum		d = spi_col(i, 5, &isnull);
-
-			t->summary_through = isnull ? 0 : DatumGetInt32(d);
-		}
-		t->input_tokens = spi_int64(i, 6, -1);
-		t->est_tokens = spi_int64(i, 7, -1);
-		t->tokens = spi_int64(i, 8, -1);
-		{
-			Datum		d = spi_col(i, 9, &isnull);
-
-			t->cost_usd = isnull ? NULL : MemoryContextStrdup(outer, TextDatumGetCString(d));
-			d = spi_col(i, 10, &isnull);
-			t->context_first_seq = isnull ? 0 : DatumGetInt32(d);
-		}
-		conv->next_seq = t->seq + 1;
-	}
+	conversation_spi(run_as_gateway_role(), last_seq_sql, 1, types, values, NULL, SPI_OK_SELECT);
+	conv->next_seq = DatumGetInt32(spi_col(0, 1, &isnull)) + 1;
+	conv->loaded_from = conv->next_seq;
+	conv->turns = MemoryContextAllocZero(outer, sizeof(ChatTurn));
 	SPI_finish();
 }
 
-/* the contents of turns [from, nturns) and of turn also (-1: none) */
+/*
+ * Load the sizes of the turns with seq in [from_seq, loaded_from), before
+ * those already loaded.  One slot is kept free at the end (a summary made
+ * by this call).
+ */
 static void
-load_contents(ChatConversation *conv, int from, int also)
+load_turns_before(ChatConversation *conv, int from_seq)
 {
 	MemoryContext outer = CurrentMemoryContext;
 	Oid			types[3] = {INT8OID, INT4OID, INT4OID};
 	Datum		values[3];
+	ChatTurn   *turns;
+	int			n;
+	int			i;
+
+	values[0] = Int64GetDatum(conv->id);
+	values[1] = Int32GetDatum(from_seq - 1);
+	values[2] = Int32GetDatum(conv->loaded_from - 1);
+	SPI_connect();
+	conversation_spi(run_as_gateway_role(), turns_sql, 3, types, values, NULL, SPI_OK_SELECT);
+	n = (int) SPI_processed;
+	turns = MemoryContextAllocZero(outer, sizeof(ChatTurn) * (n + conv->nturns + 1));
+	memcpy(turns + n, conv->turns, sizeof(ChatTurn) * conv->nturns);
+	for (i = 0; i < n; i++)
+	{
+		ChatTurn   *t = &turns[i];
+		bool		isnull;
+		Datum		d;
+
+		t->seq = DatumGetInt32(spi_col(i, 1, &isnull));
+		t->role = TextDatumGetCString(spi_col(i, 2, &isnull))[0];
+		t->bytes = spi_int64(i, 3, 0);
+		t->starts = DatumGetBool(spi_col(i, 4, &isnull));
+		d = spi_col(i, 5, &isnull);
+		t->summary_through = isnull ? 0 : DatumGetInt32(d);
+		t->input_tokens = spi_int64(i, 6, -1);
+		t->est_tokens = spi_int64(i, 7, -1);
+		t->tokens = spi_int64(i, 8, -1);
+		d = spi_col(i, 9, &isnull);
+		t->cost_usd = isnull ? NULL : MemoryContextStrdup(outer, TextDatumGetCString(d));
+		d = spi_col(i, 10, &isnull);
+		t->context_first_seq = isnull ? 0 : DatumGetInt32(d);
+	}
+	SPI_finish();
+	conv->turns = turns;
+	conv->nturns += n;
+	conv->loaded_from = from_seq;
+}
+
+/* every turn's size, for a fork's check and a replay */
+void
+chat_load_all_turns(ChatConversation *conv)
+{
+	if (conv->loaded_from > 1)
+		load_turns_before(conv, 1);
+}
+
+/*
+ * The contents of turns [from, nturns) and of turn also (-1: none), read
+ * as one index range from the smaller seq (a summary comes just before
+ * the turns sent after it).
+ */
+static void
+load_contents(ChatConversation *conv, int from, int also)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	Oid			types[2] = {INT8OID, INT4OID};
+	Datum		values[2];
+	int			first_seq = from < conv->nturns ? conv->turns[from].seq : PG_INT32_MAX;
 	int			i;
 	int			j = 0;
 
+	if (also >= 0)
+		first_seq = Min(first_seq, conv->turns[also].seq);
 	values[0] = Int64GetDatum(conv->id);
-	values[1] = Int32GetDatum(from < conv->nturns ? conv->turns[from].seq : PG_INT32_MAX);
-	values[2] = Int32GetDatum(also >= 0 ? conv->turns[also].seq : 0);
+	values[1] = Int32GetDatum(first_seq);
 	SPI_connect();
-	conversation_spi(run_as_gateway_role(), contents_sql, 3, types, values, NULL, SPI_OK_SELECT);
+	conversation_spi(run_as_gateway_role(), contents_sql, 2, types, values, NULL, SPI_OK_SELECT);
 	for (i = 0; i < (int) SPI_processed; i++)
 	{
 		bool		isnull;
@@ -250,7 +296,8 @@ load_contents(ChatConversation *conv, int from, int also)
 
 		while (j < conv->nturns && conv->turns[j].seq < seq)
 			j++;
-		if (j < conv->nturns && conv->turns[j].seq == seq)
+		if (j < conv->nturns && conv->turns[j].seq == seq && conv->turns[j].content == NULL &&
+			(j >= from || j == also))
 		{
 			MemoryContext old = MemoryContextSwitchTo(outer);
 
@@ -492,6 +539,60 @@ options_bytes(Jsonb *options, int64 *max_tokens)
 }
 
 /*
+ * Whether the turns loaded (the newest) hold all that fitting can use:
+ * drop_oldest, once they and the fixed part overflow the budget (older
+ * turns cannot be sent); summarize, once they reach back to the turn
+ * after the last summary's (older ones it stands for).
+ */
+static bool
+window_enough(ChatConversation *conv, bool summarize, int64 sent_before,
+			  const ChatMessage *msg, int64 budget)
+{
+	ChatTurn   *turns = conv->turns;
+	Estimator	e;
+	double		acc;
+	int			i;
+
+	if (summarize)
+	{
+		for (i = conv->nturns - 1; i >= 0; i--)
+			if (turns[i].role == 's')
+				return turns[0].seq <= turns[i].summary_through + 1;
+		return false;
+	}
+	estimator_init(turns, conv->nturns, sent_before, &e);
+	acc = e.fixed + tokens_of(&e, msg->bytes);
+	for (i = conv->nturns - 1; i >= 0; i--)
+	{
+		if (turns[i].role != 's')
+			acc += tokens_of(&e, turns[i].bytes);
+		if (tokens_ceil(acc) > budget)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Load the newest turns' sizes, in windows of 64 seqs, doubling, until
+ * they hold all that fitting can use: a call on a long conversation reads
+ * about what it sends, not its whole history.
+ */
+static void
+load_window(ChatConversation *conv, bool summarize, int64 sent_before, const ChatMessage *msg,
+			int64 budget)
+{
+	int			span = 64;
+
+	while (conv->loaded_from > 1)
+	{
+		load_turns_before(conv, Max(1, conv->loaded_from - span));
+		span = Min(span * 2, 1 << 20);
+		if (window_enough(conv, summarize, sent_before, msg, budget))
+			break;
+	}
+}
+
+/*
  * What to send for msg after turns [0, nturns) to alias: the turns that
  * fit, after a summary made now if the policy says so.  options: the
  * call's merged options without system.  A replay (turns its own, contents
@@ -514,11 +615,17 @@ fit(ChatConversation *conv, ChatTurn *turns, int nturns, const char *alias,
 	char	   *summary_text = NULL;
 	int			lo = 0;
 
+	chat_policy_parse(conv->policy, &p);
+	budget = chat_budget(alias, max_tokens, p.budget_tokens, &known);
+	if (!replay)
+	{
+		load_window(conv, p.summarize, sent_before, msg, budget);
+		turns = conv->turns;
+		nturns = conv->nturns;
+	}
 	/* a replay's model: its own answers so far are the only measure of its tokenizer */
 	estimator_init(turns, nturns, sent_before, &e);
 	fixed = e.fixed + tokens_of(&e, msg->bytes);
-	chat_policy_parse(conv->policy, &p);
-	budget = chat_budget(alias, max_tokens, p.budget_tokens, &known);
 	ctx->summary = -1;
 
 	if (p.summarize && !replay)
@@ -569,7 +676,8 @@ fit(ChatConversation *conv, ChatTurn *turns, int nturns, const char *alias,
 	else
 	{
 		ctx->first = fit_from(turns, nturns, 0, fixed, msg->starts, &e, budget);
-		if (ctx->first >= 0 && !known && ctx->first != first_message(turns, nturns, 0))
+		if (ctx->first >= 0 && !known &&
+			(ctx->first != first_message(turns, nturns, 0) || (!replay && conv->loaded_from > 1)))
 			too_long(alias, 0, budget, false);
 	}
 	if (ctx->first < 0)
@@ -599,10 +707,11 @@ chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns, const char 
 	fit(conv, turns, nturns, alias, msg, options, true, ctx);
 }
 
-/* for chat_replay.c: load every turn's content */
+/* for chat_replay.c: every turn, with its content */
 void
 chat_load_all_contents(ChatConversation *conv)
 {
+	chat_load_all_turns(conv);
 	load_contents(conv, 0, -1);
 }
 

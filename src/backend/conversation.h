@@ -52,6 +52,7 @@ typedef struct ChatConversation
 	bool		may_continue;	/* owner, llm_admin, or shared with can_continue */
 	ChatTurn   *turns;			/* in seq order, inherited (fork) turns included */
 	int			nturns;
+	int			loaded_from;	/* turns before this seq are not loaded */
 	int			next_seq;
 } ChatConversation;
 
@@ -95,6 +96,7 @@ extern void chat_fit(ChatConversation *conv, const ChatMessage *msg, Jsonb *opti
 extern void chat_fit_replay(ChatConversation *conv, ChatTurn *turns, int nturns,
 							const char *alias, const ChatMessage *msg, Jsonb *options,
 							ChatContext *ctx);
+extern void chat_load_all_turns(ChatConversation *conv);
 extern void chat_load_all_contents(ChatConversation *conv);
 extern char *chat_estimate_site(Node *arg, double *bytes);
 

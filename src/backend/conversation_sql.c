@@ -190,6 +190,7 @@ llm_fork_conversation(PG_FUNCTION_ARGS)
 	id = PG_GETARG_INT64(0);
 	at_seq = PG_GETARG_INT32(1);
 	conversation_load(id, false, &conv);
+	chat_load_all_turns(&conv);
 	for (i = 0; i < conv.nturns && conv.turns[i].seq != at_seq; i++)
 		;
 	if (at_seq != 0 && (i == conv.nturns || conv.turns[i].role != 'a'))

@@ -237,6 +237,42 @@ like($sent->{messages}[0]{content}, qr/^fact number \d+/, 'starting with a user 
 is($mock->get('/_mock/stats')->{by_status}{400} // 0, 0, 'the provider never saw more than 80 tokens');
 $mock->post('/_mock/config', { directives => '' });
 
+# --- long conversations: a call reads the newest turns, about what it can send
+sub fill_turns
+{
+	my ($conv, $n) = @_;
+	$node->safe_psql('postgres', qq{
+		INSERT INTO llm.conversation_turns (conversation, seq, role, content, bytes, starts_exchange)
+		SELECT $conv, s, CASE WHEN s % 2 = 1 THEN 'user' ELSE 'assistant' END, j, octet_length(j::text), s % 2 = 1
+		  FROM generate_series(1, $n) s,
+		       LATERAL (SELECT CASE WHEN s % 2 = 1 THEN to_jsonb('old question ' || s)
+		                       ELSE jsonb_build_array(jsonb_build_object('type', 'text', 'text', 'old answer ' || s)) END) v(j)});
+	return;
+}
+my $long = $node->safe_psql('postgres', q{SELECT llm.new_conversation('m', NULL, '{"context": {"budget_tokens": 100}}')});
+my $whole = $node->safe_psql('postgres', q{SELECT llm.new_conversation('m')});
+my $longsum = $node->safe_psql('postgres', q{SELECT llm.new_conversation('m', NULL, '{"context": {"strategy": "summarize", "budget_tokens": 300, "summary_model": "summarizer", "summary_max_tokens": 12}}')});
+fill_turns($_, 600) for ($long, $whole, $longsum);
+$mock->reset;
+$mock2->reset;
+is($node->safe_psql('postgres', qq{SELECT llm_chat($long, 'newest question')}), 'mock reply to: newest question', 'a 600-turn conversation continues');
+my $m = bodies()->[0]{messages};
+cmp_ok(scalar(@$m), '<', 20, scalar(@$m) . ' messages sent within 100 tokens');
+is($m->[0]{content}, 'old question ' . (601 - (scalar(@$m) - 1)), 'the newest turns, from a user turn');
+is($m->[-2]{content}[0]{text}, 'old answer 600', 'up to the last one');
+is($node->safe_psql('postgres', qq{SELECT context_first_seq FROM llm.conversation_turns WHERE conversation = $long AND seq = 602}),
+	601 - (scalar(@$m) - 1), 'recorded');
+is($node->safe_psql('postgres', qq{SELECT llm_chat($whole, 'all of it')}), 'mock reply to: all of it', 'without a budget');
+is(scalar(@{ bodies()->[1]{messages} }), 601, 'a history within 16,000 tokens is sent whole, all 600 turns');
+like($node->safe_psql('postgres', qq{SELECT llm_chat($longsum, 'summarise first')}),
+	qr/^mock reply to: summarise first \[system: Summary of the earlier part/, 'summarize on a long conversation');
+my $sreq = $mock2->get('/_mock/requests')->{requests};
+is(scalar(@$sreq), 1, 'one summary request (its rounds fit the summary model at once)');
+like($sreq->[0]{body}{messages}[0]{content}, qr/\nUser: old question 1\n.*\nAssistant: old answer 5\d\d\n/s, 'covering the old turns from the first');
+like($node->safe_psql('postgres', qq{SELECT llm_chat($longsum, 'then again')}), qr/^mock reply to: then again \[system: Summary/, 'the next call');
+is(scalar(@{ $mock2->get('/_mock/requests')->{requests} }), 1, 'made no new summary');
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM llm.conversation_turns WHERE conversation = $longsum AND role = 'summary'}), '1', 'one summary turn');
+
 # --- two sessions on one conversation: the second waits, then sees the first's turns
 my $k = $node->safe_psql('postgres', q{SELECT llm.new_conversation('m')});
 $mock->reset;
