@@ -153,6 +153,13 @@ static const char *const last_seq_sql =
 "                (SELECT forked_at_seq FROM llm.conversations WHERE id = $1), 0)";
 
 /*
+ * The lock that serialises llm_chat on a conversation.  Its statement
+ * reads nothing else: what it would read was snapshotted before it waited.
+ */
+static const char *const lock_sql =
+"SELECT 1 FROM llm.conversations WHERE id = $1 FOR NO KEY UPDATE";
+
+/*
  * Load a conversation the caller may see, without its turns; with lock,
  * also check that it may continue it and lock it until the transaction
  * ends (a second llm_chat on it waits here, then reads the first's turns).
@@ -199,10 +206,9 @@ conversation_load(int64 id, bool lock, ChatConversation *conv)
 					 errmsg("conversation " INT64_FORMAT " is shared with this role to read, not to continue", id),
 					 errhint("Its owner (%s) can share it with can_continue => true, or fork it with llm.fork_conversation().",
 							 conv->owner)));
-		conversation_spi(run_as_gateway_role(),
-				"SELECT 1 FROM llm.conversations WHERE id = $1 FOR NO KEY UPDATE",
-				1, types, values, NULL, SPI_OK_SELECT);
+		conversation_spi(run_as_gateway_role(), lock_sql, 1, types, values, NULL, SPI_OK_SELECT);
 	}
+	/* after the lock, in a statement of its own: a new snapshot sees what the holder committed */
 	conversation_spi(run_as_gateway_role(), last_seq_sql, 1, types, values, NULL, SPI_OK_SELECT);
 	conv->next_seq = DatumGetInt32(spi_col(0, 1, &isnull)) + 1;
 	conv->loaded_from = conv->next_seq;
@@ -573,7 +579,7 @@ window_enough(ChatConversation *conv, bool summarize, int64 sent_before,
 }
 
 /*
- * Load the newest turns' sizes, in windows of 64 seqs, doubling, until
+ * Load the newest turns' sizes, in windows of 16 seqs, doubling, until
  * they hold all that fitting can use: a call on a long conversation reads
  * about what it sends, not its whole history.
  */
@@ -581,7 +587,7 @@ static void
 load_window(ChatConversation *conv, bool summarize, int64 sent_before, const ChatMessage *msg,
 			int64 budget)
 {
-	int			span = 64;
+	int			span = 16;
 
 	while (conv->loaded_from > 1)
 	{
