@@ -348,6 +348,9 @@ submit_next(PipelineState *ps, PipelineRow *row)
 	else
 		ok = channel_try_submit(&prepared.hdr, prepared.data.data, prepared.data.len,
 								prepared.hdr.timeout_ms, &call->handle);
+	/* not sent: it is prepared again when it goes, so its kind forgets this one */
+	if (!ok && spec->kind->abandoned != NULL)
+		spec->kind->abandoned(args);
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(ps->prepare_cxt);
 	if (!ok)

@@ -308,6 +308,14 @@ is($mock->get('/_mock/stats')->{max_in_flight}, 6, 'all six in flight at once');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM llm.conversation_turns t JOIN llm.conversations c ON c.id = t.conversation WHERE c.title = 'batch'}),
 	'12', 'each got its two turns');
 
+# a call prepared when the session has no handle left waits and is prepared
+# again (llm.max_handles_per_session 2, concurrency 8)
+is($node->safe_psql('postgres', q{
+	SET llm.max_handles_per_session = 2;
+	SELECT count(*) FROM (SELECT llm_chat(id, 'two at a time') AS a FROM llm.conversations WHERE title = 'batch') s
+	 WHERE a = 'mock reply to: two at a time'}),
+	'6', 'with two handles per session, all six are continued');
+
 # an UPDATE of the conversations themselves: llm_chat never writes their rows
 $mock->post('/_mock/config', { latency_ms => 0 });
 is($node->safe_psql('postgres', q{
