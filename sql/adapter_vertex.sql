@@ -13,7 +13,7 @@
 -- a regional endpoint: project, region and model in the path, Bearer token
 SELECT jsonb_pretty(llm.adapter_build_request('vertex',
   '{"system": "Be brief.", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100, "temperature": 0.5}',
-  'gemini-2.0-flash', 'ya29.test-token', '{"region": "us-central1", "project": "my-proj"}', '{}',
+  'gemini-2.0-flash', 'fake-vertex-access-token', '{"region": "us-central1", "project": "my-proj"}', '{}',
   'https://us-central1-aiplatform.googleapis.com'));
 
 -- the global endpoint; api_version; a model id with characters to encode

@@ -15,7 +15,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP;
 use MIME::Base64 qw(decode_base64);
-use Time::HiRes qw(usleep);
+use Time::HiRes qw(usleep time);
 use LlmGatewayTest;
 
 my $dir = PostgreSQL::Test::Utils::tempdir();
@@ -129,12 +129,15 @@ is(last_request()->{headers}{authorization}, 'Bearer ya29.mock-1', 'the same tok
 # expires_in 302 with the 300 s refresh margin: a refresh is due 2 s after issue.
 configure_mock(vertex_token_expires_in => 302);
 $out = $node->safe_psql('postgres', q{SELECT llm_complete('v2', 'first')});
+my $issued_by = time();	# the token was issued before this
 is($out, 'mock reply to: first', 'provider vx2: answered');
 is(stats()->{token_requests}, 2, 'its own token (cache per provider and credential)');
 $r = last_request();
 is($r->{headers}{authorization}, 'Bearer ya29.mock-2', 'vx2 uses token 2');
 like($r->{path}, qr{^/v1/projects/other-proj/locations/europe-west4/}, 'provider option project overrides the key\'s project_id');
-sleep(3);
+# the passage of time is the point here: wait until the refresh is due
+# (2 s after the token was issued), no longer
+usleep(50_000) while time() < $issued_by + 2.1;
 $out = $node->safe_psql('postgres', q{SELECT llm_complete('v2', 'during refresh')});
 is($out, 'mock reply to: during refresh', 'a call while the refresh is due is answered');
 my @during = @{ $mock->get('/_mock/requests?path=/v1/projects/other-proj')->{requests} };

@@ -36,12 +36,12 @@ $node->safe_psql('postgres', 'CREATE EXTENSION llm_gateway');
 
 # kind => [base_url, region, secret, the provider's message for 21 words]
 my %kinds = (
-	anthropic    => [ $url, undef, 'sk-mock-context-test', 'prompt is too long: 21 tokens > 20 maximum' ],
-	openai       => [ "$url/v1", undef, 'sk-mock-context-test',
+	anthropic    => [ $url, undef, 'fake-key-for-context-tests', 'prompt is too long: 21 tokens > 20 maximum' ],
+	openai       => [ "$url/v1", undef, 'fake-key-for-context-tests',
 		"This model's maximum context length is 20 tokens. However, your messages resulted in 21 tokens. Please reduce the length of the messages." ],
-	azure_openai => [ $url, undef, 'sk-mock-context-test',
+	azure_openai => [ $url, undef, 'fake-key-for-context-tests',
 		"This model's maximum context length is 20 tokens. However, your messages resulted in 21 tokens. Please reduce the length of the messages." ],
-	gemini       => [ $url, undef, 'sk-mock-context-test',
+	gemini       => [ $url, undef, 'fake-key-for-context-tests',
 		'The input token count (21) exceeds the maximum number of tokens allowed (20).' ],
 	vertex       => [ $url, 'us-central1', $sa,
 		'The input token count (21) exceeds the maximum number of tokens allowed (20).' ],

@@ -19,7 +19,7 @@ sub decode_json_text { return JSON::PP->new->decode($_[0]); }
 my $mock = start_mock();
 my $node = gateway_node('conversations', $mock, 'anthropic');
 # a secret of one letter would be scrubbed out of provider messages ("to[redacted]ens")
-$node->safe_psql('postgres', q{SELECT llm.set_credential('mock', 'sk-conversations-test-key')});
+$node->safe_psql('postgres', q{SELECT llm.set_credential('mock', 'fake-key-conversations')});
 
 sub psql_err
 {
@@ -193,7 +193,7 @@ my $mock2 = start_mock();
 my $url2 = $mock2->url;
 $node->safe_psql('postgres', qq{
 	SELECT llm.add_provider('mock2', 'anthropic', '$url2');
-	SELECT llm.set_credential('mock2', 'sk-conversations-test-key-2');
+	SELECT llm.set_credential('mock2', 'fake-key-conversations-two');
 	SELECT llm.add_route('summarizer', 'mock2', 'anthropic-mock');
 	SELECT llm.add_route('sum', 'mock', 'anthropic-mock', options => '{"context_window": 100, "default_max_tokens": 20}')});
 my $s = $node->safe_psql('postgres', q{
@@ -375,7 +375,7 @@ is(turns_of($c), 6, 'the parent is unchanged');
 my $url = $mock->url . '/v1';
 $node->safe_psql('postgres', qq{
 	SELECT llm.add_provider('mock_openai', 'openai', '$url');
-	SELECT llm.set_credential('mock_openai', 'sk-conversations-test-key-3');
+	SELECT llm.set_credential('mock_openai', 'fake-key-conversations-three');
 	SELECT llm.add_route('o', 'mock_openai', 'gpt-mock', options => '{"price_input": 1, "price_output": 2}')});
 my $r = $node->safe_psql('postgres', q{
 	SELECT llm.new_conversation('m', 'Use tools.', '{"tools": [{"name": "lookup", "description": "look things up",
