@@ -39,7 +39,6 @@ static void append_answer(StringInfo buf, const LlmAnswer *answer);
 static void append_error(StringInfo buf, const LlmError *err);
 static void append_nullable_string(StringInfo buf, bool *first, const char *key,
 								   const char *value);
-static Jsonb *jsonb_from_text(const char *text);
 
 /*
  * llm.adapter_build_request(kind, request, upstream_model, secret,
@@ -125,7 +124,7 @@ adapter_sql_request_json(const LlmHttpRequest *out, const char *secret)
 	json_append_key(&buf, &first, "body");
 	appendBinaryStringInfo(&buf, out->body.data, out->body.len);
 	appendStringInfoChar(&buf, '}');
-	return jsonb_from_text(buf.data);
+	return jsonb_from_cstring(buf.data);
 }
 
 /* An adapter's failure raised as the error the call would have failed with. */
@@ -193,7 +192,7 @@ llm_adapter_parse_response(PG_FUNCTION_ARGS)
 		provider->parse_error(&res, &err);
 		append_error(&buf, &err);
 	}
-	PG_RETURN_JSONB_P(jsonb_from_text(buf.data));
+	PG_RETURN_JSONB_P(jsonb_from_cstring(buf.data));
 }
 
 static const LlmProvider *
@@ -229,7 +228,7 @@ object_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 static Jsonb *
 empty_object(void)
 {
-	return jsonb_from_text("{}");
+	return jsonb_from_cstring("{}");
 }
 
 /* {"Name": "value", ...} -> List of LlmHttpHeader, names lower-cased as curl's are. */
@@ -365,8 +364,3 @@ append_nullable_string(StringInfo buf, bool *first, const char *key, const char 
 		appendStringInfoString(buf, "null");
 }
 
-static Jsonb *
-jsonb_from_text(const char *text)
-{
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
-}

@@ -209,7 +209,7 @@ error_object(const LlmCallResult *r, const ErrorParts *e)
 	append_nullable(&buf, &gfirst, "hint", e->hint);
 	append_nullable(&buf, &gfirst, "provider", e->provider);
 	appendStringInfoString(&buf, "}}");
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+	return jsonb_from_cstring(buf.data);
 }
 
 /* Raise the error the worker reported, as a serial call always has. */
@@ -277,8 +277,7 @@ llm_call_result(const LlmCallResult *r, bool on_error_null, bool want_text, bool
 	}
 	else
 	{
-		Jsonb	   *answer = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-																CStringGetDatum(r->text)));
+		Jsonb	   *answer = jsonb_from_cstring(r->text);
 		JsonbContainer *gw = json_get_object(&answer->root, "gateway");
 		const char *warning = gw ? json_get_cstring(gw, "quota_warning") : NULL;
 

@@ -25,12 +25,6 @@
 #include "backend/sql_api.h"
 #include "backend/validate.h"
 
-Jsonb *
-jsonb_from_cstring(const char *text)
-{
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
-}
-
 char *
 chat_jsonb_text(Jsonb *j)
 {

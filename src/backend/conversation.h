@@ -101,7 +101,6 @@ extern void chat_load_all_contents(ChatConversation *conv);
 extern char *chat_estimate_site(Node *arg, double *bytes);
 
 /* chat_message.c */
-extern Jsonb *jsonb_from_cstring(const char *text);
 extern char *chat_jsonb_text(Jsonb *j);
 extern void chat_policy_parse(Jsonb *policy, ChatPolicy *p);
 extern void chat_message_parse(Jsonb *message, ChatMessage *m);

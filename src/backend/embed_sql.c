@@ -167,7 +167,7 @@ embed_validate(const char *alias, char **inputs, int ninputs, Jsonb *options,
 		json_append_string(&req, input_type);
 	}
 	appendStringInfoString(&req, "}}");
-	spec->request = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(req.data)));
+	spec->request = jsonb_from_cstring(req.data);
 }
 
 static void
@@ -343,7 +343,7 @@ object_or_empty(FunctionCallInfo fcinfo, int argno)
 	Jsonb	   *jb = PG_ARGISNULL(argno) ? NULL : PG_GETARG_JSONB_P(argno);
 
 	if (jb == NULL)
-		return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		return jsonb_from_cstring("{}");
 	if (!JB_ROOT_IS_OBJECT(jb))
 		bad_option("provider_options and route_options must be JSON objects", NULL);
 	return jb;
@@ -435,7 +435,7 @@ llm_adapter_parse_embed_response(PG_FUNCTION_ARGS)
 	memset(&target, 0, sizeof(target));
 	target.provider = provider;
 	target.provider_name = provider->kind;
-	target.provider_options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	target.provider_options = jsonb_from_cstring("{}");
 	target.route_options = target.provider_options;
 	memset(&call, 0, sizeof(call));
 	call.ninputs = ninputs;
@@ -479,7 +479,7 @@ llm_adapter_parse_embed_response(PG_FUNCTION_ARGS)
 		}
 		appendStringInfoString(&buf, "}}");
 	}
-	PG_RETURN_JSONB_P(DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data))));
+	PG_RETURN_JSONB_P(jsonb_from_cstring(buf.data));
 }
 
 /* llm._kind_has_embeddings(kind): false for an unknown kind too */

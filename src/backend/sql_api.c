@@ -161,7 +161,7 @@ Jsonb *
 options_arg(const NullableDatum *arg)
 {
 	if (arg->isnull)
-		return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		return jsonb_from_cstring("{}");
 	return DatumGetJsonbP(arg->value);
 }
 
@@ -207,7 +207,7 @@ user_turn(const char *prompt)
 	appendStringInfoString(&hist, "[{\"role\":\"user\",\"content\":");
 	json_append_string(&hist, prompt);
 	appendStringInfoString(&hist, "}]");
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data)));
+	return jsonb_from_cstring(hist.data);
 }
 
 /* llm_complete(model text, prompt text, options jsonb): one user turn */
@@ -268,7 +268,7 @@ extract_options(const NullableDatum *args, int timeout_ms)
 		appendStringInfo(&add, ",\"timeout_ms\":%d", timeout_ms);
 	appendStringInfoChar(&add, '}');
 	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(options),
-											  DirectFunctionCall1(jsonb_in, CStringGetDatum(add.data))));
+											  JsonbPGetDatum(jsonb_from_cstring(add.data))));
 }
 
 static void
@@ -386,7 +386,7 @@ extract_result(const NullableDatum *args, const LlmCallResult *r, bool on_error_
 									   "Answer again with only the JSON.", violation));
 	appendStringInfoString(&hist, "}]");
 	prepare_call(DatumGetTextPP(args[0].value),
-				 DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hist.data))),
+				 jsonb_from_cstring(hist.data),
 				 extract_options(args, left_ms), &call);
 	channel_call(&call.hdr, call.data.data, call.data.len, call.hdr.timeout_ms, &again);
 	pfree(call.data.data);

@@ -407,7 +407,7 @@ validate_call(const char *alias, Jsonb *history, Jsonb *options, LlmCallSpec *sp
 	spec->on_error_null = (llm_on_error == LLM_ON_ERROR_NULL);
 
 	if (options == NULL)
-		options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		options = jsonb_from_cstring("{}");
 	if (!JB_ROOT_IS_OBJECT(options))
 		bad("options must be a JSON object", "Pass e.g. '{\"max_tokens\": 256}', or '{}' for none.");
 

@@ -215,3 +215,10 @@ json_append_key(StringInfo buf, bool *first, const char *key)
 	escape_json(buf, key);
 	appendStringInfoChar(buf, ':');
 }
+
+/* JSON text this code built itself, as jsonb (jsonb_in: a mistake is an ERROR) */
+Jsonb *
+jsonb_from_cstring(const char *text)
+{
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+}

@@ -18,6 +18,7 @@
 
 /* Parse JSON text; on invalid input return NULL and set *errmsg (no ERROR). */
 extern Jsonb *json_parse_safe(const char *text, size_t len, char **errmsg);
+extern Jsonb *jsonb_from_cstring(const char *text);	/* text we built: a mistake in it is an ERROR */
 
 /* Object member lookup; NULL when absent or c is not an object. */
 extern JsonbValue *json_get(JsonbContainer *c, const char *key);

@@ -35,6 +35,7 @@
 #include "utils/memutils.h"
 
 #include "worker/credential_loader.h"
+#include "common/json_util.h"
 #include "worker/route_cache.h"
 
 static MemoryContext cache_cxt = NULL;
@@ -100,7 +101,7 @@ jsonb_copy_col(HeapTuple tup, TupleDesc desc, int col)
 	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
 
 	if (isnull)
-		return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+		return jsonb_from_cstring("{}");
 	return DatumGetJsonbPCopy(d);
 }
 
